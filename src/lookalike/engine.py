@@ -1,0 +1,279 @@
+"""The engine: one object that wires catalogue, images, encoder, store, index and search.
+
+    engine = Engine.open("my-store")
+    engine.ingest("products.csv", id_column="item_id", image_column="image_file")
+    hits = engine.search("photo.jpg", k=20, where=["article_type=Shirts", "price<50"])
+    engine.similar("10184", k=10)
+
+Everything the CLI and the HTTP server do goes through these methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .config import Settings, load_settings
+from .encoders import Encoder, get_encoder
+from .filters import MetadataColumns, parse_where
+from .images import ImageLimits, ImageSource, content_hash, decode, load_image, read_bytes, thumbnail_jpeg
+from .index import IndexSpec, VectorIndex
+from .ingest import Executor, IngestPipeline, IngestReport, ProgressCallback
+from .search import Hit, find
+from .store import Product, ProductStore, ProductWrite
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+
+
+class NotFoundError(KeyError):
+    """No product has the given id."""
+
+    def __init__(self, product_id: str):
+        super().__init__(product_id)
+        self.product_id = product_id
+
+    def __str__(self) -> str:
+        return f"no product with id {self.product_id!r}"
+
+
+class BusyError(RuntimeError):
+    """Another ingest is already running on this engine."""
+
+
+class Engine:
+    """A catalogue store opened for ingest and search. Thread-safe; one writer at a time."""
+
+    def __init__(self, directory: Path, settings: Settings, encoder: Encoder, store: ProductStore):
+        self.directory = directory
+        self.settings = settings
+        self.encoder = encoder
+        self.store = store
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout)
+        spec = IndexSpec(settings.index, settings.ann_threshold, settings.nprobe, settings.rerank_factor)
+        self.index = VectorIndex(encoder.dim, spec, threads=settings.threads)
+        self.columns = MetadataColumns()
+        self._write_lock = threading.RLock()
+        self._ingest_lock = threading.Lock()
+        self._ann_dirty = False
+        self.current_ingest: IngestReport | None = None
+        self.current_total: int | None = None
+        self._load()
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path | None = None, settings: Settings | None = None, encoder: str | Encoder | None = None, **overrides: Any) -> "Engine":
+        """Open (or create) the store at ``path``.
+
+        The encoder is, in order: the ``encoder`` argument, ``settings.encoder``, the one the store
+        was built with, ``efficientnet-lite0``.  A store refuses an encoder other than its own.
+        """
+        settings = (settings or load_settings()).replace(**overrides)
+        directory = Path(path or settings.store).expanduser()
+        store = ProductStore(directory)
+        try:
+            if not isinstance(encoder, Encoder):
+                recorded = store.get_meta("encoder")
+                name = encoder or settings.encoder or (recorded.split("@")[0] if recorded else DEFAULT_ENCODER)
+                encoder = get_encoder(name, settings)
+            store.bind_encoder(encoder.identity, encoder.dim)
+            return cls(directory, settings.replace(store=str(directory), encoder=encoder.name), encoder, store)
+        except BaseException:
+            store.close()
+            raise
+
+    def _load(self) -> None:
+        """Fill the in-memory index and filter columns from the store, then catch the ANN snapshot up."""
+        snapshot_gen = self.index.load_ann(self._index_dir)
+        ann, self.index.ann = self.index.ann, None  # fill the matrix without touching the snapshot
+        for rowids, vectors, metadata in self.store.iter_vectors():
+            self.index.upsert(rowids, vectors)
+            for rowid, meta in zip(rowids.tolist(), metadata):
+                self.columns.set(rowid, meta)
+        self.index.ann = ann
+        if ann is not None and snapshot_gen is not None:
+            if snapshot_gen > self.store.generation:
+                self.index.ann = None  # a snapshot from the future belongs to another database
+            elif snapshot_gen < self.store.generation:
+                changed = [r for r, _, _ in self.store.iter_vectors(since_gen=snapshot_gen)]
+                stale = np.concatenate(changed + [self.store.tombstones_since(snapshot_gen)])
+                self.index.refresh_ann(stale)
+                self._ann_dirty = True
+        self._maintain_ann(save=True)
+
+    @property
+    def _index_dir(self) -> Path:
+        return self.directory / "index"
+
+    def _maintain_ann(self, save: bool) -> None:
+        if self.index.needs_rebuild():
+            self.index.build_ann()
+            self._ann_dirty = True
+        if save and self._ann_dirty:
+            self.index.save_ann(self._index_dir, self.store.generation)
+            self._ann_dirty = False
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._ann_dirty:
+                self.index.save_ann(self._index_dir, self.store.generation)
+                self._ann_dirty = False
+            self.store.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def apply_writes(self, writes: list[ProductWrite]) -> list[int]:
+        """Commit products to the store, then make them visible to the next query."""
+        with self._write_lock:
+            rowids = self.store.write(writes)
+            with_vectors = [(r, w) for r, w in zip(rowids, writes) if w.vector is not None]
+            if with_vectors:
+                self.index.upsert(np.array([r for r, _ in with_vectors]), np.stack([w.vector for _, w in with_vectors]))
+                self._ann_dirty = self.index.ann is not None or self._ann_dirty
+            for rowid, write in zip(rowids, writes):
+                self.columns.set(rowid, write.metadata)
+        return rowids
+
+    def ingest(self, source: str | Path, id_column: str | None = None, image_column: str | None = None, prune: bool = False,
+               progress: ProgressCallback | None = None, executor: Executor | None = None, batch_size: int | None = None) -> IngestReport:
+        """Add or update every product of a catalogue file or folder; see :mod:`lookalike.ingest`.
+
+        Only new or changed images (by content hash) are embedded; changed metadata is updated;
+        ``prune`` deletes products the catalogue no longer lists.
+        """
+        if not self._ingest_lock.acquire(blocking=False):
+            raise BusyError("an ingest is already running on this store")
+        try:
+            from .catalogue import count_rows
+
+            total = count_rows(source)
+            self.current_total = total
+
+            def track(report: IngestReport, total_rows: int | None) -> None:
+                self.current_ingest = report
+                if progress:
+                    progress(report, total_rows)
+
+            pipeline = IngestPipeline(self, executor=executor, batch_size=batch_size)
+            report = pipeline.run(source, id_column, image_column, prune=prune, progress=track, total=total)
+            self.current_ingest = report
+            with self._write_lock:
+                self._maintain_ann(save=True)
+            return report
+        finally:
+            self._ingest_lock.release()
+
+    def _image_write(self, product_id: str, image: ImageSource, metadata: dict[str, Any]) -> ProductWrite:
+        if isinstance(image, (bytes, str, Path)):
+            data = read_bytes(image, self.limits)
+            picture = decode(data, self.limits, draft_size=self.encoder.input_size, name=f"image of {product_id!r}")
+            image_hash, reference = content_hash(data), (None if isinstance(image, bytes) else str(image))
+        else:
+            picture, image_hash, reference = load_image(image), None, None
+        vector = self.encoder.embed(self.encoder.preprocess(picture)[None])[0]
+        return ProductWrite(product_id, reference, image_hash, metadata, vector, thumbnail_jpeg(picture, self.settings.thumbnail_size))
+
+    def upsert(self, product_id: str, image: ImageSource | None = None, metadata: dict[str, Any] | None = None) -> Product:
+        """Insert or update one product. A new product needs an image; ``metadata`` None keeps the stored metadata."""
+        product_id = str(product_id).strip()
+        if not product_id:
+            raise ValueError("product id must not be empty")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError("metadata must be a JSON object (a mapping of column to value)")
+        existing = self.store.get(product_id)
+        if image is None and existing is None:
+            raise ValueError(f"product {product_id!r} is new, so it needs an image")
+        new_metadata = dict(existing.metadata if existing and metadata is None else metadata or {})
+        if image is not None:
+            write = self._image_write(product_id, image, new_metadata)
+        else:
+            write = ProductWrite(product_id, existing.image, None, new_metadata)
+        self.apply_writes([write])
+        return self.get(product_id)
+
+    def delete_many(self, product_ids: Iterable[str]) -> int:
+        """Delete products; unknown ids are ignored. Returns how many were deleted."""
+        with self._write_lock:
+            rowids = self.store.delete(product_ids)
+            if rowids:
+                self.index.remove(np.array(rowids))
+                for rowid in rowids:
+                    self.columns.remove(rowid)
+                self._ann_dirty = self.index.ann is not None or self._ann_dirty
+            return len(rowids)
+
+    def delete(self, product_id: str) -> None:
+        if self.delete_many([product_id]) == 0:
+            raise NotFoundError(product_id)
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def get(self, product_id: str) -> Product:
+        product = self.store.get(str(product_id))
+        if product is None:
+            raise NotFoundError(str(product_id))
+        return product
+
+    def thumbnail(self, product_id: str) -> bytes:
+        data = self.store.thumbnail(self.get(product_id).rowid)
+        if data is None:
+            raise NotFoundError(product_id)
+        return data
+
+    def embed(self, image: ImageSource) -> np.ndarray:
+        """The unit vector of one image (path, URL, bytes or PIL image)."""
+        picture = load_image(image, self.limits, draft_size=self.encoder.input_size)
+        return self.encoder.embed(self.encoder.preprocess(picture)[None])[0]
+
+    def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
+        """Products most similar to a photo, best first, among those matching every ``where`` clause."""
+        _check_k(k)
+        clauses = parse_where(where)
+        self.columns.mask(clauses)  # reject a bad filter before spending time on the image
+        return find(self.index, self.columns, self.store, self.embed(image), k, clauses)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Iterable[str] | str | None = None, exclude: list[int] | None = None) -> list[Hit]:
+        """Products nearest to an embedding (e.g. from :meth:`embed`), optionally excluding rowids."""
+        _check_k(k)
+        return find(self.index, self.columns, self.store, vector, k, parse_where(where), exclude)
+
+    def similar(self, product_id: str, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
+        """Products most similar to a catalogue product (the product itself excluded)."""
+        product = self.get(product_id)
+        return self.search_vector(self.index.vector(product.rowid), k, where, exclude=[product.rowid])
+
+    def __len__(self) -> int:
+        return self.index.count
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "store": str(self.directory),
+            "products": self.store.count(),
+            "vectors": self.index.count,
+            "encoder": self.encoder.identity,
+            "dim": self.encoder.dim,
+            "index": self.index.ann_factory or "flat (exact)",
+            "generation": self.store.generation,
+            "columns": self.columns.names(),
+            "store_bytes": self.store.size_bytes(),
+        }
+
+    def ingest_status(self) -> dict[str, Any]:
+        current = self.current_ingest
+        running = self._ingest_lock.locked()
+        return {
+            "running": running,
+            "current": None if current is None else {**current.to_dict(), "total": self.current_total},
+            "recent_runs": self.store.runs(10),
+        }
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1 or k > 1000:
+        raise ValueError(f"k must be an integer from 1 to 1000, got {k!r}")

@@ -1,0 +1,196 @@
+"""Metadata filters: ``--where "article_type=Shirts" --where "price<50"``.
+
+A clause is ``column OP value`` with OP one of ``= != < <= > >=``; ``=`` and ``!=`` accept
+alternatives separated by ``|`` (``colour=Red|Navy Blue``).  Text matches ignore case.
+Clauses are ANDed.
+
+Filtering runs in memory on columnar arrays indexed by the store's rowid: text columns are
+dictionary-encoded (one int32 code per product), numeric values are float64 (NaN where a
+product has none).  One clause over a million products is one vectorised comparison, so a
+filter costs well under the time of the vector search it restricts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+_CLAUSE = re.compile(r"^\s*(?P<column>[^<>=!]+?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>.*?)\s*$")
+NUMERIC_OPS = ("<", "<=", ">", ">=")
+
+
+class FilterError(ValueError):
+    """A where-clause is malformed or names a column the catalogue does not have."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    column: str
+    op: str
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.column}{self.op}{'|'.join(self.values)}"
+
+
+def parse_number(value: Any) -> float | None:
+    """A finite float from a number or numeric text ("49.90", "1e3"), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def parse_clause(text: str) -> Clause:
+    match = _CLAUSE.match(text or "")
+    if not match:
+        raise FilterError(f"cannot parse filter {text!r}: expected COLUMN OP VALUE with OP one of = != < <= > >=")
+    column, op, value = match["column"].strip(), match["op"], match["value"]
+    if value == "":
+        raise FilterError(f"filter {text!r} has no value after {op!r}")
+    values = tuple(v.strip() for v in value.split("|")) if op in ("=", "!=") else (value,)
+    if op in NUMERIC_OPS and parse_number(value) is None:
+        raise FilterError(f"filter {text!r}: {op!r} needs a number, got {value!r}")
+    return Clause(column, op, values)
+
+
+def parse_where(clauses: Iterable[str] | str | None) -> list[Clause]:
+    if clauses is None:
+        return []
+    if isinstance(clauses, str):
+        clauses = [clauses]
+    return [parse_clause(c) for c in clauses if c is not None and str(c).strip() != ""]
+
+
+def _text(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+class _Column:
+    """One metadata column as dictionary codes (text) plus floats (numeric view)."""
+
+    def __init__(self, capacity: int):
+        self.codes = np.full(capacity, -1, dtype=np.int32)
+        self.numbers = np.full(capacity, np.nan, dtype=np.float64)
+        self.vocab: dict[str, int] = {}
+        self.labels: list[str] = []  # first spelling seen for each code, for facets
+
+    def grow(self, capacity: int) -> None:
+        old = len(self.codes)
+        if capacity <= old:
+            return
+        self.codes = np.concatenate([self.codes, np.full(capacity - old, -1, np.int32)])
+        self.numbers = np.concatenate([self.numbers, np.full(capacity - old, np.nan)])
+
+    def set(self, rowid: int, value: Any) -> None:
+        if value is None or (isinstance(value, str) and value.strip() == "") or isinstance(value, (list, dict)):
+            self.clear(rowid)
+            return
+        key = _text(value)
+        code = self.vocab.get(key)
+        if code is None:
+            code = self.vocab[key] = len(self.labels)
+            self.labels.append(str(value).strip())
+        self.codes[rowid] = code
+        number = parse_number(value)
+        self.numbers[rowid] = np.nan if number is None else number
+
+    def clear(self, rowid: int) -> None:
+        self.codes[rowid] = -1
+        self.numbers[rowid] = np.nan
+
+    def has_numbers(self) -> bool:
+        return bool(np.any(~np.isnan(self.numbers)))
+
+
+class MetadataColumns:
+    """Filterable copies of every product's metadata, indexed by rowid."""
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        self.columns: dict[str, _Column] = {}
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        self.capacity = max(needed, int(self.capacity * 1.5) + 1024)
+        for column in self.columns.values():
+            column.grow(self.capacity)
+
+    def set(self, rowid: int, metadata: Mapping[str, Any]) -> None:
+        """Replace everything known about one product."""
+        self._grow(rowid + 1)
+        for name, column in self.columns.items():
+            if name not in metadata:
+                column.clear(rowid)
+        for name, value in metadata.items():
+            column = self.columns.get(name)
+            if column is None:
+                column = self.columns[name] = _Column(self.capacity)
+            column.set(rowid, value)
+
+    def remove(self, rowid: int) -> None:
+        if rowid < self.capacity:
+            for column in self.columns.values():
+                column.clear(rowid)
+
+    def names(self) -> list[str]:
+        return sorted(self.columns)
+
+    def mask(self, clauses: list[Clause]) -> np.ndarray | None:
+        """Boolean mask over rowids of products matching every clause (None when there are no clauses)."""
+        if not clauses:
+            return None
+        result = np.ones(self.capacity, dtype=bool)
+        for clause in clauses:
+            result &= self._clause_mask(clause)
+        return result
+
+    def _clause_mask(self, clause: Clause) -> np.ndarray:
+        column = self.columns.get(clause.column)
+        if column is None:
+            known = ", ".join(self.names()) or "none"
+            raise FilterError(f"unknown filter column {clause.column!r}; the catalogue has: {known}")
+        if clause.op in NUMERIC_OPS:
+            if not column.has_numbers():
+                raise FilterError(f"filter {clause}: column {clause.column!r} has no numeric values")
+            bound = parse_number(clause.values[0])
+            with np.errstate(invalid="ignore"):
+                return {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[clause.op](column.numbers, bound)
+        hit = np.zeros(self.capacity, dtype=bool)
+        for value in clause.values:
+            code = column.vocab.get(_text(value))
+            if code is not None:
+                hit |= column.codes == code
+            number = parse_number(value)
+            if number is not None:  # "price=50" also matches a stored 50.0
+                hit |= column.numbers == number
+        if clause.op == "!=":
+            return ~hit & (column.codes >= 0)
+        return hit
+
+    def facet_counts(self, name: str, mask: np.ndarray | None = None, limit: int = 50) -> list[tuple[str, int]]:
+        """The most common values of a text column (optionally among ``mask``), for facet lists."""
+        column = self.columns.get(name)
+        if column is None:
+            return []
+        codes = column.codes if mask is None else column.codes[: len(mask)][mask[: self.capacity]]
+        codes = codes[codes >= 0]
+        if len(codes) == 0:
+            return []
+        counts = np.bincount(codes, minlength=len(column.labels))
+        top = np.argsort(-counts, kind="stable")[:limit]
+        return [(column.labels[i], int(counts[i])) for i in top if counts[i] > 0]

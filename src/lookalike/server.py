@@ -1,0 +1,222 @@
+"""The HTTP API (FastAPI). OpenAPI schema at /openapi.json, interactive docs at /docs.
+
+Errors are JSON ``{"detail": message, "error": kind}`` with the status a client can act on:
+400 unreadable image or bad request, 404 unknown product, 409 ingest already running,
+413 too large, 415 not an image, 422 bad filter or parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Optional
+from urllib.parse import quote
+
+from fastapi import FastAPI, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .catalogue import CatalogueError
+from .engine import BusyError, Engine, NotFoundError
+from .filters import FilterError
+from .images import ImageError, is_url
+from .search import Hit
+
+_IMAGE_STATUS = {"unsupported": 415, "too_large": 413, "too_many_pixels": 413, "empty": 400, "corrupt": 400, "missing": 400, "fetch": 400}
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity to the query, -1..1")
+    metadata: dict[str, Any]
+    thumbnail_url: str
+
+
+class SearchOut(BaseModel):
+    results: list[HitOut]
+    took_ms: float
+
+
+class ProductOut(BaseModel):
+    id: str
+    image: Optional[str]
+    metadata: dict[str, Any]
+    updated_at: float
+    thumbnail_url: str
+
+
+class IngestIn(BaseModel):
+    source: str = Field(description="Catalogue path on the server: .csv, .tsv, .jsonl, .parquet or a folder")
+    id_column: Optional[str] = None
+    image_column: Optional[str] = None
+    prune: bool = False
+
+
+def _thumb_url(product_id: str) -> str:
+    return f"/products/{quote(product_id, safe='')}/thumbnail"
+
+
+def _hits(hits: list[Hit], started: float) -> SearchOut:
+    return SearchOut(
+        results=[HitOut(id=h.id, score=h.score, metadata=h.metadata, thumbnail_url=_thumb_url(h.id)) for h in hits],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": message, "error": kind})
+
+
+async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError("too_large", f"upload {upload.filename or ''!r} is larger than the limit of {limit} bytes")
+    return data
+
+
+def create_app(engine: Engine) -> FastAPI:
+    """The API for one opened engine (the caller owns and closes it)."""
+    app = FastAPI(title="lookalike", version=__version__, description="Visual search for fashion catalogues.")
+    app.state.engine = engine
+    limit = engine.settings.max_image_bytes
+
+    @app.middleware("http")
+    async def refuse_huge_bodies(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+            return _error(413, "too_large", f"request body is {declared} bytes; images are limited to {limit} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(ImageError)
+    async def image_error(_: Request, exc: ImageError):
+        return _error(_IMAGE_STATUS.get(exc.kind, 400), exc.kind, exc.message)
+
+    @app.exception_handler(FilterError)
+    async def filter_error(_: Request, exc: FilterError):
+        return _error(422, "bad_filter", str(exc))
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError):
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(BusyError)
+    async def busy(_: Request, exc: BusyError):
+        return _error(409, "busy", str(exc))
+
+    @app.exception_handler(CatalogueError)
+    async def bad_catalogue(_: Request, exc: CatalogueError):
+        return _error(400, "bad_catalogue", str(exc))
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError):
+        return _error(422, "bad_request", str(exc))
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "products": len(engine), "version": __version__}
+
+    @app.get("/stats", tags=["service"])
+    def stats() -> dict[str, Any]:
+        return engine.stats()
+
+    @app.post("/search", response_model=SearchOut, tags=["search"], summary="Search by uploaded photo")
+    async def search(
+        image: UploadFile = File(..., description="JPEG, PNG, WebP, GIF, BMP or TIFF"),
+        k: int = Query(10, ge=1, le=1000),
+        where: list[str] = Query([], description='Filters, repeatable: "article_type=Shirts", "price<50"'),
+    ) -> SearchOut:
+        started = time.perf_counter()
+        data = await _read_upload(image, limit)
+        from starlette.concurrency import run_in_threadpool
+
+        hits = await run_in_threadpool(engine.search, data, k, where)
+        return _hits(hits, started)
+
+    @app.get("/products/{product_id}/similar", response_model=SearchOut, tags=["search"], summary="Products similar to a product")
+    def similar(product_id: str = Path(...), k: int = Query(10, ge=1, le=1000), where: list[str] = Query([])) -> SearchOut:
+        started = time.perf_counter()
+        return _hits(engine.similar(product_id, k=k, where=where), started)
+
+    def product_out(product_id: str) -> ProductOut:
+        p = engine.get(product_id)
+        return ProductOut(id=p.id, image=p.image, metadata=p.metadata, updated_at=p.updated_at, thumbnail_url=_thumb_url(p.id))
+
+    @app.get("/products", tags=["products"], summary="Page through the catalogue")
+    def products(offset: int = Query(0, ge=0), limit_: int = Query(50, ge=1, le=500, alias="limit")) -> dict[str, Any]:
+        page = engine.store.page(offset, limit_)
+        return {"total": engine.store.count(), "offset": offset,
+                "products": [{"id": p.id, "metadata": p.metadata, "thumbnail_url": _thumb_url(p.id)} for p in page]}
+
+    @app.get("/products/{product_id}", response_model=ProductOut, tags=["products"])
+    def get_product(product_id: str) -> ProductOut:
+        return product_out(product_id)
+
+    @app.get("/products/{product_id}/thumbnail", tags=["products"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def thumbnail(product_id: str) -> Response:
+        return Response(engine.thumbnail(product_id), media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.put("/products/{product_id}", response_model=ProductOut, tags=["products"], summary="Insert or update one product")
+    async def put_product(
+        product_id: str,
+        image: Optional[UploadFile] = File(None, description="New image (required for a new product unless image_url is given)"),
+        image_url: Optional[str] = Form(None, description="http(s) URL to fetch the image from"),
+        metadata: Optional[str] = Form(None, description='JSON object, e.g. {"title": "Red dress", "price": 49.9}; omitted keeps the stored metadata'),
+    ) -> ProductOut:
+        from starlette.concurrency import run_in_threadpool
+
+        parsed = None
+        if metadata is not None:
+            try:
+                parsed = json.loads(metadata)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"metadata is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+            if not isinstance(parsed, dict):
+                raise ValueError("metadata must be a JSON object")
+        source: bytes | str | None = None
+        if image is not None and (image.filename or image.size):
+            source = await _read_upload(image, limit)
+        elif image_url:
+            if not is_url(image_url):
+                raise ValueError("image_url must be an http(s) URL")
+            source = image_url
+        await run_in_threadpool(engine.upsert, product_id, source, parsed)
+        return product_out(product_id)
+
+    @app.delete("/products/{product_id}", tags=["products"])
+    def delete_product(product_id: str) -> dict[str, str]:
+        engine.delete(product_id)
+        return {"deleted": product_id}
+
+    @app.post("/ingest", status_code=202, tags=["ingest"], summary="Start ingesting a catalogue file on the server")
+    def start_ingest(body: IngestIn) -> dict[str, Any]:
+        from .catalogue import read_catalogue
+
+        read_catalogue(body.source, body.id_column, body.image_column)  # fail fast on a bad path or column
+        if engine._ingest_lock.locked():
+            raise BusyError("an ingest is already running on this store")
+        thread = threading.Thread(
+            target=_background_ingest, args=(engine, body), name="lookalike-ingest", daemon=True
+        )
+        thread.start()
+        return {"started": True, "status_url": "/ingest/status"}
+
+    @app.get("/ingest/status", tags=["ingest"])
+    def ingest_status() -> dict[str, Any]:
+        return engine.ingest_status()
+
+    @app.get("/ingest/skipped", tags=["ingest"], summary="Items skipped by an ingest run and why")
+    def ingest_skipped(run_id: Optional[int] = Query(None), limit_: int = Query(1000, ge=1, le=100_000, alias="limit")) -> dict[str, Any]:
+        return {"run_id": run_id, "skipped": engine.store.skipped(run_id, limit_)}
+
+    return app
+
+
+def _background_ingest(engine: Engine, body: IngestIn) -> None:
+    try:
+        engine.ingest(body.source, body.id_column, body.image_column, prune=body.prune)
+    except Exception:  # the run is recorded as interrupted; the server keeps serving
+        logging.getLogger("lookalike.server").exception("background ingest of %s failed", body.source)

@@ -1,0 +1,326 @@
+"""The embedded store: one SQLite database holding products, their vectors and thumbnails.
+
+SQLite is the single source of truth.  Every batch a writer commits is one transaction
+that bumps a generation counter, so a process killed mid-ingest leaves the last committed
+batch readable and the next run resumes from there.  The in-memory vector index and the
+FAISS snapshot on disk are derived from this database and rebuilt or caught up from it
+(rows with ``gen`` above the snapshot's, and ``tombstones`` for deletes) when they lag.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    image TEXT,
+    image_hash TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    vector BLOB,
+    gen INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS products_gen ON products(gen);
+CREATE TABLE IF NOT EXISTS thumbnails (rowid INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones (rowid INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    counts TEXT NOT NULL DEFAULT '{}',
+    skip_report TEXT
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    run_id INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    source TEXT,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS skipped_run ON skipped(run_id);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened as asked (wrong encoder, newer schema, damaged file)."""
+
+
+@dataclass
+class Product:
+    rowid: int
+    id: str
+    image: str | None
+    image_hash: str | None
+    metadata: dict[str, Any]
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "image": self.image, "metadata": self.metadata, "updated_at": self.updated_at}
+
+
+@dataclass
+class ProductWrite:
+    """One product to insert or update. ``vector`` None keeps the stored vector (metadata-only change)."""
+
+    id: str
+    image: str | None
+    image_hash: str | None
+    metadata: dict[str, Any]
+    vector: np.ndarray | None = None
+    thumbnail: bytes | None = None
+
+
+def canonical_json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, sort_keys=True, ensure_ascii=False, default=str)
+
+
+class ProductStore:
+    """Thread-safe access to the SQLite database of one store directory."""
+
+    FILENAME = "catalogue.sqlite"
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / self.FILENAME
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable lookalike store: {exc}") from exc
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        elif version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this lookalike reads version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation") or 0)
+
+    def bind_encoder(self, identity: str, dim: int) -> None:
+        """Record the encoder on first use; refuse a different one afterwards (vectors must not mix)."""
+        with self._lock:
+            current = self.get_meta("encoder")
+            if current is None:
+                self.set_meta("encoder", identity)
+                self.set_meta("dim", str(dim))
+            elif current != identity:
+                raise StoreError(
+                    f"the store at {self.directory} holds vectors from encoder {current!r}, not {identity!r}; "
+                    "open it with the same encoder, or re-index into a new store"
+                )
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def _next_generation(self) -> int:
+        gen = self.generation + 1
+        self._db.execute("INSERT INTO meta(key, value) VALUES ('generation', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(gen),))
+        return gen
+
+    def write(self, items: list[ProductWrite]) -> list[int]:
+        """Insert or update products in one transaction; returns their rowids in order."""
+        if not items:
+            return []
+        now = time.time()
+        rowids = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gen = self._next_generation()
+                for item in items:
+                    blob = None if item.vector is None else np.asarray(item.vector, dtype=np.float32).tobytes()
+                    row = self._db.execute(
+                        """INSERT INTO products(id, image, image_hash, metadata, vector, gen, updated_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?)
+                           ON CONFLICT(id) DO UPDATE SET
+                               image = excluded.image,
+                               image_hash = COALESCE(excluded.image_hash, products.image_hash),
+                               metadata = excluded.metadata,
+                               vector = COALESCE(excluded.vector, products.vector),
+                               gen = excluded.gen,
+                               updated_at = excluded.updated_at
+                           RETURNING rowid""",
+                        (item.id, item.image, item.image_hash, canonical_json(item.metadata), blob, gen, now),
+                    ).fetchone()
+                    rowids.append(row[0])
+                    if item.thumbnail is not None:
+                        self._db.execute("INSERT OR REPLACE INTO thumbnails(rowid, jpeg) VALUES (?, ?)", (row[0], item.thumbnail))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return rowids
+
+    def delete(self, ids: Iterable[str]) -> list[int]:
+        """Delete products by id in one transaction; returns the rowids that existed."""
+        ids = list(ids)
+        if not ids:
+            return []
+        removed = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gen = self._next_generation()
+                for item_id in ids:
+                    row = self._db.execute("DELETE FROM products WHERE id = ? RETURNING rowid", (item_id,)).fetchone()
+                    if row is not None:
+                        removed.append(row[0])
+                        self._db.execute("DELETE FROM thumbnails WHERE rowid = ?", (row[0],))
+                        self._db.execute("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)", (row[0], gen))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return removed
+
+    # ---- reads ----------------------------------------------------------------------------------
+    @staticmethod
+    def _product(row: tuple) -> Product:
+        return Product(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+
+    _COLUMNS = "rowid, id, image, image_hash, metadata, updated_at"
+
+    def get(self, item_id: str) -> Product | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {self._COLUMNS} FROM products WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else self._product(row)
+
+    def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Product]:
+        rowids = [int(r) for r in rowids]
+        if not rowids:
+            return {}
+        out: dict[int, Product] = {}
+        with self._lock:
+            for start in range(0, len(rowids), 500):
+                chunk = rowids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in self._db.execute(f"SELECT {self._COLUMNS} FROM products WHERE rowid IN ({marks})", chunk):
+                    out[row[0]] = self._product(row)
+        return out
+
+    def fingerprints(self, ids: list[str]) -> dict[str, tuple[str | None, str, bool]]:
+        """For each known id: (image hash, canonical metadata JSON, has a vector) — what ingest diffs against."""
+        out: dict[str, tuple[str | None, str, bool]] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in self._db.execute(f"SELECT id, image_hash, metadata, vector IS NOT NULL FROM products WHERE id IN ({marks})", chunk):
+                    out[row[0]] = (row[1], row[2], bool(row[3]))
+        return out
+
+    def thumbnail(self, rowid: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT jpeg FROM thumbnails WHERE rowid = ?", (rowid,)).fetchone()
+        return None if row is None else row[0]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+
+    def all_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM products")}
+
+    def iter_vectors(self, since_gen: int = -1, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+        """(rowids, vectors, metadata) of products with a vector written after ``since_gen``, in chunks."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT rowid, vector, metadata FROM products WHERE rowid > ? AND gen > ? AND vector IS NOT NULL ORDER BY rowid LIMIT ?",
+                    (last, since_gen, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            yield rowids, vectors, [json.loads(r[2]) for r in rows]
+
+    def tombstones_since(self, gen: int) -> np.ndarray:
+        with self._lock:
+            rows = self._db.execute("SELECT rowid FROM tombstones WHERE gen > ?", (gen,)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def page(self, offset: int, limit: int) -> list[Product]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM products ORDER BY rowid LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        return [self._product(r) for r in rows]
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob(self.FILENAME + "*") if p.is_file())
+
+    # ---- ingest runs ------------------------------------------------------------------------------
+    def start_run(self, source: str) -> int:
+        with self._lock:
+            # A run left "running" by a killed process is recorded as interrupted.
+            self._db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+            cur = self._db.execute("INSERT INTO runs(source, status, started_at) VALUES (?, 'running', ?)", (source, time.time()))
+            return int(cur.lastrowid)
+
+    def record_skipped(self, run_id: int, entries: list[tuple[str, str, str, str]]) -> None:
+        """(item, source, kind, reason) rows for one run."""
+        if entries:
+            with self._lock:
+                self._db.executemany("INSERT INTO skipped(run_id, item, source, kind, reason) VALUES (?, ?, ?, ?, ?)", [(run_id, *e) for e in entries])
+
+    def update_run(self, run_id: int, counts: dict[str, int], status: str | None = None, skip_report: str | None = None) -> None:
+        with self._lock:
+            finished = time.time() if status and status != "running" else None
+            self._db.execute(
+                "UPDATE runs SET counts = ?, status = COALESCE(?, status), finished_at = COALESCE(?, finished_at), skip_report = COALESCE(?, skip_report) WHERE run_id = ?",
+                (json.dumps(counts), status, finished, skip_report, run_id),
+            )
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id, source, status, started_at, finished_at, counts, skip_report FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [
+            {"run_id": r[0], "source": r[1], "status": r[2], "started_at": r[3], "finished_at": r[4], "counts": json.loads(r[5]), "skip_report": r[6]}
+            for r in rows
+        ]
+
+    def skipped(self, run_id: int | None = None, limit: int = 1000) -> list[dict[str, str]]:
+        with self._lock:
+            if run_id is None:
+                row = self._db.execute("SELECT MAX(run_id) FROM runs").fetchone()
+                run_id = row[0] if row else None
+            if run_id is None:
+                return []
+            rows = self._db.execute("SELECT item, source, kind, reason FROM skipped WHERE run_id = ? LIMIT ?", (run_id, limit)).fetchall()
+        return [{"item": r[0], "source": r[1], "kind": r[2], "reason": r[3]} for r in rows]

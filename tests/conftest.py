@@ -1,0 +1,93 @@
+"""Shared fixtures: the committed demo catalogue, an ingested demo store, and the shared data set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lookalike import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CSV = ROOT / "examples" / "demo" / "products.csv"
+SHARED = Path(os.environ.get("LOOKALIKE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+requires_shared = pytest.mark.skipif(
+    not (SHARED / "myntra" / "labels.csv").exists(),
+    reason=f"needs the shared fashion data set at {SHARED} (set LOOKALIKE_SHARED_DATA); a plain clone does not have it",
+)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> Path:
+    """The demo catalogue ingested once per test session (read-only: copy it to change it)."""
+    path = tmp_path_factory.mktemp("demo") / "store"
+    with Engine.open(path) as engine:
+        report = engine.ingest(DEMO_CSV)
+        assert report.added == 305 and not report.skipped
+    return path
+
+
+@pytest.fixture
+def store_copy(demo_store, tmp_path) -> Path:
+    """A private, writable copy of the demo store."""
+    target = tmp_path / "store"
+    shutil.copytree(demo_store, target)
+    return target
+
+
+@pytest.fixture
+def engine(store_copy):
+    with Engine.open(store_copy) as engine:
+        yield engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``lookalike serve`` in a subprocess on a loopback port: the real thing users run."""
+
+    def __init__(self, store: Path, extra_env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lookalike.cli", "--store", str(store), "serve", "--port", str(self.port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not start within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def server(store_copy):
+    srv = Server(store_copy)
+    yield srv
+    srv.stop()

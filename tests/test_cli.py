@@ -1,0 +1,76 @@
+"""The command line as users run it: a real subprocess, real exit codes, --json for scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import DEMO_CSV, ROOT
+
+PHOTO = ROOT / "examples" / "demo" / "images" / "878ff7a3.jpg"
+COMMANDS = ["ingest", "search", "similar", "get", "upsert", "delete", "info", "serve", "version"]
+
+
+def run(*args: str, store=None) -> subprocess.CompletedProcess:
+    prefix = ["--store", str(store)] if store else []
+    return subprocess.run([sys.executable, "-m", "lookalike.cli", *prefix, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_everywhere(command):
+    result = run(*([command] if command else []), "--help")
+    assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_ingest_search_similar_update_delete(tmp_path):
+    store = tmp_path / "store"
+    result = run("ingest", str(DEMO_CSV), "--json", store=store)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["added"] == 305
+
+    result = run("search", str(PHOTO), "-k", "5", "--where", "category=Blazer", "--json", store=store)
+    hits = json.loads(result.stdout)
+    assert hits[0]["id"] == "878ff7a3" and {h["metadata"]["category"] for h in hits} == {"Blazer"}
+
+    result = run("similar", "878ff7a3", "-k", "3", "--json", store=store)
+    assert len(json.loads(result.stdout)) == 3
+
+    result = run("upsert", "new-1", "--image", str(PHOTO), "--meta", "category=Test", "--meta", "price=12", store=store)
+    assert result.returncode == 0, result.stderr
+    result = run("search", str(PHOTO), "-k", "1", "-w", "price<20", "--json", store=store)
+    assert json.loads(result.stdout)[0]["id"] == "new-1"
+
+    result = run("delete", "new-1", store=store)
+    assert result.returncode == 0 and "deleted 1" in result.stdout
+    result = run("get", "new-1", store=store)
+    assert result.returncode == 1 and "no product with id 'new-1'" in result.stderr
+
+    info = json.loads(run("info", "--json", store=store).stdout)
+    assert info["products"] == 305 and info["encoder"].startswith("efficientnet-lite0@")
+
+
+def test_errors_are_one_clear_line(tmp_path, demo_store):
+    result = run("search", str(tmp_path / "missing.jpg"), store=demo_store)
+    assert result.returncode == 1 and "file not found" in result.stderr and "Traceback" not in result.stderr
+    result = run("search", str(PHOTO), "-w", "price<cheap", store=demo_store)
+    assert result.returncode == 1 and "needs a number" in result.stderr
+    result = run("ingest", str(tmp_path / "nope.csv"), store=tmp_path / "s")
+    assert result.returncode == 1 and "catalogue not found" in result.stderr
+    result = run("search", str(PHOTO), "-k", "0", store=demo_store)
+    assert result.returncode == 2  # usage error from the option's range
+
+
+def test_settings_from_environment_and_file(tmp_path, demo_store):
+    env_result = subprocess.run([sys.executable, "-m", "lookalike.cli", "info", "--json"], capture_output=True, text=True,
+                                env={**__import__("os").environ, "LOOKALIKE_STORE": str(demo_store)})
+    assert json.loads(env_result.stdout)["products"] == 305
+    config = tmp_path / "lookalike.toml"
+    config.write_text(f'store = "{demo_store}"\n')
+    result = run("--config", str(config), "info", "--json")
+    assert json.loads(result.stdout)["products"] == 305
+    config.write_text('stroe = "x"\n')
+    result = run("--config", str(config), "info")
+    assert result.returncode == 1 and "unknown setting(s) stroe" in result.stderr

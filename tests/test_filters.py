@@ -1,0 +1,69 @@
+"""Where-clauses: parsing, typing and masks, checked against hand-computed answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.filters import FilterError, MetadataColumns, parse_clause, parse_where
+
+
+def columns() -> MetadataColumns:
+    cols = MetadataColumns()
+    cols.set(0, {"colour": "Red", "price": "10", "type": "Shirts"})
+    cols.set(1, {"colour": "navy blue", "price": 55.5, "type": "Shirts"})
+    cols.set(2, {"colour": "Red", "price": "n/a", "type": "Dresses"})
+    cols.set(5, {"colour": "Green", "type": "Dresses"})
+    return cols
+
+
+def matches(cols, *where):
+    return np.flatnonzero(cols.mask(parse_where(list(where)))).tolist()
+
+
+def test_parse():
+    assert parse_clause("price <= 49.9").op == "<="
+    assert parse_clause("colour=Red|Navy Blue").values == ("Red", "Navy Blue")
+    assert parse_clause("article type != Shirts").column == "article type"
+    for bad in ("price", "=Red", "price<", "price<cheap", ""):
+        with pytest.raises(FilterError):
+            parse_clause(bad)
+
+
+def test_text_equality_ignores_case_and_takes_alternatives():
+    cols = columns()
+    assert matches(cols, "colour=red") == [0, 2]
+    assert matches(cols, "colour=Red|Navy Blue") == [0, 1, 2]
+    assert matches(cols, "colour!=Red") == [1, 5]
+
+
+def test_numeric_comparisons_skip_non_numbers():
+    cols = columns()
+    assert matches(cols, "price<50") == [0]
+    assert matches(cols, "price>=10") == [0, 1]
+    assert matches(cols, "price=55.5") == [1]
+
+
+def test_clauses_are_anded():
+    assert matches(columns(), "type=Shirts", "price>20") == [1]
+
+
+def test_updates_and_removals_are_seen():
+    cols = columns()
+    cols.set(0, {"colour": "Blue"})
+    assert matches(cols, "colour=Red") == [2]
+    assert matches(cols, "price<50") == []
+    cols.remove(2)
+    assert matches(cols, "colour=Red") == []
+
+
+def test_errors_name_the_problem():
+    cols = columns()
+    with pytest.raises(FilterError, match="unknown filter column 'size'.*colour, price, type"):
+        cols.mask(parse_where(["size=M"]))
+    with pytest.raises(FilterError, match="no numeric values"):
+        cols.mask(parse_where(["colour<3"]))
+
+
+def test_facet_counts():
+    assert columns().facet_counts("colour") == [("Red", 2), ("navy blue", 1), ("Green", 1)]

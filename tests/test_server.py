@@ -1,0 +1,105 @@
+"""The HTTP API against a real uvicorn server on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+from PIL import Image
+
+from .conftest import DEMO_CSV, ROOT, Server
+
+PHOTO = ROOT / "examples" / "demo" / "images" / "878ff7a3.jpg"
+
+
+def upload(data: bytes, name: str = "q.jpg", ctype: str = "image/jpeg"):
+    return {"image": (name, data, ctype)}
+
+
+def test_search_by_photo_with_filters(server):
+    r = httpx.post(server.url + "/search", files=upload(PHOTO.read_bytes()), params={"k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["results"][0]["id"] == "878ff7a3" and len(body["results"]) == 5
+    thumb = httpx.get(server.url + body["results"][0]["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size[0] <= 256
+    r = httpx.post(server.url + "/search", files=upload(PHOTO.read_bytes()), params=[("k", "8"), ("where", "category=Shoes|Hat"), ("where", "kids=false")])
+    cats = {h["metadata"]["category"] for h in r.json()["results"]}
+    assert r.status_code == 200 and cats <= {"Shoes", "Hat"} and len(r.json()["results"]) == 8
+
+
+def test_similar_get_put_delete(server):
+    r = httpx.get(server.url + "/products/878ff7a3/similar", params={"k": 4})
+    assert r.status_code == 200 and "878ff7a3" not in [h["id"] for h in r.json()["results"]]
+    assert httpx.get(server.url + "/products/878ff7a3").json()["metadata"]["category"] == "Blazer"
+
+    r = httpx.put(server.url + "/products/sku%2F1", files=upload(PHOTO.read_bytes()), data={"metadata": json.dumps({"category": "New", "price": 30})})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "sku/1"
+    r = httpx.post(server.url + "/search", files=upload(PHOTO.read_bytes()), params=[("k", "1"), ("where", "price<=30")])
+    assert r.json()["results"][0]["id"] == "sku/1"  # visible to the very next query
+    assert httpx.get(server.url + r.json()["results"][0]["thumbnail_url"]).status_code == 200
+
+    r = httpx.put(server.url + "/products/sku%2F1", data={"metadata": json.dumps({"category": "New", "price": 99})})
+    assert r.status_code == 200 and r.json()["metadata"]["price"] == 99
+    assert httpx.delete(server.url + "/products/sku%2F1").status_code == 200
+    assert httpx.get(server.url + "/products/sku%2F1").status_code == 404
+    assert httpx.delete(server.url + "/products/sku%2F1").status_code == 404
+
+
+def test_errors_have_the_right_status_and_a_message(server):
+    def search(files, params=None):
+        return httpx.post(server.url + "/search", files=files, params=params or {})
+
+    cases = [
+        (search(upload(b"")), 400, "empty"),
+        (search(upload(PHOTO.read_bytes()[:300])), 400, "corrupt"),
+        (search(upload(b"%PDF-1.4 not an image", "a.pdf", "application/pdf")), 415, "unsupported"),
+        (search(upload(b"\xff\xd8\xff" + b"0" * (21 * 1024 * 1024))), 413, "too_large"),
+        (search(upload(PHOTO.read_bytes()), {"where": "price<10"}), 422, "bad_filter"),
+        (search(upload(PHOTO.read_bytes()), {"where": "category"}), 422, "bad_filter"),
+        (httpx.get(server.url + "/products/nope"), 404, "not_found"),
+        (httpx.get(server.url + "/products/nope/similar"), 404, "not_found"),
+        (httpx.put(server.url + "/products/new", data={"metadata": "{}"}), 422, "bad_request"),
+        (httpx.put(server.url + "/products/878ff7a3", data={"metadata": "[1,2"}), 422, "bad_request"),
+    ]
+    for response, status, kind in cases:
+        assert response.status_code == status, (status, response.text)
+        body = response.json()
+        assert body["error"] == kind and body["detail"]
+    r = search(upload(PHOTO.read_bytes()), {"k": 5000})
+    assert r.status_code == 422
+
+
+def test_openapi_health_stats_and_ingest(server, tmp_path):
+    schema = httpx.get(server.url + "/openapi.json").json()
+    assert {"/search", "/products/{product_id}/similar", "/products/{product_id}", "/ingest/status"} <= set(schema["paths"])
+    assert httpx.get(server.url + "/docs").status_code == 200
+    assert httpx.get(server.url + "/health").json()["products"] == 305
+    assert httpx.get(server.url + "/stats").json()["vectors"] == 305
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,image\nx1,/nonexistent.jpg\n")
+    r = httpx.post(server.url + "/ingest", json={"source": str(bad)})
+    assert r.status_code == 202
+    for _ in range(100):
+        status = httpx.get(server.url + "/ingest/status").json()
+        if not status["running"] and status["current"] and status["current"]["status"] == "completed":
+            break
+        time.sleep(0.1)
+    assert status["current"]["skipped"] == 1
+    skipped = httpx.get(server.url + "/ingest/skipped").json()["skipped"]
+    assert skipped[0]["item"] == "x1" and "not found" in skipped[0]["reason"]
+    r = httpx.post(server.url + "/ingest", json={"source": str(tmp_path / "missing.csv")})
+    assert r.status_code == 400 and "not found" in r.json()["detail"]
+
+
+def test_server_refuses_to_start_on_a_store_of_another_encoder(store_copy):
+    try:
+        Server(store_copy, {"LOOKALIKE_ENCODER": "efficientnet-lite2"})
+        raise AssertionError("server started")
+    except RuntimeError as exc:
+        assert "efficientnet-lite0@" in str(exc)
