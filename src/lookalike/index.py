@@ -195,20 +195,20 @@ class VectorIndex:
                 self.ann, self.ann_factory = None, None
                 return
             ids = self.ids()
-            vectors = self.matrix[ids]
             try:
                 index = faiss.index_factory(self.dim, factory, faiss.METRIC_L2)
             except RuntimeError as exc:
                 raise IndexError_(f"FAISS cannot build index {factory!r}: {exc}") from exc
             if not index.is_trained:
-                rng = np.random.default_rng(seed)
-                n_train = min(len(ids), max(50_000, 64 * _nlist_of(index)))
-                sample = vectors[np.sort(rng.choice(len(ids), n_train, replace=False))] if n_train < len(ids) else vectors
+                # k-means needs ~30-40 points per list; more only costs time.
+                n_train = min(len(ids), max(50_000, 32 * _nlist_of(index)))
+                sample = np.sort(np.random.default_rng(seed).choice(len(ids), n_train, replace=False))
                 _seed_clustering(index, seed)
-                index.train(sample)
+                index.train(self.matrix[ids[sample]])
             index = _with_ids(index)
-            for start in range(0, len(ids), 100_000):
-                index.add_with_ids(vectors[start : start + 100_000], ids[start : start + 100_000])
+            for start in range(0, len(ids), 65_536):  # gather in chunks: no second copy of a large matrix
+                chunk = ids[start : start + 65_536]
+                index.add_with_ids(self.matrix[chunk], chunk)
             self.ann, self.ann_factory = index, factory
 
     def save_ann(self, directory: Path, generation: int) -> None:

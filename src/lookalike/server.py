@@ -135,7 +135,7 @@ def create_app(engine: Engine) -> FastAPI:
         hits = await run_in_threadpool(engine.search, data, k, where)
         return _hits(hits, started)
 
-    @app.get("/products/{product_id}/similar", response_model=SearchOut, tags=["search"], summary="Products similar to a product")
+    @app.get("/products/{product_id:path}/similar", response_model=SearchOut, tags=["search"], summary="Products similar to a product")
     def similar(product_id: str = Path(...), k: int = Query(10, ge=1, le=1000), where: list[str] = Query([])) -> SearchOut:
         started = time.perf_counter()
         return _hits(engine.similar(product_id, k=k, where=where), started)
@@ -150,16 +150,16 @@ def create_app(engine: Engine) -> FastAPI:
         return {"total": engine.store.count(), "offset": offset,
                 "products": [{"id": p.id, "metadata": p.metadata, "thumbnail_url": _thumb_url(p.id)} for p in page]}
 
-    @app.get("/products/{product_id}", response_model=ProductOut, tags=["products"])
-    def get_product(product_id: str) -> ProductOut:
-        return product_out(product_id)
-
-    @app.get("/products/{product_id}/thumbnail", tags=["products"], response_class=Response,
+    @app.get("/products/{product_id:path}/thumbnail", tags=["products"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
     def thumbnail(product_id: str) -> Response:
         return Response(engine.thumbnail(product_id), media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.put("/products/{product_id}", response_model=ProductOut, tags=["products"], summary="Insert or update one product")
+    @app.get("/products/{product_id:path}", response_model=ProductOut, tags=["products"])
+    def get_product(product_id: str) -> ProductOut:
+        return product_out(product_id)
+
+    @app.put("/products/{product_id:path}", response_model=ProductOut, tags=["products"], summary="Insert or update one product")
     async def put_product(
         product_id: str,
         image: Optional[UploadFile] = File(None, description="New image (required for a new product unless image_url is given)"),
@@ -186,7 +186,7 @@ def create_app(engine: Engine) -> FastAPI:
         await run_in_threadpool(engine.upsert, product_id, source, parsed)
         return product_out(product_id)
 
-    @app.delete("/products/{product_id}", tags=["products"])
+    @app.delete("/products/{product_id:path}", tags=["products"])
     def delete_product(product_id: str) -> dict[str, str]:
         engine.delete(product_id)
         return {"deleted": product_id}

