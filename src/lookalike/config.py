@@ -32,8 +32,8 @@ class Settings:
     # "flat" forces exact search; anything else is a FAISS index factory string.
     index: str = "auto"
     ann_threshold: int = 20_000
-    nprobe: int = 32
-    rerank_factor: int = 4
+    nprobe: int = 64
+    rerank_factor: int = 10
     threads: int = 2
     batch_size: int = 16
     loader_threads: int = 2

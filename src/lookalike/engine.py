@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .config import Settings, load_settings
 from .encoders import Encoder, get_encoder
@@ -52,6 +53,7 @@ class Engine:
         self.encoder = encoder
         self.store = store
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout)
+        threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
         spec = IndexSpec(settings.index, settings.ann_threshold, settings.nprobe, settings.rerank_factor)
         self.index = VectorIndex(encoder.dim, spec, threads=settings.threads)
         self.columns = MetadataColumns()

@@ -8,9 +8,9 @@ keeps start-up fast and thread counts under our control.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -117,6 +117,9 @@ class EfficientNetLiteEncoder(Encoder):
         self.threads = settings.threads
         self.model_path = settings.model_cache_dir() / f"{model_name}-v{GRAPH_VERSION}.onnx"
         self._session = None
+        # One model run at a time: each run already uses every pinned thread, and concurrent
+        # runs on a small machine only oversubscribe the cores and stretch tail latency.
+        self._run_lock = threading.Lock()
 
     def _ensure_model(self) -> Path:
         if not self.model_path.exists():
@@ -125,6 +128,10 @@ class EfficientNetLiteEncoder(Encoder):
 
     @property
     def session(self):
+        with self._run_lock:
+            return self._load_session()
+
+    def _load_session(self):
         if self._session is None:
             import onnxruntime as ort
 
@@ -140,14 +147,13 @@ class EfficientNetLiteEncoder(Encoder):
                 raise EncoderError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
         return self._session
 
-    def model_digest(self) -> str:
-        return hashlib.blake2b(self._ensure_model().read_bytes(), digest_size=8).hexdigest()
-
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return letterbox(image, self.input_size)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"expected a batch of shape (n, {self.input_size}, {self.input_size}, 3), got {batch.shape}")
-        (out,) = self.session.run(None, {"pixels": np.ascontiguousarray(batch, dtype=np.uint8)})
+        pixels = np.ascontiguousarray(batch, dtype=np.uint8)
+        with self._run_lock:
+            (out,) = self._load_session().run(None, {"pixels": pixels})
         return out.astype(np.float32, copy=False)
