@@ -1,0 +1,383 @@
+"""The evaluation tasks: each turns a data set's embeddings (for one configuration) into
+per-query values, summaries with bootstrap confidence intervals, and data for plots."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..engine import Engine
+from ..filters import MetadataColumns, parse_where
+from ..images import ImageError, load_image
+from ..index import IndexSpec, VectorIndex
+from .metrics import DEFAULT_KS, RECALL_LEVELS, bootstrap, classification_report, interpolated_precision, ranking_metrics
+from .suite import ALTERATIONS, DatasetSpec, Suite, SuiteError, TaskSpec
+from .views import alter
+
+APPROXIMATE_DEPTH = 100  # how deep an approximate index's own ranking is used before exact scores take over
+
+
+@dataclass
+class DatasetEmbeddings:
+    """A data set as one configuration's encoder sees it: ids, metadata and unit vectors, row-aligned."""
+
+    spec: DatasetSpec
+    engine: Engine
+    ids: list[str]
+    metadata: list[dict[str, Any]]
+    images: list[str | None]
+    hashes: list[str | None]
+    vectors: np.ndarray
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def column(self, name: str) -> list[Any]:
+        return [m.get(name) for m in self.metadata]
+
+    def thumbnail(self, position: int) -> bytes | None:
+        try:
+            return self.engine.thumbnail(self.ids[position])
+        except KeyError:
+            return None
+
+
+def load_dataset(spec: DatasetSpec, engine: Engine) -> DatasetEmbeddings:
+    """Ingest (incrementally: cached stores re-embed nothing) and collect the rows the suite keeps."""
+    from ..catalogue import CatalogueRow, read_catalogue
+
+    report = engine.ingest(spec.catalogue, spec.id_column, spec.image_column)
+    rows = [r for r in read_catalogue(spec.catalogue, spec.id_column, spec.image_column) if isinstance(r, CatalogueRow)]
+    if spec.where:
+        columns = MetadataColumns()
+        for i, row in enumerate(rows):
+            columns.set(i, row.metadata)
+        mask = columns.mask(parse_where(spec.where))
+        rows = [r for i, r in enumerate(rows) if mask[i]]
+    products = [engine.store.get(r.id) for r in rows]
+    kept = [(r, p) for r, p in zip(rows, products) if p is not None]
+    vectors = np.stack([engine.index.vector(p.rowid) for _, p in kept]) if kept else np.zeros((0, engine.encoder.dim), np.float32)
+    skipped = [{"item": s.item, "reason": s.reason} for s in report.skipped]
+    return DatasetEmbeddings(spec, engine, [r.id for r, _ in kept], [r.metadata for r, _ in kept], [r.image for r, _ in kept],
+                             [p.image_hash for _, p in kept], vectors, skipped)
+
+
+@dataclass
+class ConfigIndex:
+    """The configuration's vector index over one data set (positions as ids), with its costs."""
+
+    index: VectorIndex
+    build_s: float
+    bytes_per_item: float
+
+    @classmethod
+    def build(cls, data: DatasetEmbeddings, settings) -> "ConfigIndex":
+        threshold = settings.ann_threshold if settings.index == "auto" else 0
+        index = VectorIndex(data.vectors.shape[1], IndexSpec(settings.index, threshold, settings.nprobe, settings.rerank_factor), threads=settings.threads)
+        index.upsert(np.arange(len(data.ids)), data.vectors)
+        start = time.perf_counter()
+        index.build_ann()
+        build_s = time.perf_counter() - start
+        n = max(1, len(data.ids))
+        ann_bytes = 0
+        if index.ann is not None:
+            import faiss
+
+            ann_bytes = faiss.serialize_index(index.ann).nbytes
+        # Exact re-ranking keeps the float vectors in memory either way.
+        return cls(index, build_s, (data.vectors.nbytes + ann_bytes) / n)
+
+    def scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """A full ranking's scores: exact similarity, with an approximate index's top results first."""
+        exact = vectors @ query
+        if self.index.ann is None:
+            return exact
+        found, _ = self.index.search(query, APPROXIMATE_DEPTH)
+        ranked = exact - 10.0  # below every candidate the approximate index returned
+        ranked[found] = exact[found]
+        return ranked
+
+    def latency(self, queries: np.ndarray) -> dict[str, float]:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        for q in queries[:5]:  # warm caches: the first calls are not what a running server sees
+            self.index.search(q, 10)
+        times = []
+        for q in queries:
+            start = time.perf_counter()
+            self.index.search(q, 10)
+            times.append((time.perf_counter() - start) * 1000)
+        return {"query_p50_ms": float(np.percentile(times, 50)), "query_p99_ms": float(np.percentile(times, 99))}
+
+
+@dataclass
+class TaskResult:
+    """What one task measured for one configuration."""
+
+    metrics: dict[str, dict[str, float]]  # metric -> {mean, ci_low, ci_high, n}
+    baseline: dict[str, float] = field(default_factory=dict)  # random ranking, same queries
+    plots: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def summarise(per_query: dict[str, list[float]], suite: Suite) -> dict[str, dict[str, float]]:
+    return {name: bootstrap(values, suite.seed, suite.bootstrap).to_dict() for name, values in per_query.items()}
+
+
+def _label(meta: dict[str, Any], columns: list[str]) -> tuple | None:
+    values = tuple(meta.get(c) for c in columns)
+    return None if any(v is None or v == "" for v in values) else tuple(str(v).strip().lower() for v in values)
+
+
+def _ranking_values(scores: np.ndarray, relevant: np.ndarray, per_query: dict[str, list[float]], ks=DEFAULT_KS) -> dict[str, float]:
+    m = ranking_metrics(scores, relevant, ks)
+    per_query.setdefault("mAP", []).append(m["ap"])
+    per_query.setdefault("nn_accuracy", []).append(m["nn_accuracy"])
+    for k in ks:
+        per_query.setdefault(f"P@{k}", []).append(m[f"p@{k}"])
+        per_query.setdefault(f"R@{k}", []).append(m[f"r@{k}"])
+    return m
+
+
+def _random_baseline(relevant_counts: list[int], candidates: int, ks=DEFAULT_KS) -> dict[str, float]:
+    """Expected metrics of a random ranking (every score tied), averaged over the same queries."""
+    values: dict[str, list[float]] = {}
+    for r in sorted(set(relevant_counts)):
+        rel = np.zeros(candidates, bool)
+        rel[:r] = True
+        m = ranking_metrics(np.zeros(candidates), rel, ks)
+        weight = relevant_counts.count(r)
+        for key, out in (("ap", "mAP"), ("nn_accuracy", "nn_accuracy"), *[(f"p@{k}", f"P@{k}") for k in ks], *[(f"r@{k}", f"R@{k}") for k in ks]):
+            values.setdefault(out, []).extend([m[key]] * weight)
+    return {k: float(np.nanmean(v)) for k, v in values.items()}
+
+
+def run_retrieval(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """In-shop retrieval: every item queries the rest of its set; relevance is equal values of the named columns."""
+    columns = [task.options["relevance"]] if isinstance(task.options["relevance"], str) else list(task.options["relevance"])
+    labels = [_label(m, columns) for m in data.metadata]
+    n = len(labels)
+    per_query: dict[str, list[float]] = {}
+    pr_curves, worst, relevant_counts = [], [], []
+    label_array = np.array([hash(l) if l is not None else 0 for l in labels])
+    has_label = np.array([l is not None for l in labels])
+    for i in range(n):
+        if labels[i] is None:
+            continue
+        scores = np.delete(index.scores(data.vectors, data.vectors[i]), i)
+        relevant = np.delete((label_array == label_array[i]) & has_label, i)
+        m = _ranking_values(scores, relevant, per_query)
+        relevant_counts.append(int(relevant.sum()))
+        pr_curves.append(interpolated_precision(scores, relevant))
+        others = np.delete(np.arange(n), i)
+        top = others[np.argsort(-scores, kind="stable")[:5]]
+        worst.append((m["ap"] if not np.isnan(m["ap"]) else -1.0, i, top.tolist(), [bool(label_array[t] == label_array[i]) for t in top]))
+    worst.sort(key=lambda w: w[0])
+    curves = np.array(pr_curves) if pr_curves else np.zeros((0, len(RECALL_LEVELS)))
+    notes = []
+    unlabelled = int((~has_label).sum())
+    if unlabelled:
+        notes.append(f"{unlabelled} items without a value in {', '.join(columns)} were not used as queries")
+    no_relevant = sum(1 for c in relevant_counts if c == 0)
+    if no_relevant:
+        notes.append(f"{no_relevant} queries had no relevant item (left out of mAP and recall)")
+    return TaskResult(
+        summarise(per_query, suite), _random_baseline(relevant_counts, n - 1), notes=notes,
+        plots={"pr_levels": RECALL_LEVELS.tolist(), "pr_precision": np.nanmean(curves, axis=0).tolist() if len(curves) else [],
+               "worst": [{"query": data.ids[q], "ap": ap, "results": [data.ids[t] for t in top], "relevant": rel, "query_pos": q, "result_pos": top}
+                         for ap, q, top, rel in worst[:6]],
+               "label_column": columns[0]},
+    )
+
+
+def _groups_from_pairs(task: TaskSpec, suite: Suite, known: set[str]) -> tuple[list[set[str]], list[tuple[str, str]], list[str]]:
+    path = task.path("pairs", suite.base)
+    id_a, id_b = task.options.get("id_a", "item_id_a"), task.options.get("id_b", "item_id_b")
+    relation, positive = task.options.get("relation_column", "relation"), task.options.get("positive", "identical_image")
+    hard = task.options.get("hard_negative")
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    negatives, notes, missing = [], [], 0
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            a, b = row.get(id_a), row.get(id_b)
+            if a not in known or b not in known:
+                missing += 1
+                continue
+            if row.get(relation) == positive:
+                parent[find(a)] = find(b)
+            elif hard and row.get(relation) == hard:
+                negatives.append((a, b))
+    groups: dict[str, set[str]] = {}
+    for item in parent:
+        groups.setdefault(find(item), set()).add(item)
+    if missing:
+        notes.append(f"{missing} pairs name items not in the data set (or unreadable) and were skipped")
+    return [g for g in groups.values() if len(g) > 1], negatives, notes
+
+
+def run_pairs(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """Exact product / duplicate listings: each listed item queries the rest; its twins are relevant."""
+    position = {item: i for i, item in enumerate(data.ids)}
+    groups, negatives, notes = _groups_from_pairs(task, suite, set(position))
+    per_query: dict[str, list[float]] = {}
+    positive_sims, counts = [], []
+    n = len(data.ids)
+    for group in groups:
+        members = [position[m] for m in group]
+        for q in members:
+            scores = np.delete(index.scores(data.vectors, data.vectors[q]), q)
+            relevant = np.zeros(n, bool)
+            relevant[members] = True
+            relevant = np.delete(relevant, q)
+            m = ranking_metrics(scores, relevant, (1, 5))
+            per_query.setdefault("R@1", []).append(m["r@1"])
+            per_query.setdefault("R@5", []).append(m["r@5"])
+            per_query.setdefault("mAP", []).append(m["ap"])
+            counts.append(int(relevant.sum()))
+        positive_sims += [float(data.vectors[a] @ data.vectors[b]) for i, a in enumerate(members) for b in members[i + 1:]]
+    negative_sims = [float(data.vectors[position[a]] @ data.vectors[position[b]]) for a, b in negatives]
+    metrics = summarise(per_query, suite)
+    if positive_sims and negative_sims:
+        from sklearn.metrics import roc_auc_score
+
+        auc = roc_auc_score([1] * len(positive_sims) + [0] * len(negative_sims), positive_sims + negative_sims)
+        metrics["AUC twin vs hard negative"] = {"mean": float(auc), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(positive_sims) + len(negative_sims)}
+    baseline = {k: v for k, v in _random_baseline(counts, n - 1, (1, 5)).items() if k in ("R@1", "R@5", "mAP")} if counts else {}
+    return TaskResult(metrics, baseline, plots={"positive_sims": positive_sims, "negative_sims": negative_sims}, notes=notes)
+
+
+def _embed_images(engine: Engine, images: list[Image.Image], batch: int = 16) -> np.ndarray:
+    return engine.encoder.encode(images, batch_size=batch)
+
+
+def run_views(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """Synthetic street-like views of sampled products query the catalogue; the original is relevant."""
+    names = list(task.options.get("alterations", ALTERATIONS))
+    sample = min(int(task.options.get("sample", 200)), len(data.ids))
+    rng = np.random.default_rng(suite.seed)
+    chosen = np.sort(rng.choice(len(data.ids), sample, replace=False)) if sample else np.zeros(0, int)
+    hashes = np.array([h or f"#{i}" for i, h in enumerate(data.hashes)])
+    per_query: dict[str, list[float]] = {}
+    notes, unreadable = [], 0
+    for q in chosen:
+        try:
+            original = load_image(data.images[q], data.engine.limits)
+        except ImageError:
+            unreadable += 1
+            continue
+        altered = [alter(original, name, suite.seed * 1_000_003 + int(q) * 31 + j) for j, name in enumerate(names)]
+        vectors = _embed_images(data.engine, altered)
+        relevant = hashes == hashes[q]  # the product itself and any listing of the very same photo
+        for name, vector in zip(names, vectors):
+            m = ranking_metrics(index.scores(data.vectors, vector), relevant, (1, 5))
+            for k in (1, 5):  # found: the original (or a listing of the same photo) within the top k
+                per_query.setdefault(f"{name} R@{k}", []).append(min(1.0, m[f"p@{k}"] * k))
+    if unreadable:
+        notes.append(f"{unreadable} sampled products had unreadable images and were skipped")
+    n = max(1, len(data.ids))
+    baseline = {f"{name} R@{k}": min(1.0, k / n) for name in names for k in (1, 5)}
+    return TaskResult(summarise(per_query, suite), baseline, notes=notes)
+
+
+def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """Boxes cropped from street photos query the catalogue; relevance through a label → category map."""
+    boxes_path = task.path("boxes", suite.base)
+    images_base = task.path("images", suite.base) if task.options.get("images") else boxes_path.parent
+    column, label_map = task.options["column"], task.options.get("label_map") or {}
+    if not isinstance(label_map, dict) or not label_map:
+        raise SuiteError(f"task {task.name!r}: needs 'label_map' from street labels to values of {column!r}")
+    wanted = {str(k).lower(): {str(v).strip().lower() for v in (vs if isinstance(vs, list) else [vs])} for k, vs in label_map.items()}
+    values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(column)])
+    padding = float(task.options.get("padding", 0.1))
+    rows = list(csv.DictReader(boxes_path.open(newline="", encoding="utf-8")))
+    usable = [r for r in rows if r.get("label", "").lower() in wanted]
+    limit = task.options.get("sample")
+    if limit and len(usable) > int(limit):
+        keep = np.sort(np.random.default_rng(suite.seed).choice(len(usable), int(limit), replace=False))
+        usable = [usable[i] for i in keep]
+    crops, labels, unreadable = [], [], 0
+    current: tuple[Path | None, Image.Image | None] = (None, None)  # boxes of one photo come together
+    for row in usable:
+        path = images_base / row["image_file"]
+        try:
+            image = current[1] if current[0] == path else load_image(path)
+            current = (path, image)
+            x1, y1, x2, y2 = (float(row[k]) for k in ("x1", "y1", "x2", "y2"))
+            pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
+            crop = image.crop((max(0, x1 - pw), max(0, y1 - ph), min(image.width, x2 + pw), min(image.height, y2 + ph)))
+            if crop.width < 8 or crop.height < 8:
+                raise ImageError("corrupt", "box too small")
+        except (ImageError, KeyError, ValueError):
+            unreadable += 1
+            continue
+        crops.append(crop)
+        labels.append(row["label"].lower())
+    per_query: dict[str, list[float]] = {}
+    per_label: dict[str, list[float]] = {}
+    counts = []
+    vectors = _embed_images(data.engine, crops) if crops else np.zeros((0, data.vectors.shape[1]))
+    for vector, label in zip(vectors, labels):
+        relevant = np.isin(values, list(wanted[label]))
+        m = ranking_metrics(index.scores(data.vectors, vector), relevant, (1, 10))
+        per_query.setdefault("P@1", []).append(m["p@1"])
+        per_query.setdefault("P@10", []).append(m["p@10"])
+        per_query.setdefault("mAP", []).append(m["ap"])
+        per_label.setdefault(label, []).append(m["p@10"])
+        counts.append(int(relevant.sum()))
+    notes = [f"{len(rows) - len([r for r in rows if r.get('label', '').lower() in wanted])} boxes have labels without a catalogue mapping and were not used"]
+    if unreadable:
+        notes.append(f"{unreadable} boxes could not be read or cropped and were skipped")
+    baseline = {k: v for k, v in _random_baseline(counts, len(data.ids), (1, 10)).items() if k in ("P@1", "P@10", "mAP")} if counts else {}
+    return TaskResult(summarise(per_query, suite), baseline, notes=notes,
+                      plots={"per_label_p10": {k: float(np.mean(v)) for k, v in sorted(per_label.items())}})
+
+
+def run_classification(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """Predict a column: leave-one-out k-NN on the configuration's embeddings, or a predictions file."""
+    column = task.options["column"]
+    truth = data.column(column)
+    keep = [i for i, t in enumerate(truth) if t not in (None, "")]
+    if "predictions" in task.options:
+        path = task.path("predictions", suite.base)
+        predicted_by_id = {r["id"]: r.get("predicted") or None for r in csv.DictReader(path.open(newline="", encoding="utf-8"))}
+        predicted = [predicted_by_id.get(data.ids[i]) for i in keep]
+    else:
+        k = min(int(task.options.get("k", 10)), max(1, len(keep) - 1))
+        labels = [str(truth[i]) for i in keep]
+        vectors = data.vectors[keep]
+        predicted = []
+        for start in range(0, len(keep), 512):
+            block = vectors[start : start + 512] @ vectors.T
+            block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf  # leave the item itself out
+            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            for row, neighbours in zip(block, top):
+                votes: dict[str, float] = {}
+                for j in neighbours:  # similarity-weighted vote of the k nearest labelled items
+                    votes[labels[j]] = votes.get(labels[j], 0.0) + float(row[j])
+                predicted.append(max(votes, key=votes.get) if votes else None)
+    report = classification_report([str(truth[i]) for i in keep], predicted)
+    metrics = summarise({"accuracy": report["correct"]}, suite)
+    metrics["macro-F1"] = {"mean": report["macro_f1"], "ci_low": float("nan"), "ci_high": float("nan"), "n": len(keep)}
+    counts = np.array([report["per_class"][c]["support"] for c in report["classes"]], float)
+    baseline = {"accuracy": float(counts.max() / counts.sum()) if counts.sum() else float("nan")}  # always the commonest class
+    notes = [f"{len(truth) - len(keep)} items without a {column!r} value were left out"] if len(keep) < len(truth) else []
+    return TaskResult(metrics, baseline, notes=notes,
+                      plots={"per_class": report["per_class"], "classes": report["classes"], "confusion": report["confusion"]})
+
+
+RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
+    "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "classification": run_classification,
+}
+

@@ -1,0 +1,156 @@
+"""`lookalike eval` end to end on the demo catalogue: every task type, two configurations, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lookalike.evaluation import SuiteError, evaluate, load_config, load_suite
+
+from .conftest import DEMO_CSV, ROOT, SHARED, requires_shared
+
+DEMO = DEMO_CSV.parent
+
+
+@pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory) -> Path:
+    """A small suite over the demo photos: 3 duplicate listings, one unreadable image, street-like boxes."""
+    d = tmp_path_factory.mktemp("suite")
+    rows = list(csv.DictReader(DEMO_CSV.open()))
+    rows = [{**r, "image": str(DEMO / r["image"])} for r in rows]
+    dupes = [{**rows[i], "id": rows[i]["id"] + "-dup"} for i in (0, 50, 100)]
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    broken = {**rows[1], "id": "broken", "image": str(d / "broken.jpg")}
+    with (d / "catalogue.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + dupes + [broken])
+    with (d / "pairs.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item_id_a", "item_id_b", "relation"])
+        for dup in dupes:
+            writer.writerow([dup["id"].removesuffix("-dup"), dup["id"], "identical_image"])
+        writer.writerow([rows[2]["id"], rows[3]["id"], "same_photo_template_different_variant"])
+        writer.writerow([rows[4]["id"], "not-in-catalogue", "identical_image"])
+    shoes = [r for r in rows if r["category"] in ("Shoes", "Hat")][:8]
+    with (d / "boxes.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_file", "label", "x1", "y1", "x2", "y2"])
+        for r in shoes:
+            writer.writerow([r["image"], r["category"].lower(), 30, 30, 200, 200])
+        writer.writerow([shoes[0]["image"], "umbrella", 0, 0, 50, 50])  # no mapping: not used
+    with (d / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "predicted"])
+        for i, r in enumerate(rows):
+            writer.writerow([r["id"], r["category"] if i % 4 else "Shoes"])
+    suite = {
+        "name": "demo", "seed": 1, "bootstrap": 200, "map_points": 120,
+        "datasets": {"demo": {"catalogue": "catalogue.csv", "where": "kids=false"}},
+        "tasks": [
+            {"name": "same category", "type": "retrieval", "dataset": "demo", "relevance": "category"},
+            {"name": "duplicates", "type": "pairs", "dataset": "demo", "pairs": "pairs.csv", "hard_negative": "same_photo_template_different_variant"},
+            {"name": "views", "type": "views", "dataset": "demo", "sample": 12, "alterations": ["crop", "flip", "background"]},
+            {"name": "street", "type": "street_to_shop", "dataset": "demo", "boxes": "boxes.csv", "images": "/", "column": "category",
+             "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}},
+            {"name": "category k-NN", "type": "classification", "dataset": "demo", "column": "category", "k": 5},
+            {"name": "category from file", "type": "classification", "dataset": "demo", "column": "category", "predictions": "predictions.csv"},
+        ],
+    }
+    (d / "suite.yaml").write_text(yaml.safe_dump(suite))
+    (d / "exact.yaml").write_text("name: exact\nindex: flat\n")
+    (d / "ivf.yaml").write_text("name: ivf\nindex: IVF8,Flat\nnprobe: 2\nrerank_factor: 2\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def report_dir(suite_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    result = subprocess.run([sys.executable, "-m", "lookalike.cli", "eval", str(suite_dir / "suite.yaml"), "--config", str(suite_dir / "exact.yaml"),
+                             "--config", str(suite_dir / "ivf.yaml"), "--out", str(out), "--cache", str(suite_dir / "cache")],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same category" in result.stdout and "report.html" in result.stdout
+    return out
+
+
+def metric(results: dict, task: str, config: str, name: str) -> float:
+    entry = next(t for t in results["tasks"] if t["name"] == task)
+    return entry["results"][config]["metrics"][name]["mean"]
+
+
+def test_every_task_and_configuration_is_measured(report_dir):
+    results = json.loads((report_dir / "results.json").read_text())
+    assert [c["name"] for c in results["configs"]] == ["exact", "ivf"]
+    for task in results["tasks"]:
+        for config in ("exact", "ivf"):
+            metrics = task["results"][config]["metrics"]
+            assert metrics, task["name"]
+            for name, m in metrics.items():
+                assert 0.0 <= m["mean"] <= 1.0, (task["name"], name, m)
+                if m["ci_low"] == m["ci_low"]:  # not NaN
+                    assert m["ci_low"] <= m["mean"] + 1e-9 <= m["ci_high"] + 2e-9
+    assert metric(results, "same category", "exact", "mAP") > 2 * next(t for t in results["tasks"] if t["name"] == "same category")["results"]["exact"]["random_baseline"]["mAP"]
+    assert metric(results, "duplicates", "exact", "R@1") == 1.0
+    assert metric(results, "views", "exact", "flip R@1") >= 0.5
+    assert metric(results, "category from file", "exact", "accuracy") == pytest.approx(
+        1 - sum(1 for i, r in enumerate(csv.DictReader(DEMO_CSV.open())) if i % 4 == 0 and r["category"] != "Shoes" and r["kids"] == "false")
+        / sum(1 for r in csv.DictReader(DEMO_CSV.open()) if r["kids"] == "false"), abs=0.02)
+    eff = results["efficiency"]
+    assert eff["exact"]["demo"]["bytes_per_item"] == 1280 * 4 and eff["ivf"]["demo"]["bytes_per_item"] > 1280 * 4
+    skipped = results["datasets"]["exact"]["demo"]["skipped"]
+    assert [s["item"] for s in skipped] == ["broken"]
+
+
+def test_notes_say_what_was_left_out(report_dir):
+    results = json.loads((report_dir / "results.json").read_text())
+    notes = " ".join(n for t in results["tasks"] for r in t["results"].values() for n in r["notes"])
+    assert "pairs name items not in the data set" in notes and "without a catalogue mapping" in notes
+
+
+def test_report_files(report_dir):
+    md = (report_dir / "report.md").read_text()
+    assert "| task | metric | exact | ivf | random |" in md and "**" in md and "broken" in md
+    page = (report_dir / "report.html").read_text()
+    assert "<svg class='map'" in page and "data:image/jpeg;base64," in page and "Worst queries" in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    plots = {p.name for p in (report_dir / "plots").iterdir()}
+    assert {"task1_pr.png", "task2_similarity.png", "task4_labels.png", "task5_f1.png", "map_exact.png"} <= plots
+
+
+def test_deterministic_given_the_seed(suite_dir, report_dir, tmp_path):
+    suite = load_suite(suite_dir / "suite.yaml")
+    again = evaluate(suite, [load_config(suite_dir / "exact.yaml")], suite_dir / "cache").to_json()
+    before = json.loads((report_dir / "results.json").read_text())
+    for task_now, task_then in zip(again["tasks"], before["tasks"]):
+        assert json.dumps(task_now["results"]["exact"]["metrics"], sort_keys=True) == json.dumps(task_then["results"]["exact"]["metrics"], sort_keys=True)
+
+
+def test_suite_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("datasets: {a: {catalogue: x.csv}}\ntasks: [{type: ranking, dataset: a}]\n")
+    with pytest.raises(SuiteError, match="type 'ranking'"):
+        load_suite(bad)
+    bad.write_text("datasets: {a: {catalogue: x.csv}}\ntasks: [{type: retrieval, dataset: b, relevance: x}]\n")
+    with pytest.raises(SuiteError, match="data set 'b'"):
+        load_suite(bad)
+    bad.write_text("datasets: {a: {catalogue: x.csv}}\ntasks: [{type: views, dataset: a, alterations: [smudge]}]\n")
+    with pytest.raises(SuiteError, match="smudge"):
+        load_suite(bad)
+    (tmp_path / "c.yaml").write_text("name: x\nindx: flat\n")
+    with pytest.raises(SuiteError, match="unknown setting"):
+        load_config(tmp_path / "c.yaml")
+
+
+@requires_shared
+def test_shipped_suite_loads_and_points_at_the_shared_data():
+    suite = load_suite(ROOT / "suites" / "shared.yaml")
+    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "classification"}
+    for spec in suite.datasets.values():
+        assert spec.catalogue.exists() and spec.catalogue.is_relative_to(SHARED.resolve())
