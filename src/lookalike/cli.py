@@ -9,6 +9,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -46,7 +47,7 @@ state = State()
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -114,11 +115,11 @@ def ingest(
             if as_json:
                 out.print_json(json.dumps(report.to_dict()))
             else:
-                out.print(report.summary(), highlight=False)
+                out.print(report.summary(), highlight=False, markup=False)
                 for skipped in report.skipped[:10]:
-                    out.print(f"  skipped {skipped.item}: {skipped.reason}", highlight=False)
+                    out.print(f"  skipped {skipped.item}: {skipped.reason}", highlight=False, markup=False)
                 if len(report.skipped) > 10:
-                    out.print(f"  ... and {len(report.skipped) - 10} more (see {report.skip_report})", highlight=False)
+                    out.print(f"  ... and {len(report.skipped) - 10} more (see {report.skip_report})", highlight=False, markup=False)
 
     guarded(body)
 
@@ -283,7 +284,7 @@ def eval_(
 
         loaded = load_suite(suite)
         configs = [load_config(c) for c in config]
-        evaluation = evaluate(loaded, configs, cache or out_dir / ".cache", base=state.settings(), progress=lambda m: err.print(m, highlight=False))
+        evaluation = evaluate(loaded, configs, cache or out_dir / ".cache", base=state.settings(), progress=lambda m: err.print(m, highlight=False, markup=False))
         paths = write_report(evaluation, out_dir)
         from .evaluation.report import quality_rows
 

@@ -70,6 +70,23 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": message, "error": kind})
 
 
+# Errors the engine raises for bad requests, and how the API reports them.
+_ERROR_STATUS = {
+    FilterError: (422, "bad_filter"),
+    NotFoundError: (404, "not_found"),
+    BusyError: (409, "busy"),
+    CatalogueError: (400, "bad_catalogue"),
+    ValueError: (422, "bad_request"),
+}
+
+
+def _handler(status: int, kind: str):
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return _error(status, kind, str(exc))
+
+    return handle
+
+
 async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
@@ -94,25 +111,8 @@ def create_app(engine: Engine) -> FastAPI:
     async def image_error(_: Request, exc: ImageError):
         return _error(_IMAGE_STATUS.get(exc.kind, 400), exc.kind, exc.message)
 
-    @app.exception_handler(FilterError)
-    async def filter_error(_: Request, exc: FilterError):
-        return _error(422, "bad_filter", str(exc))
-
-    @app.exception_handler(NotFoundError)
-    async def not_found(_: Request, exc: NotFoundError):
-        return _error(404, "not_found", str(exc))
-
-    @app.exception_handler(BusyError)
-    async def busy(_: Request, exc: BusyError):
-        return _error(409, "busy", str(exc))
-
-    @app.exception_handler(CatalogueError)
-    async def bad_catalogue(_: Request, exc: CatalogueError):
-        return _error(400, "bad_catalogue", str(exc))
-
-    @app.exception_handler(ValueError)
-    async def bad_value(_: Request, exc: ValueError):
-        return _error(422, "bad_request", str(exc))
+    for error_type, (status, kind) in _ERROR_STATUS.items():
+        app.add_exception_handler(error_type, _handler(status, kind))
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -149,38 +150,43 @@ class ProductStore:
         self._db.execute("INSERT INTO meta(key, value) VALUES ('generation', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(gen),))
         return gen
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[int]:
+        """One atomic write: all of it is committed with a new generation number, or none of it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._next_generation()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def write(self, items: list[ProductWrite]) -> list[int]:
         """Insert or update products in one transaction; returns their rowids in order."""
         if not items:
             return []
         now = time.time()
         rowids = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                gen = self._next_generation()
-                for item in items:
-                    blob = None if item.vector is None else np.asarray(item.vector, dtype=np.float32).tobytes()
-                    row = self._db.execute(
-                        """INSERT INTO products(id, image, image_hash, metadata, vector, gen, updated_at)
-                           VALUES (?, ?, ?, ?, ?, ?, ?)
-                           ON CONFLICT(id) DO UPDATE SET
-                               image = excluded.image,
-                               image_hash = COALESCE(excluded.image_hash, products.image_hash),
-                               metadata = excluded.metadata,
-                               vector = COALESCE(excluded.vector, products.vector),
-                               gen = excluded.gen,
-                               updated_at = excluded.updated_at
-                           RETURNING rowid""",
-                        (item.id, item.image, item.image_hash, canonical_json(item.metadata), blob, gen, now),
-                    ).fetchone()
-                    rowids.append(row[0])
-                    if item.thumbnail is not None:
-                        self._db.execute("INSERT OR REPLACE INTO thumbnails(rowid, jpeg) VALUES (?, ?)", (row[0], item.thumbnail))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write_transaction() as gen:
+            for item in items:
+                blob = None if item.vector is None else np.asarray(item.vector, dtype=np.float32).tobytes()
+                row = self._db.execute(
+                    """INSERT INTO products(id, image, image_hash, metadata, vector, gen, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(id) DO UPDATE SET
+                           image = excluded.image,
+                           image_hash = COALESCE(excluded.image_hash, products.image_hash),
+                           metadata = excluded.metadata,
+                           vector = COALESCE(excluded.vector, products.vector),
+                           gen = excluded.gen,
+                           updated_at = excluded.updated_at
+                       RETURNING rowid""",
+                    (item.id, item.image, item.image_hash, canonical_json(item.metadata), blob, gen, now),
+                ).fetchone()
+                rowids.append(row[0])
+                if item.thumbnail is not None:
+                    self._db.execute("INSERT OR REPLACE INTO thumbnails(rowid, jpeg) VALUES (?, ?)", (row[0], item.thumbnail))
         return rowids
 
     def delete(self, ids: Iterable[str]) -> list[int]:
@@ -189,20 +195,13 @@ class ProductStore:
         if not ids:
             return []
         removed = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                gen = self._next_generation()
-                for item_id in ids:
-                    row = self._db.execute("DELETE FROM products WHERE id = ? RETURNING rowid", (item_id,)).fetchone()
-                    if row is not None:
-                        removed.append(row[0])
-                        self._db.execute("DELETE FROM thumbnails WHERE rowid = ?", (row[0],))
-                        self._db.execute("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)", (row[0], gen))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write_transaction() as gen:
+            for item_id in ids:
+                row = self._db.execute("DELETE FROM products WHERE id = ? RETURNING rowid", (item_id,)).fetchone()
+                if row is not None:
+                    removed.append(row[0])
+                    self._db.execute("DELETE FROM thumbnails WHERE rowid = ?", (row[0],))
+                    self._db.execute("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)", (row[0], gen))
         return removed
 
     # ---- reads ----------------------------------------------------------------------------------
