@@ -121,7 +121,9 @@ def test_report_files(report_dir):
     assert "<svg class='map'" in page and "data:image/jpeg;base64," in page and "Worst queries" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
     plots = {p.name for p in (report_dir / "plots").iterdir()}
-    assert {"task1_pr.png", "task2_similarity.png", "task4_labels.png", "task5_f1.png", "map_exact.png"} <= plots
+    assert {"task1_pr.png", "task2_similarity.png", "task4_labels.png", "task5_f1.png", "task5_confusion_exact.png", "map_exact.png"} <= plots
+    details = json.loads((report_dir / "results.json").read_text())["tasks"][4]["results"]["exact"]["details"]
+    assert len(details["confusion"]) == len(details["classes"]) and sum(map(sum, details["confusion"])) == 272
 
 
 def test_deterministic_given_the_seed(suite_dir, report_dir, tmp_path):

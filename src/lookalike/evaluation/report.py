@@ -123,6 +123,10 @@ def _plots(ev: Evaluation, out: Path) -> dict[str, list[tuple[str, str]]]:
                 ax.set(ylabel="F1", ylim=(0, 1), title=f"{task.name}: per-class F1")
                 ax.legend()
                 save(fig, f"{slug}_f1.png", task.name, "Per-class F1 (commonest classes)")
+            for config, r in results.items():
+                if r.plots.get("confusion"):
+                    _confusion_plot(plt, r.plots, f"{task.name} ({config})")
+                    save(plt.gcf(), f"{slug}_confusion_{_slug(config)}.png", task.name, f"Confusion matrix, {config} (rows: truth, commonest classes)")
         elif task.type == "street_to_shop":
             labels = sorted({l for r in results.values() for l in r.plots.get("per_label_p10", {})})
             if labels:
@@ -150,6 +154,22 @@ def _plots(ev: Evaluation, out: Path) -> dict[str, list[tuple[str, str]]]:
         ax.legend(fontsize=7, markerscale=2, loc="best")
         save(fig, f"map_{_slug(config)}.png", "__maps__", f"Embedding map: {config}")
     return made
+
+
+def _confusion_plot(plt, plots: dict[str, Any], title: str, limit: int = 25) -> None:
+    """Row-normalised confusion matrix over the commonest classes."""
+    classes = plots["classes"]
+    keep = sorted(range(len(classes)), key=lambda i: -plots["per_class"][classes[i]]["support"])[:limit]
+    matrix = np.array(plots["confusion"], dtype=float)[np.ix_(keep, keep)]
+    matrix = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
+    size = max(5, len(keep) * 0.32)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    names = [classes[i] for i in keep]
+    ax.set_xticks(range(len(keep)), names, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(range(len(keep)), names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046)
 
 
 def _slug(text: str) -> str:

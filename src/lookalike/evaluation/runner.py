@@ -43,7 +43,8 @@ class Evaluation:
             "suite": self.suite.name, "suite_file": str(self.suite.path), "seed": self.suite.seed, "bootstrap": self.suite.bootstrap,
             "configs": [{"name": c.name, "settings": c.settings} for c in self.configs], "seconds": round(self.seconds, 1),
             "tasks": [{"name": t.name, "type": t.type, "dataset": t.dataset,
-                       "results": {c: {"metrics": r.metrics, "random_baseline": r.baseline, "notes": r.notes} for c, r in self.tasks.get(t.name, {}).items()}}
+                       "results": {c: {"metrics": r.metrics, "random_baseline": r.baseline, "notes": r.notes, "details": r.plots}
+                                   for c, r in self.tasks.get(t.name, {}).items()}}
                       for t in self.suite.tasks],
             "efficiency": self.efficiency,
             "datasets": self.datasets,
