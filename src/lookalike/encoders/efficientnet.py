@@ -8,7 +8,9 @@ keeps start-up fast and thread counts under our control.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -66,7 +68,8 @@ def export_onnx(model_name: str, target: Path) -> None:
     size = _WEIGHT_PACKAGES[model_name][2]
     weights = _weights_path(model_name)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    backbone = EfficientNet.from_pretrained(model_name, weights_path=str(weights))
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints on load; stdout belongs to --json output
+        backbone = EfficientNet.from_pretrained(model_name, weights_path=str(weights))
     backbone.eval()  # keep the Lite activations (ReLU6); set_swish() would replace them with Swish
 
     class PooledFeatures(torch.nn.Module):
