@@ -45,7 +45,8 @@ def quality_rows(ev: Evaluation) -> list[dict[str, Any]]:
         metric_names = list(dict.fromkeys(m for r in per_config.values() for m in r.metrics))
         for metric in metric_names:
             values = {c: per_config[c].metrics.get(metric) for c in configs if c in per_config}
-            means = {c: v["mean"] for c, v in values.items() if v and not math.isnan(v["mean"])}
+            # Compared as printed: values that read the same are equally best.
+            means = {c: round(v["mean"], 3) for c, v in values.items() if v and not math.isnan(v["mean"])}
             best = max(means.values()) if means else None
             baseline = next((r.baseline.get(metric) for r in per_config.values() if metric in r.baseline), None)
             rows.append({"task": task.name, "metric": metric, "cells": {c: (_cell(v) if v else "–") for c, v in values.items()},
@@ -61,7 +62,7 @@ def efficiency_rows(ev: Evaluation) -> list[dict[str, Any]]:
         keys = list(dict.fromkeys(k for c in configs for k in ev.efficiency.get(c, {}).get(dataset, {})))
         for key in keys:
             values = {c: ev.efficiency.get(c, {}).get(dataset, {}).get(key) for c in configs}
-            finite = {c: v for c, v in values.items() if v is not None and not math.isnan(v)}
+            finite = {c: round(v, 3) for c, v in values.items() if v is not None and not math.isnan(v)}
             best = (min if key in LOWER_IS_BETTER else max)(finite.values()) if finite and key != "items" else None
             rows.append({"task": f"efficiency: {dataset}", "metric": key, "cells": {c: _fmt(v, 3) for c, v in values.items()},
                          "best": {c for c, v in finite.items() if len(finite) > 1 and v == best}, "baseline": ""})

@@ -92,9 +92,12 @@ def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> di
     if pixels:
         batch = np.stack(pixels)
         data.engine.encoder.embed(batch)  # warm
-        start = time.perf_counter()
-        data.engine.encoder.embed(batch)
-        embed_ms = (time.perf_counter() - start) * 1000 / len(pixels)
+        runs = []
+        for _ in range(5):  # the fastest of several runs: other processes only ever add time
+            start = time.perf_counter()
+            data.engine.encoder.embed(batch)
+            runs.append((time.perf_counter() - start) * 1000 / len(pixels))
+        embed_ms = min(runs)
     return {"items": len(data.ids), "bytes_per_item": round(index.bytes_per_item, 1), "build_s": round(index.build_s, 3),
             **{k: round(v, 4) for k, v in index.latency(queries).items()}, "embed_ms_per_image": round(embed_ms, 2)}
 
