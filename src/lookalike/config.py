@@ -44,6 +44,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     model_cache: str = ""  # empty: ~/.cache/lookalike/models
+    facets: str = ""  # comma-separated columns shown as facets in the web app; empty: chosen automatically
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed; unknown or ``None`` values are ignored."""

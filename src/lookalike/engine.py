@@ -250,6 +250,24 @@ class Engine:
         product = self.get(product_id)
         return self.search_vector(self.index.vector(product.rowid), k, where, exclude=[product.rowid])
 
+    def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
+        """A page of the catalogue (in ingest order) among products matching ``where``; returns (total, page)."""
+        mask = self.columns.mask(parse_where(where))
+        live = np.flatnonzero(self.index.live if mask is None else self.index.live[: len(mask)] & mask[: self.index.capacity])
+        page = live[offset : offset + limit].tolist()
+        products = self.store.get_by_rowids(page)
+        return len(live), [products[r] for r in page if r in products]
+
+    def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
+        """Filterable metadata columns with their values and counts (or numeric ranges), in the
+        order of the ``facets`` setting when it names columns."""
+        found = self.columns.facets(max_values)
+        pinned = [c.strip() for c in self.settings.facets.split(",") if c.strip()]
+        if not pinned:
+            return found
+        by_name = {f["name"]: f for f in found}
+        return [by_name[c] for c in pinned if c in by_name]
+
     def __len__(self) -> int:
         return self.index.count
 

@@ -194,3 +194,22 @@ class MetadataColumns:
         counts = np.bincount(codes, minlength=len(column.labels))
         top = np.argsort(-counts, kind="stable")[:limit]
         return [(column.labels[i], int(counts[i])) for i in top if counts[i] > 0]
+
+    def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
+        """Columns worth filtering on, for facet lists: few distinct values -> value counts;
+        many numeric values -> a range; many distinct texts (titles, ids) or a single value -> none."""
+        out = []
+        for name in self.names():
+            column = self.columns[name]
+            present = column.codes >= 0
+            distinct = int(np.count_nonzero(np.bincount(column.codes[present], minlength=len(column.labels)))) if present.any() else 0
+            if distinct < 2:
+                continue
+            if distinct <= max_values:
+                out.append({"name": name, "kind": "values", "values": self.facet_counts(name, limit=max_values)})
+                continue
+            numbers = column.numbers[present]
+            finite = numbers[~np.isnan(numbers)]
+            if len(finite) >= 0.9 * np.count_nonzero(present):
+                out.append({"name": name, "kind": "range", "min": float(finite.min()), "max": float(finite.max())})
+        return out

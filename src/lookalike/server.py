@@ -212,6 +212,9 @@ def create_app(engine: Engine) -> FastAPI:
     def ingest_skipped(run_id: Optional[int] = Query(None), limit_: int = Query(1000, ge=1, le=100_000, alias="limit")) -> dict[str, Any]:
         return {"run_id": run_id, "skipped": engine.store.skipped(run_id, limit_)}
 
+    from .web import mount_web
+
+    mount_web(app, engine)
     return app
 
 

@@ -1,0 +1,190 @@
+"""The web app in a real headless Chromium (Debian's), driven by Playwright, against a real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import DEMO_CSV, ROOT, Server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
+ARTIFACTS = ROOT / "test-artifacts"
+PHOTO = DEMO_CSV.parent / "images" / "878ff7a3.jpg"  # a blazer
+
+
+@pytest.fixture(scope="module")
+def web_server(demo_store, tmp_path_factory):
+    store = tmp_path_factory.mktemp("web") / "store"
+    shutil.copytree(demo_store, store)
+    server = Server(store)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    """Save a screenshot as a test artefact; LOOKALIKE_UPDATE_DOCS=1 also refreshes docs/screenshots."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+    if os.environ.get("LOOKALIKE_UPDATE_DOCS"):
+        (ROOT / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ARTIFACTS / f"{name}.png", ROOT / "docs" / "screenshots" / f"{name}.png")
+
+
+def result_ids(page, grid: str = "#result-grid") -> list[str]:
+    return page.eval_on_selector_all(f"{grid} .card", "cards => cards.map(c => c.dataset.id)")
+
+
+def upload(page, path: Path) -> None:
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#results .results-heading, #results .error, #message .error")
+
+
+def test_upload_a_catalogue_photo_and_see_its_product_first(page, web_server):
+    page.goto(web_server.url + "/")
+    started = time.perf_counter()
+    upload(page, PHOTO)
+    elapsed = time.perf_counter() - started
+    ids = result_ids(page)
+    assert ids[0] == "878ff7a3" and len(ids) == 24
+    print(f"search results rendered {elapsed * 1000:.0f} ms after choosing the photo")
+    shot(page, "search")
+
+
+def test_facet_filters_results_without_reload(page, web_server):
+    page.goto(web_server.url + "/")
+    upload(page, PHOTO)
+    page.evaluate("window.__marker = 1")  # survives only if the page is not reloaded
+    with page.expect_response(lambda r: "/ui/search" in r.url and "category%3DShoes" in r.url):
+        page.check("fieldset[data-column=category] input[value=Shoes]")
+    page.wait_for_function("document.querySelectorAll('#result-grid .card').length > 0")
+    categories = page.eval_on_selector_all("#result-grid .card li[data-column=category]", "els => els.map(e => e.textContent)")
+    assert categories and set(categories) == {"Shoes"}
+    assert page.evaluate("window.__marker") == 1
+    shot(page, "search-facet")
+
+
+def test_more_like_this_and_crop(page, web_server):
+    page.goto(web_server.url + "/")
+    upload(page, PHOTO)
+    second = result_ids(page)[1]
+    with page.expect_response(lambda r: f"/ui/similar/{second}" in r.url):
+        page.click(f"#result-grid .card[data-id='{second}'] .more")
+    page.wait_for_selector("#results .results-heading:has-text('More like')")
+    assert second not in result_ids(page)
+    still = "() => new Promise(done => { const y = window.scrollY; setTimeout(() => done(window.scrollY === y), 200); })"
+    page.wait_for_function(still)  # the smooth scroll to the results has finished
+    page.locator("#preview").scroll_into_view_if_needed()
+    page.wait_for_function(still)
+    box = page.locator("#preview").bounding_box()
+    with page.expect_response(lambda r: "/ui/search" in r.url):
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6, steps=5)
+        page.mouse.up()
+    assert page.is_visible("#crop-box") and page.is_visible("#clear-crop")
+    page.wait_for_selector("#results .results-heading:has-text('Results')")
+    shot(page, "search-crop")
+
+
+def test_product_page_shows_similar_items(page, web_server):
+    page.goto(web_server.url + "/product/878ff7a3")
+    assert page.inner_text("h1") and "Blazer" in page.inner_text("table.meta")
+    similar = result_ids(page, "#similar")
+    assert len(similar) == 12 and "878ff7a3" not in similar
+    page.select_option("select[name=exclude]", "category")
+    page.wait_for_url("**exclude=category**")
+    categories = page.eval_on_selector_all("#similar li[data-column=category]", "els => els.map(e => e.textContent)")
+    assert categories and "Blazer" not in categories
+    shot(page, "product")
+
+
+def test_non_image_upload_shows_an_error(page, web_server, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a photo")
+    page.goto(web_server.url + "/")
+    upload(page, bad)
+    assert "not a photo we can read" in page.inner_text("#results .error")
+    too_big = tmp_path / "big.jpg"
+    too_big.write_bytes(b"\xff\xd8\xff" + b"0" * (21 * 1024 * 1024))
+    page.set_input_files("#file", str(too_big))
+    page.wait_for_selector("#message .error")
+    assert "too large" in page.inner_text("#message .error")
+    shot(page, "search-error")
+
+
+def test_browse_with_facets_and_pages(page, web_server):
+    page.goto(web_server.url + "/browse")
+    assert "305 products" in page.inner_text("#browse")
+    page.click("#browse a[rel=next]")
+    page.wait_for_selector("#browse :text('page 2 of')")
+    page.check("fieldset[data-column=category] input[value=Hat]")
+    page.wait_for_selector("#browse :text('18 products')")
+    assert set(page.eval_on_selector_all("#browse-grid li[data-column=category]", "els => els.map(e => e.textContent)")) == {"Hat"}
+    shot(page, "browse")
+
+
+def test_admin_shows_stats_runs_and_skipped_items(page, web_server, tmp_path):
+    catalogue = tmp_path / "extra.csv"
+    catalogue.write_text(f"id,image,category\nnew-1,{PHOTO},Blazer\nbroken,{tmp_path / 'missing.jpg'},Hat\n")
+    assert httpx.post(web_server.url + "/ingest", json={"source": str(catalogue)}).status_code == 202
+    page.goto(web_server.url + "/admin")
+    page.wait_for_selector("#skipped :text('broken')", timeout=30_000)
+    assert "file not found" in page.inner_text("#skipped")
+    assert "efficientnet-lite0" in page.inner_text("#stats")
+    page.wait_for_selector("#stats :text('306')")  # the product added by that ingest, without a reload
+    shot(page, "admin")
+
+
+def test_keyboard_and_phone_layout(browser, web_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(web_server.url + "/")
+    assert page.get_attribute("#camera", "capture") == "environment"
+    reached = []
+    for _ in range(20):  # keyboard only: the skip link, the menu, the drop zone, the file and camera inputs
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert {"drop", "file", "camera"} <= set(reached)
+    upload(page, PHOTO)
+    assert page.is_visible("#result-grid .card")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # no sideways scrolling on a phone
+    shot(page, "phone")
+    context.close()
+
+
+def test_empty_catalogue_says_so(page, tmp_path):
+    server = Server(tmp_path / "empty-store")
+    try:
+        page.goto(server.url + "/")
+        assert "catalogue is empty" in page.inner_text("main .error")
+        upload(page, PHOTO)
+        assert "catalogue is empty" in page.inner_text("#results .error")
+    finally:
+        server.stop()
