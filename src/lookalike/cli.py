@@ -20,7 +20,7 @@ from .encoders import EncoderError
 from .engine import BusyError, Engine, NotFoundError
 from .filters import FilterError
 from .images import ImageError
-from .index import IndexError_
+from .index import IndexBuildError
 from .search import Hit
 from .store import StoreError
 from .evaluation.suite import SuiteError
@@ -29,7 +29,7 @@ app = typer.Typer(help="lookalike: visual search and tagging for fashion catalog
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS = (SuiteError, CatalogueError, ConfigError, EncoderError, FilterError, ImageError, IndexError_, StoreError, NotFoundError, BusyError, ValueError)
+USER_ERRORS = (SuiteError, CatalogueError, ConfigError, EncoderError, FilterError, ImageError, IndexBuildError, StoreError, NotFoundError, BusyError, ValueError)
 
 
 class State:

@@ -32,7 +32,7 @@ EXACT_SUBSET_MAX = 4096
 FILTER_PROBE_FRACTION = 0.5
 
 
-class IndexError_(RuntimeError):
+class IndexBuildError(RuntimeError):
     """The vector index cannot be built or loaded as asked."""
 
 
@@ -200,7 +200,7 @@ class VectorIndex:
             try:
                 index = faiss.index_factory(self.dim, factory, faiss.METRIC_L2)
             except RuntimeError as exc:
-                raise IndexError_(f"FAISS cannot build index {factory!r}: {exc}") from exc
+                raise IndexBuildError(f"FAISS cannot build index {factory!r}: {exc}") from exc
             if not index.is_trained:
                 # k-means needs ~30-40 points per list; more only costs time.
                 n_train = min(len(ids), max(50_000, 32 * _nlist_of(index)))

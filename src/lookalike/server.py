@@ -17,6 +17,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from . import __version__
 from .catalogue import CatalogueError
@@ -130,8 +131,6 @@ def create_app(engine: Engine) -> FastAPI:
     ) -> SearchOut:
         started = time.perf_counter()
         data = await _read_upload(image, limit)
-        from starlette.concurrency import run_in_threadpool
-
         hits = await run_in_threadpool(engine.search, data, k, where)
         return _hits(hits, started)
 
@@ -166,8 +165,6 @@ def create_app(engine: Engine) -> FastAPI:
         image_url: Optional[str] = Form(None, description="http(s) URL to fetch the image from"),
         metadata: Optional[str] = Form(None, description='JSON object, e.g. {"title": "Red dress", "price": 49.9}; omitted keeps the stored metadata'),
     ) -> ProductOut:
-        from starlette.concurrency import run_in_threadpool
-
         parsed = None
         if metadata is not None:
             try:
