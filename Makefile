@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/lookalike --store $(STORE) ingest examples/demo/products.csv
-	@echo "Open http://$(HOST):$(PORT)/docs  (Ctrl-C to stop)"
+	@echo "Open http://$(HOST):$(PORT)/ for the web app, http://$(HOST):$(PORT)/docs for the API  (Ctrl-C to stop)"
 	$(VENV)/bin/lookalike --store $(STORE) serve --host $(HOST) --port $(PORT)
 
 test: setup
