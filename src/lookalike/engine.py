@@ -253,7 +253,7 @@ class Engine:
     def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
         """A page of the catalogue (in ingest order) among products matching ``where``; returns (total, page)."""
         mask = self.columns.mask(parse_where(where))
-        live = np.flatnonzero(self.index.live if mask is None else self.index.live[: len(mask)] & mask[: self.index.capacity])
+        live = np.flatnonzero(self.index.live if mask is None else self.index.allowed_mask(mask))
         page = live[offset : offset + limit].tolist()
         products = self.store.get_by_rowids(page)
         return len(live), [products[r] for r in page if r in products]

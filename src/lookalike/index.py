@@ -258,7 +258,7 @@ class VectorIndex:
         if k <= 0 or self.count == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         with self._lock:
-            mask = self.live if allowed is None else self._allowed_mask(allowed)
+            mask = self.live if allowed is None else self.allowed_mask(allowed)
             n_allowed = self.count if allowed is None else int(np.count_nonzero(mask))
             if n_allowed == 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -272,7 +272,8 @@ class VectorIndex:
                 return self._exact_masked(query, mask, k)
             return ids, scores
 
-    def _allowed_mask(self, allowed: np.ndarray) -> np.ndarray:
+    def allowed_mask(self, allowed: np.ndarray) -> np.ndarray:
+        """A filter mask of any length made the index's size, and limited to live ids."""
         mask = np.zeros(self.capacity, dtype=bool)
         n = min(len(allowed), self.capacity)
         mask[:n] = allowed[:n]

@@ -26,7 +26,7 @@ from .filters import FilterError
 from .images import ImageError, is_url
 from .search import Hit
 
-_IMAGE_STATUS = {"unsupported": 415, "too_large": 413, "too_many_pixels": 413, "empty": 400, "corrupt": 400, "missing": 400, "fetch": 400}
+IMAGE_STATUS = {"unsupported": 415, "too_large": 413, "too_many_pixels": 413, "empty": 400, "corrupt": 400, "missing": 400, "fetch": 400}
 
 
 class HitOut(BaseModel):
@@ -88,7 +88,7 @@ def _handler(status: int, kind: str):
     return handle
 
 
-async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ImageError("too_large", f"upload {upload.filename or ''!r} is larger than the limit of {limit} bytes")
@@ -110,7 +110,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(ImageError)
     async def image_error(_: Request, exc: ImageError):
-        return _error(_IMAGE_STATUS.get(exc.kind, 400), exc.kind, exc.message)
+        return _error(IMAGE_STATUS.get(exc.kind, 400), exc.kind, exc.message)
 
     for error_type, (status, kind) in _ERROR_STATUS.items():
         app.add_exception_handler(error_type, _handler(status, kind))
@@ -130,7 +130,7 @@ def create_app(engine: Engine) -> FastAPI:
         where: list[str] = Query([], description='Filters, repeatable: "article_type=Shirts", "price<50"'),
     ) -> SearchOut:
         started = time.perf_counter()
-        data = await _read_upload(image, limit)
+        data = await read_upload(image, limit)
         hits = await run_in_threadpool(engine.search, data, k, where)
         return _hits(hits, started)
 
@@ -175,7 +175,7 @@ def create_app(engine: Engine) -> FastAPI:
                 raise ValueError("metadata must be a JSON object")
         source: bytes | str | None = None
         if image is not None and (image.filename or image.size):
-            source = await _read_upload(image, limit)
+            source = await read_upload(image, limit)
         elif image_url:
             if not is_url(image_url):
                 raise ValueError("image_url must be an http(s) URL")

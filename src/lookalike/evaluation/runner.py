@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import Settings, load_settings
 from ..engine import DEFAULT_ENCODER, Engine
+from ..images import ImageError, load_image
 from .suite import EvalConfig, Suite
 from .tasks import RUNNERS, ConfigIndex, DatasetEmbeddings, TaskResult, load_dataset
 
@@ -83,10 +84,8 @@ def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> di
     pixels = []
     for path in data.images[:16]:
         try:
-            from ..images import load_image
-
             pixels.append(data.engine.encoder.preprocess(load_image(path, data.engine.limits)))
-        except Exception:
+        except ImageError:
             continue
     embed_ms = float("nan")
     if pixels:

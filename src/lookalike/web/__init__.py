@@ -22,6 +22,7 @@ from ..engine import Engine, NotFoundError
 from ..filters import FilterError
 from ..images import ImageError
 from ..search import Hit
+from ..server import IMAGE_STATUS, read_upload
 
 HERE = Path(__file__).parent
 KEY_COLUMNS = ("article_type", "category", "base_colour", "colour", "color", "brand", "gender", "price")
@@ -77,17 +78,15 @@ def mount_web(app, engine: Engine) -> None:
         started = time.perf_counter()
         if len(engine) == 0:
             return error(request, "The catalogue is empty: ingest products first (lookalike ingest products.csv).", 409)
-        data = await image.read(engine.settings.max_image_bytes + 1)
         try:
-            if len(data) > engine.settings.max_image_bytes:
-                raise ImageError("too_large", "too large")
+            data = await read_upload(image, engine.settings.max_image_bytes)
             hits = await run_in_threadpool(engine.search, data, k, where)
         except ImageError as exc:
             limit_mb = engine.settings.max_image_bytes / 1024 / 1024
             text = IMAGE_ERROR_TEXT.get(exc.kind, exc.message)
             if exc.kind == "too_large":
                 text += f" The limit is {limit_mb:.0f} MB."
-            return error(request, text, 415 if exc.kind == "unsupported" else 413 if exc.kind in ("too_large", "too_many_pixels") else 400)
+            return error(request, text, IMAGE_STATUS.get(exc.kind, 400))
         except FilterError as exc:
             return error(request, str(exc), 422)
         return results(request, hits, started, "Results")
