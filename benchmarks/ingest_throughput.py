@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from _common import SHARED, need_shared, percentiles, report
 from lookalike import Engine

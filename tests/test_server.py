@@ -9,7 +9,7 @@ import time
 import httpx
 from PIL import Image
 
-from .conftest import DEMO_CSV, ROOT, Server
+from .conftest import ROOT, Server
 
 PHOTO = ROOT / "examples" / "demo" / "images" / "878ff7a3.jpg"
 

@@ -313,6 +313,7 @@ def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInd
     padding = float(task.options.get("padding", 0.1))
     rows = list(csv.DictReader(boxes_path.open(newline="", encoding="utf-8")))
     usable = [r for r in rows if r.get("label", "").lower() in wanted]
+    unmapped = len(rows) - len(usable)
     limit = task.options.get("sample")
     if limit and len(usable) > int(limit):
         keep = np.sort(np.random.default_rng(suite.seed).choice(len(usable), int(limit), replace=False))
@@ -346,7 +347,7 @@ def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInd
         per_query.setdefault("mAP", []).append(m["ap"])
         per_label.setdefault(label, []).append(m["p@10"])
         counts.append(int(relevant.sum()))
-    notes = [f"{len(rows) - len([r for r in rows if r.get('label', '').lower() in wanted])} boxes have labels without a catalogue mapping and were not used"]
+    notes = [f"{unmapped} boxes have labels without a catalogue mapping and were not used"]
     if unreadable:
         notes.append(f"{unreadable} boxes could not be read or cropped and were skipped")
     baseline = {k: v for k, v in _random_baseline(counts, len(data.ids), (1, 10)).items() if k in ("P@1", "P@10", "mAP")} if counts else {}
