@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -25,6 +25,9 @@ from .index import IndexSpec, VectorIndex
 from .ingest import Executor, IngestPipeline, IngestReport, ProgressCallback
 from .search import Hit, find
 from .store import Product, ProductStore, ProductWrite
+
+if TYPE_CHECKING:
+    from .tagging import TaggerSet, TrainOptions
 
 DEFAULT_ENCODER = "efficientnet-lite0"
 
@@ -62,6 +65,7 @@ class Engine:
         self._ann_dirty = False
         self.current_ingest: IngestReport | None = None
         self.current_total: int | None = None
+        self._taggers: tuple[Path, Any] | None = None
         self._load()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -90,10 +94,11 @@ class Engine:
         """Fill the in-memory index and filter columns from the store, then catch the ANN snapshot up."""
         snapshot_gen = self.index.load_ann(self._index_dir)
         ann, self.index.ann = self.index.ann, None  # fill the matrix without touching the snapshot
+        tags = self.store.all_tags()
         for rowids, vectors, metadata in self.store.iter_vectors():
             self.index.upsert(rowids, vectors)
             for rowid, meta in zip(rowids.tolist(), metadata):
-                self.columns.set(rowid, meta)
+                self.columns.set(rowid, with_tag_columns(meta, tags.get(rowid)))
         self.index.ann = ann
         if ann is not None and snapshot_gen is not None:
             if snapshot_gen > self.store.generation:
@@ -168,9 +173,67 @@ class Engine:
             self.current_ingest = report
             with self._write_lock:
                 self._maintain_ann(save=True)
+            self._auto_tag()
             return report
         finally:
             self._ingest_lock.release()
+
+    # ---- tagging --------------------------------------------------------------------------------------
+    @property
+    def taggers(self) -> "TaggerSet | None":
+        """The store's current tagger set (cached until a new one is saved); None when never trained."""
+        from .tagging.tagger import current_tagger_path, load_taggers
+
+        path = current_tagger_path(self)
+        if path is None:
+            return None
+        if self._taggers is None or self._taggers[0] != path:
+            self._taggers = (path, load_taggers(self, path))
+        return self._taggers[1]
+
+    def train_taggers(self, options: "TrainOptions", progress: Any = None, log: Any = lambda _: None, save: bool = True) -> "TaggerSet":
+        """Train taggers from the catalogue's labelled columns; saved as the store's next version."""
+        from .tagging.tagger import train_taggers
+
+        taggers = train_taggers(self, options, progress=progress, log=log)
+        if save:
+            taggers.save(self)
+        return taggers
+
+    def tag(self, only_untagged: bool = False, threshold: float | None = None, rules: Any = None, progress: Any = None,
+            taggers: "TaggerSet | None" = None) -> int:
+        """Write predicted tags for every product (or those without tags); returns how many were tagged.
+
+        Without trained taggers this applies text rules and zero-shot image groups."""
+        from .tagging.tagger import TagPredictor, untrained_taggers
+
+        taggers = taggers or self.taggers or untrained_taggers(self)
+        predictor = TagPredictor(self, taggers, threshold=threshold, rules=rules)
+        rowids = self.store.untagged_rowids() if only_untagged else self.index.ids().tolist()
+        return predictor.predict_rowids(rowids, progress=progress)
+
+    def tag_image(self, image: ImageSource, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
+        """Tags for an uploaded photo (and optional title), without storing anything."""
+        from .tagging.tagger import TagPredictor, untrained_taggers
+
+        picture = load_image(image, self.limits, draft_size=self.encoder.input_size)
+        vector = self.encoder.embed(self.encoder.preprocess(picture)[None])[0]
+        taggers = self.taggers or untrained_taggers(self)
+        return TagPredictor(self, taggers, threshold=threshold).predict_picture(picture, vector, text)
+
+    def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int:
+        """Store predicted tags and make them filterable as ``tag.<name>`` columns."""
+        with self._write_lock:
+            written = self.store.write_tags(entries, tagger)
+            products = self.store.get_by_rowids([r for r, _ in entries])
+            for rowid, product in products.items():
+                self.columns.set(rowid, with_tag_columns(product.metadata, product.tags))
+        return written
+
+    def _auto_tag(self) -> None:
+        """Once taggers exist, ingest tags what it added or changed."""
+        if self.taggers is not None:
+            self.tag(only_untagged=True)
 
     def _image_write(self, product_id: str, image: ImageSource, metadata: dict[str, Any]) -> ProductWrite:
         if isinstance(image, (bytes, str, Path)):
@@ -292,6 +355,13 @@ class Engine:
             "current": None if current is None else {**current.to_dict(), "total": self.current_total},
             "recent_runs": self.store.runs(10),
         }
+
+
+def with_tag_columns(metadata: dict[str, Any], tags: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The shop's metadata plus predicted tags as ``tag.<name>`` columns (kept apart from the shop's labels)."""
+    if not tags:
+        return metadata
+    return {**metadata, **{f"tag.{name}": tag["value"] for name, tag in tags.items() if tag.get("value") is not None}}
 
 
 def _check_k(k: int) -> None:

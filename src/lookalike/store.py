@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS skipped (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS skipped_run ON skipped(run_id);
+CREATE TABLE IF NOT EXISTS tags (
+    rowid INTEGER PRIMARY KEY,
+    tags TEXT NOT NULL,
+    tagger TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -69,9 +75,10 @@ class Product:
     image_hash: str | None
     metadata: dict[str, Any]
     updated_at: float
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "image": self.image, "metadata": self.metadata, "updated_at": self.updated_at}
+        return {"id": self.id, "image": self.image, "metadata": self.metadata, "tags": self.tags, "updated_at": self.updated_at}
 
 
 @dataclass
@@ -185,6 +192,8 @@ class ProductStore:
                     (item.id, item.image, item.image_hash, canonical_json(item.metadata), blob, gen, now),
                 ).fetchone()
                 rowids.append(row[0])
+                # Predicted tags describe the old image and text; the auto-tagger writes fresh ones.
+                self._db.execute("DELETE FROM tags WHERE rowid = ?", (row[0],))
                 if item.thumbnail is not None:
                     self._db.execute("INSERT OR REPLACE INTO thumbnails(rowid, jpeg) VALUES (?, ?)", (row[0], item.thumbnail))
         return rowids
@@ -201,19 +210,21 @@ class ProductStore:
                 if row is not None:
                     removed.append(row[0])
                     self._db.execute("DELETE FROM thumbnails WHERE rowid = ?", (row[0],))
+                    self._db.execute("DELETE FROM tags WHERE rowid = ?", (row[0],))
                     self._db.execute("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)", (row[0], gen))
         return removed
 
     # ---- reads ----------------------------------------------------------------------------------
     @staticmethod
     def _product(row: tuple) -> Product:
-        return Product(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+        return Product(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], json.loads(row[6]) if row[6] else {})
 
-    _COLUMNS = "rowid, id, image, image_hash, metadata, updated_at"
+    _COLUMNS = "products.rowid, id, image, image_hash, metadata, products.updated_at, tags.tags"
+    _FROM = "products LEFT JOIN tags ON tags.rowid = products.rowid"
 
     def get(self, item_id: str) -> Product | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {self._COLUMNS} FROM products WHERE id = ?", (item_id,)).fetchone()
+            row = self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE id = ?", (item_id,)).fetchone()
         return None if row is None else self._product(row)
 
     def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Product]:
@@ -225,7 +236,7 @@ class ProductStore:
             for start in range(0, len(rowids), 500):
                 chunk = rowids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for row in self._db.execute(f"SELECT {self._COLUMNS} FROM products WHERE rowid IN ({marks})", chunk):
+                for row in self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE products.rowid IN ({marks})", chunk):
                     out[row[0]] = self._product(row)
         return out
 
@@ -238,6 +249,45 @@ class ProductStore:
                 marks = ",".join("?" * len(chunk))
                 for row in self._db.execute(f"SELECT id, image_hash, metadata, vector IS NOT NULL FROM products WHERE id IN ({marks})", chunk):
                     out[row[0]] = (row[1], row[2], bool(row[3]))
+        return out
+
+    # ---- predicted tags -------------------------------------------------------------------------
+    def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int:
+        """Replace the predicted tags of products (by rowid) in one transaction; rows deleted
+        meanwhile are skipped. Returns how many products were tagged."""
+        if not entries:
+            return 0
+        now, written = time.time(), 0
+        with self._write_transaction():
+            for rowid, tags in entries:
+                if self._db.execute("SELECT 1 FROM products WHERE rowid = ?", (int(rowid),)).fetchone() is None:
+                    continue
+                self._db.execute("INSERT OR REPLACE INTO tags(rowid, tags, tagger, updated_at) VALUES (?, ?, ?, ?)",
+                                 (int(rowid), canonical_json(tags), tagger, now))
+                written += 1
+        return written
+
+    def clear_tags(self) -> None:
+        with self._write_transaction():
+            self._db.execute("DELETE FROM tags")
+
+    def all_tags(self) -> dict[int, dict[str, dict[str, Any]]]:
+        with self._lock:
+            return {row[0]: json.loads(row[1]) for row in self._db.execute("SELECT rowid, tags FROM tags")}
+
+    def untagged_rowids(self) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT rowid FROM products WHERE vector IS NOT NULL AND rowid NOT IN (SELECT rowid FROM tags) ORDER BY rowid")]
+
+    def thumbnails(self, rowids: Iterable[int]) -> dict[int, bytes]:
+        rowids = [int(r) for r in rowids]
+        out: dict[int, bytes] = {}
+        with self._lock:
+            for start in range(0, len(rowids), 500):
+                chunk = rowids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                out.update(self._db.execute(f"SELECT rowid, jpeg FROM thumbnails WHERE rowid IN ({marks})", chunk).fetchall())
         return out
 
     def thumbnail(self, rowid: int) -> bytes | None:
@@ -276,7 +326,7 @@ class ProductStore:
 
     def page(self, offset: int, limit: int) -> list[Product]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM products ORDER BY rowid LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} ORDER BY products.rowid LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [self._product(r) for r in rows]
 
     def size_bytes(self) -> int:

