@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,10 @@ class Hit:
     score: float
     metadata: dict[str, Any]
     image: str | None = None
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": round(self.score, 6), "metadata": self.metadata, "image": self.image}
+        return {"id": self.id, "score": round(self.score, 6), "metadata": self.metadata, "tags": self.tags, "image": self.image}
 
 
 def allowed_mask(columns: MetadataColumns, clauses: list[Clause], exclude: list[int] | None) -> np.ndarray | None:
@@ -45,5 +46,5 @@ def find(index: VectorIndex, columns: MetadataColumns, store: ProductStore, vect
     for rowid, score in zip(ids.tolist(), scores.tolist()):
         product = products.get(rowid)
         if product is not None:  # deleted between search and lookup
-            hits.append(Hit(product.id, float(score), product.metadata, product.image))
+            hits.append(Hit(product.id, float(score), product.metadata, product.image, product.tags))
     return hits

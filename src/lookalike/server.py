@@ -25,14 +25,24 @@ from .engine import BusyError, Engine, NotFoundError
 from .filters import FilterError
 from .images import ImageError, is_url
 from .search import Hit
+from .tagging import TaggerError
 
 IMAGE_STATUS = {"unsupported": 415, "too_large": 413, "too_many_pixels": 413, "empty": 400, "corrupt": 400, "missing": 400, "fetch": 400}
+
+
+class TagOut(BaseModel):
+    value: str
+    confidence: float = Field(description="0..1; tags below the tagger's threshold are left out")
+    source: str = Field(description="Evidence: image, colour, text (fused as image+colour+text...), rule or zero-shot")
+
+    model_config = {"extra": "allow"}
 
 
 class HitOut(BaseModel):
     id: str
     score: float = Field(description="Cosine similarity to the query, -1..1")
     metadata: dict[str, Any]
+    tags: dict[str, TagOut] = Field(default_factory=dict, description="Predicted tags, kept apart from the shop's metadata")
     thumbnail_url: str
 
 
@@ -45,8 +55,15 @@ class ProductOut(BaseModel):
     id: str
     image: Optional[str]
     metadata: dict[str, Any]
+    tags: dict[str, TagOut] = Field(default_factory=dict, description="Predicted tags, kept apart from the shop's metadata")
     updated_at: float
     thumbnail_url: str
+
+
+class TagsOut(BaseModel):
+    tags: dict[str, TagOut]
+    tagger: Optional[str] = Field(description="The tagger set used; null when untrained (rules and zero-shot only)")
+    took_ms: float
 
 
 class IngestIn(BaseModel):
@@ -62,7 +79,7 @@ def _thumb_url(product_id: str) -> str:
 
 def _hits(hits: list[Hit], started: float) -> SearchOut:
     return SearchOut(
-        results=[HitOut(id=h.id, score=h.score, metadata=h.metadata, thumbnail_url=_thumb_url(h.id)) for h in hits],
+        results=[HitOut(id=h.id, score=h.score, metadata=h.metadata, tags=h.tags, thumbnail_url=_thumb_url(h.id)) for h in hits],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 
@@ -73,6 +90,7 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 # Errors the engine raises for bad requests, and how the API reports them.
 _ERROR_STATUS = {
+    TaggerError: (409, "tagger"),
     FilterError: (422, "bad_filter"),
     NotFoundError: (404, "not_found"),
     BusyError: (409, "busy"),
@@ -134,6 +152,35 @@ def create_app(engine: Engine) -> FastAPI:
         hits = await run_in_threadpool(engine.search, data, k, where)
         return _hits(hits, started)
 
+    @app.post("/tag", response_model=TagsOut, tags=["tagging"], summary="Tag an uploaded photo (nothing is stored)")
+    async def tag(
+        image: UploadFile = File(..., description="JPEG, PNG, WebP, GIF, BMP or TIFF"),
+        text: str = Form("", description="Optional title or description; text evidence is combined with the image"),
+        threshold: Optional[float] = Query(None, ge=0.0, le=1.0, description="Override the tagger's confidence threshold"),
+    ) -> TagsOut:
+        started = time.perf_counter()
+        data = await read_upload(image, limit)
+        tags = await run_in_threadpool(engine.tag_image, data, text, threshold)
+        taggers = engine.taggers
+        return TagsOut(tags=tags, tagger=None if taggers is None else taggers.name, took_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    @app.get("/taggers", tags=["tagging"], summary="The current tagger set and its held-out scores")
+    def taggers_info() -> Any:
+        taggers = engine.taggers
+        if taggers is None:
+            return _error(404, "no_taggers", "no trained taggers in this store; run `lookalike tag train`")
+        columns = {name: {k: v for k, v in col.items() if k != "review"} for name, col in taggers.report.get("columns", {}).items()}
+        return {**taggers.summary(), "columns_report": columns}
+
+    @app.get("/tags/review", tags=["tagging"], summary="Products whose label the taggers confidently disagree with")
+    def tags_review(column: Optional[str] = Query(None), limit_: int = Query(100, ge=1, le=100_000, alias="limit")) -> Any:
+        taggers = engine.taggers
+        if taggers is None:
+            return _error(404, "no_taggers", "no trained taggers in this store; run `lookalike tag train`")
+        rows = [r for name, col in taggers.report.get("columns", {}).items() if column in (None, name) for r in col["review"]]
+        rows.sort(key=lambda r: -r["confidence"])
+        return {"total": len(rows), "items": rows[:limit_]}
+
     @app.get("/products/{product_id:path}/similar", response_model=SearchOut, tags=["search"], summary="Products similar to a product")
     def similar(product_id: str = Path(...), k: int = Query(10, ge=1, le=1000), where: list[str] = Query([])) -> SearchOut:
         started = time.perf_counter()
@@ -141,7 +188,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     def product_out(product_id: str) -> ProductOut:
         p = engine.get(product_id)
-        return ProductOut(id=p.id, image=p.image, metadata=p.metadata, updated_at=p.updated_at, thumbnail_url=_thumb_url(p.id))
+        return ProductOut(id=p.id, image=p.image, metadata=p.metadata, tags=p.tags, updated_at=p.updated_at, thumbnail_url=_thumb_url(p.id))
 
     @app.get("/products", tags=["products"], summary="Page through the catalogue")
     def products(offset: int = Query(0, ge=0), limit_: int = Query(50, ge=1, le=500, alias="limit")) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import yaml
 
 from ..config import Settings
 
-TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "classification")
+TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "classification", "tagging")
 ALTERATIONS = ("crop", "shift", "blur", "jpeg", "brightness", "flip", "background")
 
 
@@ -123,6 +123,8 @@ def load_suite(path: str | Path) -> Suite:
                 raise SuiteError(f"{path}: task {name!r}: unknown alteration(s) {', '.join(sorted(bad))}; use {', '.join(ALTERATIONS)}")
         if kind in ("retrieval",) and not options.get("relevance"):
             raise SuiteError(f"{path}: task {name!r} needs 'relevance': the column(s) that must match")
+        if kind == "tagging" and not (options.get("columns") or options.get("hierarchy")):
+            raise SuiteError(f"{path}: task {name!r} needs 'columns' (labelled columns to tag) or 'hierarchy'")
         if kind in ("classification", "street_to_shop") and not options.get("column"):
             raise SuiteError(f"{path}: task {name!r} needs 'column'")
         tasks.append(TaskSpec(name, kind, dataset, options))

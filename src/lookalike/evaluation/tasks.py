@@ -388,7 +388,55 @@ def run_classification(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInd
                       plots={"per_class": report["per_class"], "classes": report["classes"], "confusion": report["confusion"]})
 
 
+def _point(value: float | None, n: int) -> dict[str, float]:
+    return {"mean": float("nan") if value is None else float(value), "ci_low": float("nan"), "ci_high": float("nan"), "n": n}
+
+
+def run_tagging(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """Train taggers on the data set's labelled columns and report their out-of-fold scores.
+
+    Every labelled product is scored by taggers trained on the other folds, so these are
+    held-out numbers; nothing is saved to the cached store."""
+    from ..tagging import TrainOptions
+
+    columns = task.options.get("columns", [])
+    options = TrainOptions(
+        columns=[columns] if isinstance(columns, str) else list(columns),
+        text_columns=task.options.get("text_columns"),
+        hierarchy=task.path("hierarchy", suite.base) if task.options.get("hierarchy") else None,
+        path_columns=task.options.get("path_columns"),
+        image_model=str(task.options.get("image_model", "efficientnet-lite2")),
+        text_model=str(task.options.get("text_model", "tfidf")),
+        folds=int(task.options.get("folds", 3)),
+        where=data.spec.where or None,
+        seed=suite.seed,
+    )
+    taggers = data.engine.train_taggers(options, save=False)
+    metrics: dict[str, dict[str, float]] = {}
+    baseline: dict[str, float] = {}
+    notes = []
+    per_class = {}
+    for name, col in taggers.report["columns"].items():
+        n = col["products"]
+        metrics[f"{name} accuracy"] = _point(col["all_evidence"]["accuracy"], n)
+        metrics[f"{name} macro-F1"] = _point(col["all_evidence"]["macro_f1"], n)
+        if col["with_text"]:
+            metrics[f"{name} accuracy, image only"] = _point(col["image_only"]["accuracy"], n)
+            metrics[f"{name} macro-F1, image only"] = _point(col["image_only"]["macro_f1"], n)
+        metrics[f"{name} flagged for review"] = _point(len(col["review"]), n)
+        supports = [c["support"] for c in col["per_class"]]
+        baseline[f"{name} accuracy"] = max(supports) / sum(supports)
+        for level, acc in enumerate(col.get("levels", {}).get("accuracy_by_level", []), start=1):
+            metrics[f"{name} level {level} accuracy"] = _point(acc, n)
+        per_class[name] = col["per_class"]
+        if col["dropped_rare_classes"]:
+            notes.append(f"{name}: {len(col['dropped_rare_classes'])} classes with too few products left out")
+        notes.append(f"{name}: expert accuracies {col['experts']}, fusion weights {col['weights']}")
+    return TaskResult(metrics, baseline, notes=notes, plots={"tagging": per_class})
+
+
 RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
     "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "classification": run_classification,
+    "tagging": run_tagging,
 }
 

@@ -65,6 +65,7 @@ class TrainOptions:
     threshold: float = 0.5
     review_confidence: float = 0.8
     rules: str | Path | None = None              # text rules file; None: the shipped defaults
+    where: list[str] | None = None               # train only on products matching these filters
     seed: int = 0
 
 
@@ -295,9 +296,9 @@ def _column_report(column: str, fit: CrossFit, tagger: ColumnTagger, ids: list[s
 
 def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = lambda _: None) -> TaggerSet:
     """Train one tagger per column (and one for the hierarchy) from the store's own labels."""
-    rowids = engine.index.ids().tolist()
+    rowids = _training_rowids(engine, options.where)
     if not rowids:
-        raise TaggerError("the store has no products; ingest a catalogue first")
+        raise TaggerError("the store has no products" + (" matching the filter" if options.where else "") + "; ingest a catalogue first")
     products = engine.store.get_by_rowids(rowids)
     metadata = [products[r].metadata for r in rowids]
     ids = [products[r].id for r in rowids]
@@ -355,6 +356,14 @@ def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | 
         from .hierarchy import split_path
         taggers_set.hierarchy_leaves = [split_path(c) for c in taggers[HIERARCHY_TAG].classes]
     return taggers_set
+
+
+def _training_rowids(engine: "Engine", where: list[str] | None) -> list[int]:
+    from ..filters import parse_where
+
+    mask = engine.columns.mask(parse_where(where))
+    live = engine.index.live if mask is None else engine.index.allowed_mask(mask)
+    return np.flatnonzero(live).tolist()
 
 
 def _hierarchy_targets(tree: CategoryTree, metadata: list[dict[str, Any]], path_columns: list[str] | None, log: Callable[[str], None]) -> list[str | None]:

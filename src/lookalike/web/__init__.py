@@ -47,10 +47,18 @@ def key_facts(metadata: dict[str, Any], limit: int = 3) -> list[tuple[str, str]]
     return [(c, str(metadata[c])) for c in KEY_COLUMNS if metadata.get(c) not in (None, "")][:limit]
 
 
-def card(product_id: str, metadata: dict[str, Any], score: float | None = None) -> dict[str, Any]:
+def card(product_id: str, metadata: dict[str, Any], score: float | None = None, tags: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     quoted = quote(product_id, safe="")
     return {"id": product_id, "title": product_title(product_id, metadata), "facts": key_facts(metadata), "score": score,
-            "thumb": f"/products/{quoted}/thumbnail", "url": f"/product/{quoted}"}
+            "tags": tag_chips(tags, limit=3), "thumb": f"/products/{quoted}/thumbnail", "url": f"/product/{quoted}"}
+
+
+def tag_chips(tags: dict[str, dict[str, Any]] | None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Predicted tags, most confident first, for display apart from the shop's own metadata."""
+    chips = [{"name": name, "value": t["value"], "confidence": t["confidence"], "source": t["source"]}
+             for name, t in (tags or {}).items() if t.get("value") is not None]
+    chips.sort(key=lambda c: -c["confidence"])
+    return chips[:limit] if limit else chips
 
 
 def mount_web(app, engine: Engine) -> None:
@@ -63,7 +71,7 @@ def mount_web(app, engine: Engine) -> None:
         return templates.TemplateResponse(request, name, {"products": len(engine), **context}, status_code=status_code)
 
     def results(request: Request, hits: list[Hit], started: float, heading: str) -> HTMLResponse:
-        cards = [card(h.id, h.metadata, h.score) for h in hits]
+        cards = [card(h.id, h.metadata, h.score, h.tags) for h in hits]
         return page(request, "_results.html", cards=cards, heading=heading, took_ms=(time.perf_counter() - started) * 1000)
 
     def error(request: Request, message: str, status: int) -> HTMLResponse:
@@ -112,9 +120,10 @@ def mount_web(app, engine: Engine) -> None:
         where = []
         if exclude and product.metadata.get(exclude) not in (None, ""):
             where = [f"{exclude}!={product.metadata[exclude]}"]
-        similar = [card(h.id, h.metadata, h.score) for h in engine.similar(product_id, k=12, where=where)]
+        similar = [card(h.id, h.metadata, h.score, h.tags) for h in engine.similar(product_id, k=12, where=where)]
         columns = [f["name"] for f in engine.facets() if f["kind"] == "values"]
         return page(request, "product.html", product=card(product.id, product.metadata), metadata=sorted(product.metadata.items()),
+                    tags=tag_chips(product.tags),
                     similar=similar, exclude=exclude, exclude_columns=columns, source=product.image)
 
     @router.get("/browse", response_class=HTMLResponse)
@@ -125,7 +134,7 @@ def mount_web(app, engine: Engine) -> None:
         except FilterError as exc:
             return error(request, str(exc), 422)
         pages = max(1, -(-total // per_page))
-        context = {"cards": [card(p.id, p.metadata) for p in products], "total": total, "page": page_number, "pages": pages}
+        context = {"cards": [card(p.id, p.metadata, tags=p.tags) for p in products], "total": total, "page": page_number, "pages": pages}
         if fragment:
             return page(request, "_grid.html", **context)
         return page(request, "browse.html", facets=engine.facets(), **context)
