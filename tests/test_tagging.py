@@ -256,8 +256,8 @@ def test_training_on_real_catalogue_photos_with_titles_and_tree(myntra_sample, t
         assert colour["all_evidence"]["accuracy"] > colour["image_only"]["accuracy"], "titles carry colour"
         assert colour["all_evidence"]["accuracy"] >= 0.8, colour["all_evidence"]
         levels = columns["category"]["levels"]["accuracy_by_level"]
-        assert len(levels) == 4 and levels[1] >= levels[3] - 1e-9, "coarser levels are at least as accurate"
-        assert levels[1] >= 0.95
+        assert len(levels) == 4 and levels == sorted(levels, reverse=True), "a path prefix is right whenever a longer one is"
+        assert levels[3] >= 0.85, levels  # gender > master > sub > article type, all four right
         assert engine.tag() == 320
         product = engine.get(engine.store.page(0, 1)[0].id)
         assert product.tags["article_type"]["value"] in {"Tshirts", "Shirts", "Casual Shoes", "Watches", "Handbags", "Kurtas", "Jeans", "Sunglasses"}
