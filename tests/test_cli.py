@@ -11,7 +11,8 @@ import pytest
 from .conftest import DEMO_CSV, ROOT
 
 PHOTO = ROOT / "examples" / "demo" / "images" / "878ff7a3.jpg"
-COMMANDS = ["ingest", "search", "similar", "get", "upsert", "delete", "info", "serve", "version"]
+COMMANDS = ["ingest", "search", "similar", "get", "upsert", "delete", "info", "serve", "version", "tag", "tag train", "tag predict",
+            "tag image", "tag review", "tag info"]
 
 
 def run(*args: str, store=None) -> subprocess.CompletedProcess:
@@ -21,7 +22,7 @@ def run(*args: str, store=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_everywhere(command):
-    result = run(*([command] if command else []), "--help")
+    result = run(*(command.split() if command else []), "--help")
     assert result.returncode == 0 and "Usage" in result.stdout
 
 
@@ -74,3 +75,25 @@ def test_settings_from_environment_and_file(tmp_path, demo_store):
     config.write_text('stroe = "x"\n')
     result = run("--config", str(config), "info")
     assert result.returncode == 1 and "unknown setting(s) stroe" in result.stderr
+
+
+def test_tag_train_review_info_and_image(store_copy, tmp_path):
+    result = run("tag", "info", store=store_copy)
+    assert result.returncode == 1 and "no trained taggers" in result.stderr
+    result = run("tag", "train", "--column", "nope", store=store_copy)
+    assert result.returncode == 1 and "no column 'nope'" in result.stderr and "category" in result.stderr
+    result = run("tag", "train", "--column", "category", "--image-model", "none", "--folds", "2", "--json", store=store_copy)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["name"] == "taggers-v1" and body["tagged"] == 305 and body["columns"] == ["category"]
+    assert body["report"]["columns"]["category"]["all_evidence"]["accuracy"] > 0.4
+    csv_path = tmp_path / "review.csv"
+    result = run("tag", "review", "--csv", str(csv_path), store=store_copy)
+    assert result.returncode == 0 and "flagged for review" in result.stdout
+    assert csv_path.read_text().startswith("id,column,current,predicted,confidence")
+    result = run("tag", "image", str(PHOTO), "--text", "striped cotton blazer", "--json", store=store_copy)
+    assert result.returncode == 0, result.stderr
+    tags = json.loads(result.stdout)
+    assert tags["category"]["source"] == "image" and tags["pattern"]["value"] == "striped"
+    result = run("get", "878ff7a3", "--json", store=store_copy)
+    assert json.loads(result.stdout)["tags"]["category"]["value"]

@@ -61,6 +61,7 @@ def suite_dir(tmp_path_factory) -> Path:
              "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}},
             {"name": "category k-NN", "type": "classification", "dataset": "demo", "column": "category", "k": 5},
             {"name": "category from file", "type": "classification", "dataset": "demo", "column": "category", "predictions": "predictions.csv"},
+            {"name": "tagging", "type": "tagging", "dataset": "demo", "columns": ["category"], "image_model": "none", "folds": 2},
         ],
     }
     (d / "suite.yaml").write_text(yaml.safe_dump(suite))
@@ -102,6 +103,8 @@ def test_every_task_and_configuration_is_measured(report_dir):
     assert metric(results, "category from file", "exact", "accuracy") == pytest.approx(
         1 - sum(1 for i, r in enumerate(csv.DictReader(DEMO_CSV.open())) if i % 4 == 0 and r["category"] != "Shoes" and r["kids"] == "false")
         / sum(1 for r in csv.DictReader(DEMO_CSV.open()) if r["kids"] == "false"), abs=0.02)
+    assert metric(results, "tagging", "exact", "category accuracy") > 0.3  # 17 classes, ~15 training photos each
+    assert 0 <= metric(results, "tagging", "exact", "category flagged for review") < 0.2
     eff = results["efficiency"]
     assert eff["exact"]["demo"]["bytes_per_item"] == 1280 * 4 and eff["ivf"]["demo"]["bytes_per_item"] > 1280 * 4
     skipped = results["datasets"]["exact"]["demo"]["skipped"]
@@ -153,6 +156,6 @@ def test_suite_errors_name_the_problem(tmp_path):
 @requires_shared
 def test_shipped_suite_loads_and_points_at_the_shared_data():
     suite = load_suite(ROOT / "suites" / "shared.yaml")
-    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "classification"}
+    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "classification", "tagging"}
     for spec in suite.datasets.values():
         assert spec.catalogue.exists() and spec.catalogue.is_relative_to(SHARED.resolve())

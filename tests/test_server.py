@@ -103,3 +103,34 @@ def test_server_refuses_to_start_on_a_store_of_another_encoder(store_copy):
         raise AssertionError("server started")
     except RuntimeError as exc:
         assert "efficientnet-lite0@" in str(exc)
+
+
+def test_tag_an_upload_and_read_tags_and_review(store_copy):
+    from lookalike import Engine
+    from lookalike.tagging import TrainOptions
+
+    with Engine.open(store_copy) as engine:
+        engine.train_taggers(TrainOptions(columns=["category"], image_model="none", folds=2))
+        engine.tag()
+    srv = Server(store_copy)
+    try:
+        r = httpx.post(srv.url + "/tag", files=upload(PHOTO.read_bytes()), data={"text": "Navy slim fit blazer"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["tagger"] == "taggers-v1" and body["tags"]["category"]["source"] == "image"
+        assert body["tags"]["fit"] == {"value": "slim", "confidence": 0.8, "source": "rule", "matched": "slim"}
+        r = httpx.post(srv.url + "/tag", files=upload(b"not an image", "x.txt", "text/plain"))
+        assert r.status_code in (400, 415) and "detail" in r.json()
+        product = httpx.get(srv.url + "/products/878ff7a3").json()
+        assert product["metadata"]["category"] == "Blazer" and product["tags"]["category"]["value"]
+        r = httpx.post(srv.url + "/search", files=upload(PHOTO.read_bytes()), params=[("k", "5"), ("where", "tag.category=Blazer")])
+        assert r.status_code == 200 and all(h["tags"]["category"]["value"] == "Blazer" for h in r.json()["results"])
+        review = httpx.get(srv.url + "/tags/review", params={"limit": 5}).json()
+        assert review["total"] >= len(review["items"]) and all(i["current"] != i["predicted"] for i in review["items"])
+        info = httpx.get(srv.url + "/taggers").json()
+        assert info["columns"] == ["category"] and "per_class" in info["columns_report"]["category"]
+        assert "/tag" in httpx.get(srv.url + "/openapi.json").json()["paths"]
+        page = httpx.get(srv.url + "/product/878ff7a3").text
+        assert "Predicted tags" in page and 'data-tag="category"' in page
+    finally:
+        srv.stop()

@@ -423,7 +423,7 @@ def run_tagging(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, sui
         if col["with_text"]:
             metrics[f"{name} accuracy, image only"] = _point(col["image_only"]["accuracy"], n)
             metrics[f"{name} macro-F1, image only"] = _point(col["image_only"]["macro_f1"], n)
-        metrics[f"{name} flagged for review"] = _point(len(col["review"]), n)
+        metrics[f"{name} flagged for review"] = _point(len(col["review"]) / n if n else None, n)  # share of labelled products
         supports = [c["support"] for c in col["per_class"]]
         baseline[f"{name} accuracy"] = max(supports) / sum(supports)
         for level, acc in enumerate(col.get("levels", {}).get("accuracy_by_level", []), start=1):

@@ -120,9 +120,9 @@ class FeatureBuilder:
         extra = self._backbone.encode(thumbs, batch_size=32)
         return (np.hstack([vectors, extra]) / np.sqrt(2.0)).astype(np.float32)
 
-    def evidence(self, vectors: np.ndarray, thumbnails: list[bytes | None], metadata: list[dict[str, Any]]) -> Evidence:
+    def evidence(self, vectors: np.ndarray, thumbnails: list[bytes | None], metadata: list[dict[str, Any]], texts: list[str] | None = None) -> Evidence:
         thumbs = [_open_thumbnail(t) for t in thumbnails]
-        texts = [self.text_of(m) for m in metadata]
+        texts = texts if texts is not None else [self.text_of(m) for m in metadata]
         return Evidence(self._image_block(vectors, thumbs), np.stack([colour_features(t) for t in thumbs]), texts, self._sentence_vectors(texts))
 
     def for_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None, label: str = "features") -> Evidence:
@@ -145,7 +145,7 @@ class FeatureBuilder:
     def for_picture(self, picture: Image.Image, vector: np.ndarray, text: str) -> Evidence:
         """Evidence for an upload, built the way stored products' is (thumbnail first)."""
         thumb = thumbnail_jpeg(picture, self.engine.settings.thumbnail_size)
-        return self.evidence(vector[None], [thumb], [{self.text_columns[0]: text} if self.text_columns and text else {}])
+        return self.evidence(vector[None], [thumb], [{}], texts=[text or ""])
 
 
 def _open_thumbnail(data: bytes | None) -> Image.Image:
