@@ -227,29 +227,24 @@ class ProductStore:
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE id = ?", (item_id,)).fetchone()
         return None if row is None else self._product(row)
 
-    def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Product]:
-        rowids = [int(r) for r in rowids]
-        if not rowids:
-            return {}
-        out: dict[int, Product] = {}
+    def _select_in(self, sql: str, keys: list[Any]) -> list[tuple]:
+        """Rows of ``sql`` whose ``IN ({marks})`` list takes many keys, 500 per statement
+        (SQLite caps the number of bound variables)."""
+        rows: list[tuple] = []
         with self._lock:
-            for start in range(0, len(rowids), 500):
-                chunk = rowids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE products.rowid IN ({marks})", chunk):
-                    out[row[0]] = self._product(row)
-        return out
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows += self._db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
+
+    def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Product]:
+        rows = self._select_in(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE products.rowid IN ({{marks}})", [int(r) for r in rowids])
+        return {row[0]: self._product(row) for row in rows}
 
     def fingerprints(self, ids: list[str]) -> dict[str, tuple[str | None, str, bool]]:
         """For each known id: (image hash, canonical metadata JSON, has a vector) — what ingest diffs against."""
-        out: dict[str, tuple[str | None, str, bool]] = {}
-        with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in self._db.execute(f"SELECT id, image_hash, metadata, vector IS NOT NULL FROM products WHERE id IN ({marks})", chunk):
-                    out[row[0]] = (row[1], row[2], bool(row[3]))
-        return out
+        rows = self._select_in("SELECT id, image_hash, metadata, vector IS NOT NULL FROM products WHERE id IN ({marks})", ids)
+        return {row[0]: (row[1], row[2], bool(row[3])) for row in rows}
 
     # ---- predicted tags -------------------------------------------------------------------------
     def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int:
@@ -267,10 +262,6 @@ class ProductStore:
                 written += 1
         return written
 
-    def clear_tags(self) -> None:
-        with self._write_transaction():
-            self._db.execute("DELETE FROM tags")
-
     def all_tags(self) -> dict[int, dict[str, dict[str, Any]]]:
         with self._lock:
             return {row[0]: json.loads(row[1]) for row in self._db.execute("SELECT rowid, tags FROM tags")}
@@ -281,14 +272,7 @@ class ProductStore:
                 "SELECT rowid FROM products WHERE vector IS NOT NULL AND rowid NOT IN (SELECT rowid FROM tags) ORDER BY rowid")]
 
     def thumbnails(self, rowids: Iterable[int]) -> dict[int, bytes]:
-        rowids = [int(r) for r in rowids]
-        out: dict[int, bytes] = {}
-        with self._lock:
-            for start in range(0, len(rowids), 500):
-                chunk = rowids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                out.update(self._db.execute(f"SELECT rowid, jpeg FROM thumbnails WHERE rowid IN ({marks})", chunk).fetchall())
-        return out
+        return dict(self._select_in("SELECT rowid, jpeg FROM thumbnails WHERE rowid IN ({marks})", [int(r) for r in rowids]))
 
     def thumbnail(self, rowid: int) -> bytes | None:
         with self._lock:
