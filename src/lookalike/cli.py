@@ -430,8 +430,7 @@ def tag_review(
             taggers = engine.taggers
             if taggers is None:
                 fail("no trained taggers in this store; run `lookalike tag train` first")
-            rows = [r for name, col in taggers.report.get("columns", {}).items() if column in (None, name) for r in col["review"]]
-            rows.sort(key=lambda r: -r["confidence"])
+            rows = taggers.review(column)
             if csv_path:
                 import csv
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .tagging import TaggerSet, TrainOptions
 
 DEFAULT_ENCODER = "efficientnet-lite0"
+TAG_PREFIX = "tag."  # predicted tags are filterable as tag.<name>, apart from the shop's own columns
 
 
 class NotFoundError(KeyError):
@@ -66,6 +67,7 @@ class Engine:
         self.current_ingest: IngestReport | None = None
         self.current_total: int | None = None
         self._taggers: tuple[Path, Any] | None = None
+        self._tag_predictor: tuple[Any, Any] | None = None
         self._load()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -200,26 +202,30 @@ class Engine:
             taggers.save(self)
         return taggers
 
-    def tag(self, only_untagged: bool = False, threshold: float | None = None, rules: Any = None, progress: Any = None,
-            taggers: "TaggerSet | None" = None) -> int:
+    def _predictor(self) -> Any:
+        """The tag predictor of the current tagger set, kept so its models load once (not per upload).
+
+        Without trained taggers it is the label-free set, rebuilt when the catalogue changes
+        (its text columns are guessed from the products)."""
+        from .tagging.tagger import TagPredictor, untrained_taggers
+
+        taggers = self.taggers
+        key = taggers if taggers is not None else ("untrained", self.store.generation)  # tagger sets compare by identity
+        if self._tag_predictor is None or self._tag_predictor[0] != key:
+            self._tag_predictor = (key, TagPredictor(self, taggers or untrained_taggers(self)))
+        return self._tag_predictor[1]
+
+    def tag(self, only_untagged: bool = False, threshold: float | None = None, rules: Any = None, progress: Any = None) -> int:
         """Write predicted tags for every product (or those without tags); returns how many were tagged.
 
         Without trained taggers this applies text rules and zero-shot image groups."""
-        from .tagging.tagger import TagPredictor, untrained_taggers
-
-        taggers = taggers or self.taggers or untrained_taggers(self)
-        predictor = TagPredictor(self, taggers, threshold=threshold, rules=rules)
         rowids = self.store.untagged_rowids() if only_untagged else self.index.ids().tolist()
-        return predictor.predict_rowids(rowids, progress=progress)
+        return self._predictor().predict_rowids(rowids, threshold=threshold, rules=rules, progress=progress)
 
     def tag_image(self, image: ImageSource, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
         """Tags for an uploaded photo (and optional title), without storing anything."""
-        from .tagging.tagger import TagPredictor, untrained_taggers
-
         picture = load_image(image, self.limits, draft_size=self.encoder.input_size)
-        vector = self.encoder.embed(self.encoder.preprocess(picture)[None])[0]
-        taggers = self.taggers or untrained_taggers(self)
-        return TagPredictor(self, taggers, threshold=threshold).predict_picture(picture, vector, text)
+        return self._predictor().predict_picture(picture, self.embed(picture), text, threshold)
 
     def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int:
         """Store predicted tags and make them filterable as ``tag.<name>`` columns."""
@@ -361,7 +367,7 @@ def with_tag_columns(metadata: dict[str, Any], tags: dict[str, dict[str, Any]] |
     """The shop's metadata plus predicted tags as ``tag.<name>`` columns (kept apart from the shop's labels)."""
     if not tags:
         return metadata
-    return {**metadata, **{f"tag.{name}": tag["value"] for name, tag in tags.items() if tag.get("value") is not None}}
+    return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in tags.items() if tag.get("value") is not None}}
 
 
 def _check_k(k: int) -> None:

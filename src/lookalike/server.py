@@ -177,8 +177,7 @@ def create_app(engine: Engine) -> FastAPI:
         taggers = engine.taggers
         if taggers is None:
             return _error(404, "no_taggers", "no trained taggers in this store; run `lookalike tag train`")
-        rows = [r for name, col in taggers.report.get("columns", {}).items() if column in (None, name) for r in col["review"]]
-        rows.sort(key=lambda r: -r["confidence"])
+        rows = taggers.review(column)
         return {"total": len(rows), "items": rows[:limit_]}
 
     @app.get("/products/{product_id:path}/similar", response_model=SearchOut, tags=["search"], summary="Products similar to a product")

@@ -7,8 +7,8 @@ filterable as ``tag.<name>`` columns.
 
 from .hierarchy import CategoryTree, HierarchyError
 from .rules import RulesError, TextRules
+from ..engine import TAG_PREFIX
 from .tagger import (
-    TAG_PREFIX,
     TaggerError,
     TaggerSet,
     TagPredictor,

@@ -17,7 +17,6 @@ The sRGB→CIELAB conversion is Pillow's ImageCms (LittleCMS).
 
 from __future__ import annotations
 
-import io
 from functools import lru_cache
 
 import numpy as np
@@ -117,14 +116,6 @@ def colour_features(image: Image.Image) -> np.ndarray:
     stats = np.array([mean[0] / 100, mean[1] / 100, mean[2] / 100, std[0] / 50, std[1] / 50, std[2] / 50,
                       mean_chroma / 100, wsum / weights.size, float(np.hypot(mean[1], mean[2])) / 100], dtype=np.float32)
     return np.concatenate([palette, hist, stats]).astype(np.float32)
-
-
-def colour_features_from_jpeg(data: bytes | None) -> np.ndarray:
-    """Colour descriptor of a stored thumbnail; zeros when the product has none."""
-    if not data:
-        return np.zeros(COLOUR_FEATURES, dtype=np.float32)
-    with Image.open(io.BytesIO(data)) as image:
-        return colour_features(image)
 
 
 def dominant_colour_name(features: np.ndarray) -> tuple[str, float]:

@@ -31,7 +31,7 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 from ..encoders import EncoderError, get_encoder
 from ..images import thumbnail_jpeg
 from .colour import colour_features
-from .hierarchy import CategoryTree, join_path, level_accuracy
+from .hierarchy import CategoryTree, join_path, level_accuracy, split_path
 from .model import EXPERTS, TEXT, ColumnTagger, CrossFit, Evidence
 from .rules import TextRules
 from .zeroshot import ZeroShotGroups
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from ..engine import Engine
 
 FORMAT = 1
-TAG_PREFIX = "tag."
 DEFAULT_TEXT_COLUMNS = ("title", "name", "product_name", "productdisplayname", "description", "product_description")
 HIERARCHY_TAG = "category"
 MISSING_LABELS = {"", "na", "n/a", "nan", "none", "null", "unknown", "skip", "not sure"}
@@ -84,7 +83,6 @@ class FeatureBuilder:
 
     def __init__(self, engine: "Engine", image_model: str, text_columns: list[str], text_model: str):
         self.engine = engine
-        self.image_model = image_model
         self.text_columns = text_columns
         self.text_model = text_model
         self._backbone = None
@@ -120,20 +118,21 @@ class FeatureBuilder:
         extra = self._backbone.encode(thumbs, batch_size=32)
         return (np.hstack([vectors, extra]) / np.sqrt(2.0)).astype(np.float32)
 
-    def evidence(self, vectors: np.ndarray, thumbnails: list[bytes | None], metadata: list[dict[str, Any]], texts: list[str] | None = None) -> Evidence:
-        thumbs = [_open_thumbnail(t) for t in thumbnails]
-        texts = texts if texts is not None else [self.text_of(m) for m in metadata]
+    def evidence(self, vectors: np.ndarray, thumbs: list[Image.Image], texts: list[str]) -> Evidence:
         return Evidence(self._image_block(vectors, thumbs), np.stack([colour_features(t) for t in thumbs]), texts, self._sentence_vectors(texts))
+
+    def load(self, rowids: list[int]) -> tuple[np.ndarray, list[Image.Image], list[str]]:
+        """Stored products' embeddings, decoded thumbnails and text, read once."""
+        store = self.engine.store
+        products = store.get_by_rowids(rowids)
+        stored = store.thumbnails(rowids)
+        vectors = np.stack([self.engine.index.vector(r) for r in rowids])
+        return vectors, [_open_thumbnail(stored.get(r)) for r in rowids], [self.text_of(products[r].metadata) for r in rowids]
 
     def for_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None, label: str = "features") -> Evidence:
         parts = []
-        store = self.engine.store
         for start in range(0, len(rowids), chunk):
-            part = rowids[start : start + chunk]
-            products = store.get_by_rowids(part)
-            thumbs = store.thumbnails(part)
-            vectors = np.stack([self.engine.index.vector(r) for r in part])
-            parts.append(self.evidence(vectors, [thumbs.get(r) for r in part], [products[r].metadata for r in part]))
+            parts.append(self.evidence(*self.load(rowids[start : start + chunk])))
             if progress:
                 progress(label, min(start + chunk, len(rowids)), len(rowids))
         if not parts:
@@ -142,10 +141,9 @@ class FeatureBuilder:
                         [t for p in parts for t in p.text],
                         None if parts[0].text_vectors is None else np.concatenate([p.text_vectors for p in parts]))
 
-    def for_picture(self, picture: Image.Image, vector: np.ndarray, text: str) -> Evidence:
-        """Evidence for an upload, built the way stored products' is (thumbnail first)."""
-        thumb = thumbnail_jpeg(picture, self.engine.settings.thumbnail_size)
-        return self.evidence(vector[None], [thumb], [{}], texts=[text or ""])
+    def upload_thumbnail(self, picture: Image.Image) -> Image.Image:
+        """An upload as stored products are seen: through the same JPEG thumbnail."""
+        return _open_thumbnail(thumbnail_jpeg(picture, self.engine.settings.thumbnail_size))
 
 
 def _open_thumbnail(data: bytes | None) -> Image.Image:
@@ -156,27 +154,44 @@ def _open_thumbnail(data: bytes | None) -> Image.Image:
 
 
 # ---- the tagger set -------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)
 class TaggerSet:
     version: int
     created: str
     encoder: str
-    image_model: str | None
-    image_model_name: str
+    image_model: str | None  # identity (name@version) of the second backbone, None without one
     text_model: str
     text_columns: list[str]
     taggers: dict[str, ColumnTagger]
     rules: TextRules
     threshold: float
     hierarchy: CategoryTree | None = None
-    hierarchy_leaves: list[tuple[str, ...]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
-    zero_shot: bool = False
     format: int = FORMAT
 
     @property
     def name(self) -> str:
         return f"taggers-v{self.version}"
+
+    @property
+    def image_model_name(self) -> str:
+        return self.image_model.split("@")[0] if self.image_model else "none"
+
+    @property
+    def zero_shot(self) -> bool:
+        """A set without trained taggers falls back on zero-shot image groups and colour."""
+        return not self.taggers
+
+    @property
+    def hierarchy_leaves(self) -> list[tuple[str, ...]]:
+        """The tree leaves the hierarchy tagger's classes stand for, in class order."""
+        tagger = self.taggers.get(HIERARCHY_TAG)
+        return [] if tagger is None else [split_path(c) for c in tagger.classes]
+
+    def review(self, column: str | None = None) -> list[dict[str, Any]]:
+        """Labels the out-of-fold predictions confidently contradict, most confident first."""
+        rows = [r for name, col in self.report.get("columns", {}).items() if column in (None, name) for r in col["review"]]
+        return sorted(rows, key=lambda r: -r["confidence"])
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "created": self.created, "encoder": self.encoder,
@@ -284,7 +299,6 @@ def _column_report(column: str, fit: CrossFit, tagger: ColumnTagger, ids: list[s
         "dropped_rare_classes": dropped,
         "all_evidence": _scores(fit.target, fit.proba),
         "image_only": _scores(fit.target, fit.proba_image_only),
-        "text_only_products": None,
         "coverage_at_threshold": round(float(kept.mean()), 4),
         "accuracy_at_threshold": round(float((predicted == fit.target)[kept].mean()), 4) if kept.any() else None,
         "experts": {k: round(v, 4) for k, v in fit.expert_accuracy.items()},
@@ -346,16 +360,12 @@ def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | 
             report["columns"][column] = _column_report(column, fit, tagger, [ids[i] for i in labelled], subset.has_text(), rare, options)
             if column == HIERARCHY_TAG and tree is not None:
                 report["columns"][column]["levels"] = _hierarchy_report(tree, fit, options.threshold)
-    taggers_set = TaggerSet(
+    return TaggerSet(
         version=0, created=_now(), encoder=engine.encoder.identity, image_model=builder.backbone_identity,
-        image_model_name=options.image_model, text_model=text_model, text_columns=text_columns, taggers=taggers,
+        text_model=text_model, text_columns=text_columns, taggers=taggers,
         rules=TextRules.from_file(options.rules) if options.rules else TextRules.default(),
-        threshold=options.threshold, hierarchy=tree, report=report, zero_shot=not taggers,
+        threshold=options.threshold, hierarchy=tree, report=report,
     )
-    if tree is not None and HIERARCHY_TAG in taggers:
-        from .hierarchy import split_path
-        taggers_set.hierarchy_leaves = [split_path(c) for c in taggers[HIERARCHY_TAG].classes]
-    return taggers_set
 
 
 def _training_rowids(engine: "Engine", where: list[str] | None) -> list[int]:
@@ -389,8 +399,6 @@ def _hierarchy_targets(tree: CategoryTree, metadata: list[dict[str, Any]], path_
 
 
 def _hierarchy_report(tree: CategoryTree, fit: CrossFit, threshold: float) -> dict[str, Any]:
-    from .hierarchy import split_path
-
     leaves = [split_path(c) for c in fit.classes]
     truth = [leaves[t] for t in fit.target]
     argmax = [leaves[i] for i in fit.proba.argmax(1)]
@@ -410,61 +418,60 @@ def _tag(value: str, confidence: float, source: str, **extra: Any) -> dict[str, 
 
 
 class TagPredictor:
-    """Applies a tagger set to stored products or to an upload."""
+    """Applies a tagger set to stored products or to an upload.
 
-    def __init__(self, engine: "Engine", taggers: TaggerSet, threshold: float | None = None, rules: TextRules | None = None):
+    It holds the loaded models (backbone, ImageNet head), so the engine keeps one per tagger
+    set; the threshold and rules can still be chosen per call."""
+
+    def __init__(self, engine: "Engine", taggers: TaggerSet):
         self.engine, self.taggers = engine, taggers
-        self.threshold = taggers.threshold if threshold is None else threshold
-        self.rules = rules or taggers.rules
-        self.builder = FeatureBuilder(engine, taggers.image_model_name if taggers.image_model else "none", taggers.text_columns,
-                                      taggers.text_model)
+        self.builder = FeatureBuilder(engine, taggers.image_model_name, taggers.text_columns, taggers.text_model)
         self.zero_shot = ZeroShotGroups(engine.settings) if taggers.zero_shot else None
 
-    def tags_for(self, evidence: Evidence, thumbnails: list[Image.Image] | None = None) -> list[dict[str, dict[str, Any]]]:
+    def tags_for(self, evidence: Evidence, thumbnails: list[Image.Image], threshold: float | None = None,
+                 rules: TextRules | None = None) -> list[dict[str, dict[str, Any]]]:
+        threshold = self.taggers.threshold if threshold is None else threshold
+        rules = rules or self.taggers.rules
         n = len(evidence)
         out: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
         for column, tagger in self.taggers.taggers.items():
             proba, sources = tagger.predict_proba(evidence)
             if column == HIERARCHY_TAG and self.taggers.hierarchy is not None:
-                for i, placement in enumerate(self.taggers.hierarchy.place(self.taggers.hierarchy_leaves, proba, self.threshold)):
+                for i, placement in enumerate(self.taggers.hierarchy.place(self.taggers.hierarchy_leaves, proba, threshold)):
                     if placement.depth:
                         out[i][column] = _tag(join_path(placement.path), placement.confidence, sources[i], depth=placement.depth)
                 continue
             best = proba.argmax(1)
             for i in range(n):
-                if proba[i, best[i]] >= self.threshold:
+                if proba[i, best[i]] >= threshold:
                     out[i][column] = _tag(str(tagger.classes[best[i]]), proba[i, best[i]], sources[i])
         for i, text in enumerate(evidence.text):
-            for attribute, hit in self.rules.apply(text).items():
+            for attribute, hit in rules.apply(text).items():
                 out[i].setdefault(attribute, _tag(hit.value, hit.confidence, "rule", matched=hit.matched))
-        if self.zero_shot is not None and thumbnails is not None:
+        if self.zero_shot is not None:
             for i, guess in enumerate(self.zero_shot.groups(thumbnails, evidence.colour)):
                 for attribute, (value, confidence) in guess.items():
                     out[i].setdefault(attribute, _tag(value, confidence, "zero-shot"))
         return out
 
-    def predict_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None) -> int:
+    def predict_rowids(self, rowids: list[int], threshold: float | None = None, rules: TextRules | None = None, chunk: int = 256,
+                       progress: Progress | None = None) -> int:
         """Tag stored products and write the tags, one transaction per chunk."""
         done = 0
+        live_mask = self.engine.index.live
         for start in range(0, len(rowids), chunk):
-            part = rowids[start : start + chunk]
-            live = [r for r in part if r < len(self.engine.index.live) and self.engine.index.live[r]]
+            live = [r for r in rowids[start : start + chunk] if r < len(live_mask) and live_mask[r]]
             if live:
-                evidence = self.builder.for_rowids(live, chunk=chunk)
-                thumbs = None
-                if self.zero_shot is not None:
-                    stored = self.engine.store.thumbnails(live)
-                    thumbs = [_open_thumbnail(stored.get(r)) for r in live]
-                tags = self.tags_for(evidence, thumbs)
+                vectors, thumbs, texts = self.builder.load(live)
+                tags = self.tags_for(self.builder.evidence(vectors, thumbs, texts), thumbs, threshold, rules)
                 done += self.engine.write_tags(list(zip(live, tags)), self.taggers.name)
             if progress:
                 progress("tagging", min(start + chunk, len(rowids)), len(rowids))
         return done
 
-    def predict_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "") -> dict[str, dict[str, Any]]:
-        evidence = self.builder.for_picture(picture, vector, text)
-        thumb = [_open_thumbnail(thumbnail_jpeg(picture, self.engine.settings.thumbnail_size))] if self.zero_shot else None
-        return self.tags_for(evidence, thumb)[0]
+    def predict_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
+        thumb = self.builder.upload_thumbnail(picture)
+        return self.tags_for(self.builder.evidence(vector[None], [thumb], [text or ""]), [thumb], threshold)[0]
 
 
 def untrained_taggers(engine: "Engine", rules: TextRules | None = None, threshold: float = 0.5) -> TaggerSet:
@@ -472,6 +479,6 @@ def untrained_taggers(engine: "Engine", rules: TextRules | None = None, threshol
     known = set()
     for product in engine.store.page(0, 200):
         known.update(product.metadata)
-    return TaggerSet(version=0, created=_now(), encoder=engine.encoder.identity, image_model=None, image_model_name="none",
+    return TaggerSet(version=0, created=_now(), encoder=engine.encoder.identity, image_model=None,
                      text_model="none", text_columns=guess_text_columns(known), taggers={}, rules=rules or TextRules.default(),
-                     threshold=threshold, zero_shot=True)
+                     threshold=threshold)
