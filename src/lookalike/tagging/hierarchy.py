@@ -50,12 +50,10 @@ class CategoryTree:
     def __init__(self, leaves: list[tuple[str, ...]]):
         if not leaves:
             raise HierarchyError("the category tree has no paths")
-        self.leaves = sorted(set(leaves))
-        self.nodes = {leaf[:d] for leaf in self.leaves for d in range(1, len(leaf) + 1)}
-        inner = [leaf for leaf in self.leaves if any(other[: len(leaf)] == leaf and other != leaf for other in self.leaves)]
-        if inner:
-            # A path that is also a prefix of another is an inner node, not a leaf a product can sit in alone.
-            self.leaves = [leaf for leaf in self.leaves if leaf not in set(inner)]
+        # A path that is also a prefix of another is an inner node, not a leaf a product can sit in alone.
+        inner = {leaf[:d] for leaf in leaves for d in range(1, len(leaf))}
+        self.leaves = sorted(set(leaves) - inner)
+        self._leaf_set = set(self.leaves)
         self.depth = max(len(leaf) for leaf in self.leaves)
         by_name: dict[str, list[tuple[str, ...]]] = {}
         for leaf in self.leaves:
@@ -87,7 +85,7 @@ class CategoryTree:
     def resolve(self, value: str | tuple[str, ...]) -> tuple[str, ...] | None:
         """The leaf a catalogue value names: a full path, or a leaf name that is unique in the tree."""
         parts = split_path(value) if isinstance(value, str) else tuple(value)
-        if parts in set(self.leaves):
+        if parts in self._leaf_set:
             return parts
         if len(parts) == 1:
             matches = self._by_leaf_name.get(parts[0].lower(), [])
