@@ -15,6 +15,7 @@ of weights covers products without text, so an untitled upload is tagged from it
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -183,13 +184,14 @@ class ColumnTagger:
         oof = {name: np.zeros((len(labels), len(self.classes))) for name in active}
         counts = np.bincount(target)
         folds = max(2, min(self.folds, int(counts.max())))
-        # Classes with fewer members than folds cannot be stratified; they stay in every training part.
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed)
-        strat = np.where(counts[target] >= folds, target, -1)
-        for number, (train, test) in enumerate(splitter.split(np.zeros(len(labels)), strat), start=1):
+        with warnings.catch_warnings():
+            # A class with fewer members than folds is missing from some folds' tests; each of its
+            # members is still held out exactly once, which is all out-of-fold scoring needs.
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            splits = list(splitter.split(np.zeros(len(labels)), target))
+        for number, (train, test) in enumerate(splits, start=1):
             progress(f"{self.column}: fold {number}/{folds}")
-            rare = np.flatnonzero(strat == -1)
-            train = np.union1d(train, rare)
             for name, expert in self._fit_experts(evidence.subset(train), labels[train]).items():
                 oof[name][test] = expert.log_proba(evidence.subset(test))
         present = self._present(evidence)
