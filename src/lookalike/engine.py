@@ -54,12 +54,14 @@ class Engine:
     def __init__(self, directory: Path, settings: Settings, encoder: Encoder, store: ProductStore):
         self.directory = directory
         self.settings = settings
-        self.encoder = encoder
         self.store = store
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout)
         threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
         spec = IndexSpec(settings.index, settings.ann_threshold, settings.nprobe, settings.rerank_factor)
-        self.index = VectorIndex(encoder.dim, spec, threads=settings.threads)
+        # The serving encoder and its index change together (re-index), so they are one attribute:
+        # a query reads both at once and never embeds with one model and searches another's vectors.
+        self._serving: tuple[Encoder, VectorIndex] = (encoder, VectorIndex(encoder.dim, spec, threads=settings.threads))
+        self._reindexing: str | None = None
         self.columns = MetadataColumns()
         self._write_lock = threading.RLock()
         self._ingest_lock = threading.Lock()
@@ -85,7 +87,7 @@ class Engine:
             if not isinstance(encoder, Encoder):
                 recorded = store.get_meta("encoder")
                 name = encoder or settings.encoder or (recorded.split("@")[0] if recorded else DEFAULT_ENCODER)
-                encoder = get_encoder(name, settings)
+                encoder = get_encoder(name, settings.replace(store=str(directory)))
             store.bind_encoder(encoder.identity, encoder.dim)
             return cls(directory, settings.replace(store=str(directory), encoder=encoder.name), encoder, store)
         except BaseException:
@@ -111,6 +113,14 @@ class Engine:
                 self.index.refresh_ann(stale)
                 self._ann_dirty = True
         self._maintain_ann(save=True)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._serving[0]
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._serving[1]
 
     @property
     def _index_dir(self) -> Path:
@@ -180,6 +190,59 @@ class Engine:
         finally:
             self._ingest_lock.release()
 
+    # ---- training ----------------------------------------------------------------------------------------
+    def train_embedding(self, options: Any, progress: Any = None, log: Any = lambda _: None) -> Any:
+        """Fine-tune an embedding on this catalogue; saved as a new model (see :mod:`lookalike.training`)."""
+        from .training import train_embedding
+
+        return train_embedding(self, options, progress=progress, log=log)
+
+    def train_quantizer(self, options: Any, progress: Any = None, log: Any = lambda _: None) -> Any:
+        """Learn compact codes for a fine-tuned model; saved as a new model."""
+        from .training import train_quantizer
+
+        return train_quantizer(self, options, progress=progress, log=log)
+
+    # ---- re-indexing with another model -----------------------------------------------------------------
+    def reindex(self, model: str, progress: Any = None, batch_size: int = 64) -> dict[str, Any]:
+        """Re-embed the catalogue with another encoder (a trained model or a pretrained name),
+        then switch to it atomically.
+
+        Search keeps answering from the current index the whole time.  Only what is needed is
+        computed: vectors staged by an interrupted run, or kept from an earlier switch, are
+        reused, and a fine-tuned head whose backbone vectors are already stored is applied to
+        them without reading any image.  Products changed meanwhile are caught up under the
+        write lock just before the switch, which is one database transaction plus one
+        attribute assignment in memory."""
+        from .reindex import Reindexer
+
+        if not self._ingest_lock.acquire(blocking=False):
+            raise BusyError("an ingest or re-index is already running on this store")
+        try:
+            target = get_encoder(model, self.settings.replace(store=str(self.directory)))
+            if target.identity == self.encoder.identity:
+                return {"model": target.identity, "switched": False, "reason": "already serving this model"}
+            self._reindexing = target.identity
+            reindexer = Reindexer(self, target, batch_size)
+            counts = reindexer.stage(progress)
+            with self._write_lock:
+                counts["caught_up"] = reindexer.catch_up()
+                previous = self.encoder.identity
+                self.store.switch_encoder(target.identity, target.dim)
+                index = VectorIndex(target.dim, self.index.spec, threads=self.settings.threads)
+                for rowids, vectors, _ in self.store.iter_vectors():
+                    index.upsert(rowids, vectors)
+                if index.needs_rebuild():
+                    index.build_ann()
+                index.save_ann(self._index_dir, self.store.generation)
+                self._serving = (target, index)
+                self._ann_dirty = False
+                self.settings = self.settings.replace(encoder=target.name)
+            return {"model": target.identity, "previous": previous, "switched": True, **counts}
+        finally:
+            self._reindexing = None
+            self._ingest_lock.release()
+
     # ---- tagging --------------------------------------------------------------------------------------
     @property
     def taggers(self) -> "TaggerSet | None":
@@ -237,8 +300,15 @@ class Engine:
         return written
 
     def _auto_tag(self) -> None:
-        """Once taggers exist, ingest tags what it added or changed."""
-        if self.taggers is not None:
+        """Once taggers exist, ingest tags what it added or changed (not with taggers of an
+        encoder the store no longer serves: those need retraining, which ``tag info`` says)."""
+        from .tagging import TaggerError
+
+        try:
+            taggers = self.taggers
+        except TaggerError:
+            return
+        if taggers is not None:
             self.tag(only_untagged=True)
 
     def _image_write(self, product_id: str, image: ImageSource, metadata: dict[str, Any]) -> ProductWrite:
@@ -297,27 +367,34 @@ class Engine:
             raise NotFoundError(product_id)
         return data
 
-    def embed(self, image: ImageSource) -> np.ndarray:
+    def embed(self, image: ImageSource, encoder: Encoder | None = None) -> np.ndarray:
         """The unit vector of one image (path, URL, bytes or PIL image)."""
-        picture = load_image(image, self.limits, draft_size=self.encoder.input_size)
-        return self.encoder.embed(self.encoder.preprocess(picture)[None])[0]
+        encoder = encoder or self.encoder
+        picture = load_image(image, self.limits, draft_size=encoder.input_size)
+        return encoder.embed(encoder.preprocess(picture)[None])[0]
 
     def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
         """Products most similar to a photo, best first, among those matching every ``where`` clause."""
         _check_k(k)
         clauses = parse_where(where)
         self.columns.mask(clauses)  # reject a bad filter before spending time on the image
-        return find(self.index, self.columns, self.store, self.embed(image), k, clauses)
+        encoder, index = self._serving
+        return find(index, self.columns, self.store, self.embed(image, encoder), k, clauses)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, where: Iterable[str] | str | None = None, exclude: list[int] | None = None) -> list[Hit]:
         """Products nearest to an embedding (e.g. from :meth:`embed`), optionally excluding rowids."""
         _check_k(k)
-        return find(self.index, self.columns, self.store, vector, k, parse_where(where), exclude)
+        index = self.index
+        if np.shape(vector) != (index.dim,):
+            raise ValueError(f"expected a vector of {index.dim} numbers (the encoder {self.encoder.identity}), got shape {np.shape(vector)}")
+        return find(index, self.columns, self.store, vector, k, parse_where(where), exclude)
 
     def similar(self, product_id: str, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
         """Products most similar to a catalogue product (the product itself excluded)."""
+        _check_k(k)
         product = self.get(product_id)
-        return self.search_vector(self.index.vector(product.rowid), k, where, exclude=[product.rowid])
+        index = self.index
+        return find(index, self.columns, self.store, index.vector(product.rowid), k, parse_where(where), [product.rowid])
 
     def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
         """A page of the catalogue (in ingest order) among products matching ``where``; returns (total, page)."""
@@ -347,6 +424,9 @@ class Engine:
             "vectors": self.index.count,
             "encoder": self.encoder.identity,
             "dim": self.encoder.dim,
+            "quantized_bits": getattr(self.encoder, "quantizer", None) and self.encoder.quantizer.bits,
+            "kept_vectors": self.store.kept_encoders(),
+            "reindexing": self._reindexing,
             "index": self.index.ann_factory or "flat (exact)",
             "generation": self.store.generation,
             "columns": self.columns.names(),

@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS skipped (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS skipped_run ON skipped(run_id);
+-- Vectors of encoders other than the serving one: a re-index in progress (resumable), and the
+-- previous encoders' vectors kept so switching back, or training a head on them, needs no images.
+CREATE TABLE IF NOT EXISTS model_vectors (
+    encoder TEXT NOT NULL,
+    rowid INTEGER NOT NULL,
+    image_hash TEXT,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (encoder, rowid)
+);
 CREATE TABLE IF NOT EXISTS tags (
     rowid INTEGER PRIMARY KEY,
     tags TEXT NOT NULL,
@@ -227,14 +236,14 @@ class ProductStore:
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE id = ?", (item_id,)).fetchone()
         return None if row is None else self._product(row)
 
-    def _select_in(self, sql: str, keys: list[Any]) -> list[tuple]:
+    def _select_in(self, sql: str, keys: list[Any], params: tuple = ()) -> list[tuple]:
         """Rows of ``sql`` whose ``IN ({marks})`` list takes many keys, 500 per statement
-        (SQLite caps the number of bound variables)."""
+        (SQLite caps the number of bound variables); ``params`` bind the ``?`` before the list."""
         rows: list[tuple] = []
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
-                rows += self._db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+                rows += self._db.execute(sql.format(marks=",".join("?" * len(chunk))), [*params, *chunk]).fetchall()
         return rows
 
     def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Product]:
@@ -315,6 +324,59 @@ class ProductStore:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.glob(self.FILENAME + "*") if p.is_file())
+
+    # ---- vectors of other encoders (re-indexing) -----------------------------------------------------
+    def vector_sources(self) -> list[tuple[int, str | None, str | None]]:
+        """(rowid, image hash, image source) of every product with a vector."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute("SELECT rowid, image_hash, image FROM products WHERE vector IS NOT NULL ORDER BY rowid")]
+
+    def model_vectors(self, encoder: str, rowids: list[int]) -> dict[int, tuple[str | None, np.ndarray]]:
+        """rowid -> (image hash, vector) kept for ``encoder`` (the serving encoder's come from products)."""
+        if encoder == self.get_meta("encoder"):
+            rows = self._select_in("SELECT rowid, image_hash, vector FROM products WHERE vector IS NOT NULL AND rowid IN ({marks})", rowids)
+        else:
+            rows = self._select_in("SELECT rowid, image_hash, vector FROM model_vectors WHERE encoder = ? AND rowid IN ({marks})", rowids, (encoder,))
+        return {r[0]: (r[1], np.frombuffer(r[2], dtype=np.float32)) for r in rows}
+
+    def stage_vectors(self, encoder: str, entries: list[tuple[int, str | None, np.ndarray]]) -> None:
+        """Keep vectors of a re-index in progress (one transaction per call, so a crash loses at most one batch)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO model_vectors(encoder, rowid, image_hash, vector) VALUES (?, ?, ?, ?)",
+                                     [(encoder, int(r), h, np.asarray(v, dtype=np.float32).tobytes()) for r, h, v in entries])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def switch_encoder(self, identity: str, dim: int) -> int:
+        """Make ``identity``'s staged vectors the serving ones, in one transaction: the current
+        vectors are kept under the old encoder's name; every product must have a staged vector."""
+        with self._write_transaction() as gen:
+            old = self.get_meta("encoder")
+            missing = self._db.execute(
+                "SELECT COUNT(*) FROM products p WHERE p.vector IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM model_vectors m WHERE m.encoder = ? AND m.rowid = p.rowid)", (identity,)).fetchone()[0]
+            if missing:
+                raise StoreError(f"{missing} product(s) have no vector from {identity!r} yet; the re-index is not complete")
+            if old is not None:
+                self._db.execute("DELETE FROM model_vectors WHERE encoder = ?", (old,))
+                self._db.execute("INSERT INTO model_vectors(encoder, rowid, image_hash, vector) "
+                                 "SELECT ?, rowid, image_hash, vector FROM products WHERE vector IS NOT NULL", (old,))
+            self._db.execute("UPDATE products SET gen = ?, vector = (SELECT m.vector FROM model_vectors m WHERE m.encoder = ? AND m.rowid = products.rowid) "
+                             "WHERE vector IS NOT NULL", (gen, identity))
+            self._db.execute("DELETE FROM model_vectors WHERE encoder = ?", (identity,))
+            self._db.execute("DELETE FROM model_vectors WHERE rowid NOT IN (SELECT rowid FROM products)")
+            for key, value in (("encoder", identity), ("dim", str(dim))):
+                self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            return gen
+
+    def kept_encoders(self) -> dict[str, int]:
+        """Encoders with vectors kept besides the serving one, and how many."""
+        with self._lock:
+            return dict(self._db.execute("SELECT encoder, COUNT(*) FROM model_vectors GROUP BY encoder").fetchall())
 
     # ---- ingest runs ------------------------------------------------------------------------------
     def start_run(self, source: str) -> int:

@@ -11,6 +11,7 @@ from typing import Callable
 from ..config import Settings
 from .base import Encoder, EncoderError
 from .efficientnet import EfficientNetLiteEncoder
+from .finetuned import FineTunedEncoder
 
 _FACTORIES: dict[str, Callable[[Settings], Encoder]] = {
     "efficientnet-lite0": lambda s: EfficientNetLiteEncoder("efficientnet-lite0", s),
@@ -28,9 +29,22 @@ def available_encoders() -> list[str]:
 
 
 def get_encoder(name: str, settings: Settings | None = None) -> Encoder:
-    if name not in _FACTORIES:
-        raise EncoderError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}")
-    return _FACTORIES[name](settings or Settings())
+    """A pretrained encoder by name, or a fine-tuned model (a name in the store's models folder, or a path)."""
+    settings = settings or Settings()
+    if name in _FACTORIES:
+        return _FACTORIES[name](settings)
+    from pathlib import Path
+
+    from ..training.models import ModelError, load_model, resolve_model_path
+
+    path = resolve_model_path(name, Path(settings.store).expanduser())
+    if path is None:
+        raise EncoderError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}, or a model trained with 'lookalike train embedding'")
+    try:
+        model = load_model(path)
+        return FineTunedEncoder(model, lambda backbone: get_encoder(backbone, settings))
+    except (ModelError, ValueError) as exc:
+        raise EncoderError(str(exc)) from exc
 
 
-__all__ = ["Encoder", "EncoderError", "EfficientNetLiteEncoder", "available_encoders", "get_encoder", "register_encoder"]
+__all__ = ["Encoder", "EncoderError", "EfficientNetLiteEncoder", "FineTunedEncoder", "available_encoders", "get_encoder", "register_encoder"]

@@ -188,6 +188,7 @@ def _markdown(ev: Evaluation, plots: dict[str, list[tuple[str, str]]]) -> str:
     for row in quality_rows(ev):
         cells = [f"**{row['cells'].get(c, '–')}**" if c in row["best"] else row["cells"].get(c, "–") for c in configs]
         lines.append(f"| {row['task']} | {row['metric']} | " + " | ".join(cells) + f" | {row['baseline']} |")
+    lines += _codes_markdown(ev)
     lines += ["", "## Efficiency", "", "| data set | measure | " + " | ".join(configs) + " |", "|---|---|" + "---|" * len(configs)]
     for row in efficiency_rows(ev):
         cells = [f"**{row['cells'].get(c, '–')}**" if c in row["best"] else row["cells"].get(c, "–") for c in configs]
@@ -233,6 +234,42 @@ document.querySelectorAll('svg.map circle').forEach(c=>{
 """
 
 
+def codes_tables(ev: Evaluation) -> list[tuple[str, str, dict[str, Any]]]:
+    """(task, configuration, table) for every task that produced a representation table."""
+    return [(task.name, config, r.plots["codes_table"]) for task in ev.suite.tasks
+            for config, r in ev.tasks.get(task.name, {}).items() if r.plots.get("codes_table")]
+
+
+def _code_cell(row: str, value: float) -> str:
+    if row == "bytes/product":
+        return f"{value:,.0f}"
+    if row.startswith("latency"):
+        return f"{value:.2f}"
+    return _fmt(value)
+
+
+def _codes_markdown(ev: Evaluation) -> list[str]:
+    lines: list[str] = []
+    for task, config, table in codes_tables(ev):
+        columns = table["columns"]
+        lines += ["", f"## {task} ({config})", "", "Every number is measured on held-out products only.", "",
+                  "| measure | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for row in table["rows"]:
+            lines.append(f"| {row} | " + " | ".join(_code_cell(row, table["cells"][c].get(row, float("nan"))) for c in columns) + " |")
+    return lines
+
+
+def _codes_html(ev: Evaluation) -> str:
+    parts = []
+    for task, config, table in codes_tables(ev):
+        columns = table["columns"]
+        head = "<tr><th>measure</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
+        body = "".join("<tr><td>" + html.escape(row) + "</td>" + "".join(f"<td>{_code_cell(row, table['cells'][c].get(row, float('nan')))}</td>" for c in columns) + "</tr>"
+                       for row in table["rows"])
+        parts.append(f"<h2>{html.escape(task)} ({html.escape(config)})</h2><p>Every number is measured on held-out products only.</p><table>{head}{body}</table>")
+    return "".join(parts)
+
+
 def _html_table(rows: list[dict[str, Any]], configs: list[str], first: str, with_baseline: bool) -> str:
     head = f"<tr><th>{first}</th><th>metric</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in configs) + ("<th>random</th>" if with_baseline else "") + "</tr>"
     body = []
@@ -270,7 +307,7 @@ def _html(ev: Evaluation, plots: dict[str, list[tuple[str, str]]]) -> str:
              f"({ev.suite.bootstrap} resamples); best value per row in bold. Ran in {ev.seconds:.0f} s.</p><ul>"
              + "".join(f"<li><b>{html.escape(c.name)}</b>: <code>{html.escape(json.dumps(c.settings))}</code></li>" for c in ev.configs) + "</ul>",
              "<h2>Quality</h2>", _html_table(quality_rows(ev), configs, "task", True),
-             "<h2>Efficiency</h2>", _html_table(efficiency_rows(ev), configs, "data set", False), "<h2>Plots</h2>"]
+             _codes_html(ev), "<h2>Efficiency</h2>", _html_table(efficiency_rows(ev), configs, "data set", False), "<h2>Plots</h2>"]
     for task, items in plots.items():
         if task == "__maps__":
             continue

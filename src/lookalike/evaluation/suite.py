@@ -15,7 +15,7 @@ import yaml
 
 from ..config import Settings
 
-TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "classification", "tagging")
+TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "classification", "tagging", "learned_codes")
 ALTERATIONS = ("crop", "shift", "blur", "jpeg", "brightness", "flip", "background")
 
 
@@ -125,6 +125,8 @@ def load_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{path}: task {name!r} needs 'relevance': the column(s) that must match")
         if kind == "tagging" and not (options.get("columns") or options.get("hierarchy")):
             raise SuiteError(f"{path}: task {name!r} needs 'columns' (labelled columns to tag) or 'hierarchy'")
+        if kind == "learned_codes" and options.get("boxes") and not options.get("column"):
+            raise SuiteError(f"{path}: task {name!r} uses street boxes, so it needs 'column' (what street labels map to)")
         if kind in ("classification", "street_to_shop") and not options.get("column"):
             raise SuiteError(f"{path}: task {name!r} needs 'column'")
         tasks.append(TaskSpec(name, kind, dataset, options))

@@ -301,15 +301,25 @@ def run_views(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite
     return TaskResult(summarise(per_query, suite), baseline, notes=notes)
 
 
-def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
-    """Boxes cropped from street photos query the catalogue; relevance through a label → category map."""
+@dataclass
+class StreetCrops:
+    """Garment boxes cut from street photos, with their street labels and what they may match."""
+
+    crops: list[Image.Image]
+    labels: list[str]
+    wanted: dict[str, set[str]]  # street label -> catalogue values that count as a match
+    unmapped: int
+    unreadable: int
+
+
+def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
+    """Read the task's boxes file and crop every box whose label has a catalogue mapping."""
     boxes_path = task.path("boxes", suite.base)
     images_base = task.path("images", suite.base) if task.options.get("images") else boxes_path.parent
     column, label_map = task.options["column"], task.options.get("label_map") or {}
     if not isinstance(label_map, dict) or not label_map:
         raise SuiteError(f"task {task.name!r}: needs 'label_map' from street labels to values of {column!r}")
     wanted = {str(k).lower(): {str(v).strip().lower() for v in (vs if isinstance(vs, list) else [vs])} for k, vs in label_map.items()}
-    values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(column)])
     padding = float(task.options.get("padding", 0.1))
     rows = list(csv.DictReader(boxes_path.open(newline="", encoding="utf-8")))
     usable = [r for r in rows if r.get("label", "").lower() in wanted]
@@ -335,6 +345,14 @@ def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInd
             continue
         crops.append(crop)
         labels.append(row["label"].lower())
+    return StreetCrops(crops, labels, wanted, unmapped, unreadable)
+
+
+def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    """Boxes cropped from street photos query the catalogue; relevance through a label → category map."""
+    street = street_crops(task, suite)
+    crops, labels, wanted, unmapped, unreadable = street.crops, street.labels, street.wanted, street.unmapped, street.unreadable
+    values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(task.options["column"])])
     per_query: dict[str, list[float]] = {}
     per_label: dict[str, list[float]] = {}
     counts = []
@@ -437,6 +455,12 @@ def run_tagging(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, sui
 
 RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
     "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "classification": run_classification,
-    "tagging": run_tagging,
+    "tagging": run_tagging, "learned_codes": lambda *args: _learned_codes(*args),
 }
+
+
+def _learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    from .learned import run_learned_codes  # imports the training code (and PyTorch) only when used
+
+    return run_learned_codes(task, data, index, suite)
 

@@ -1,0 +1,252 @@
+"""The ``learned_codes`` task: off-the-shelf vs fine-tuned embeddings vs compact codes, on
+products the training never saw.
+
+The task trains, inside the evaluation, a fine-tuned head on the data set (a seeded share of
+each class held out, plus every product of a duplicate pair) and codebooks for each code size,
+then measures every representation on the held-out products only:
+
+rows     in-shop same article type (mAP, NN accuracy) · same article type and colour ·
+         street crops → catalogue (P@10) · exact product: duplicate listings and synthetic
+         street-like views (R@1)
+columns  off-the-shelf float · fine-tuned float · learned codes at each size with SDC and ADC
+         (and ADC + exact re-ranking) · FAISS PQ and OPQ trained after the fact · sign-binarised
+         Hamming codes — each with bytes per product and query latency.
+
+Latency is one query against the held-out gallery tiled to ``latency_items`` products
+(median of repeated single-thread runs), so figures compare at a realistic catalogue size.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .metrics import bootstrap, ranking_metrics
+from .suite import Suite, SuiteError, TaskSpec
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, street_crops
+from .views import ALTERATIONS, alter
+
+RERANK_DEPTH = 100
+
+
+@dataclass
+class Representation:
+    """One column: how to score queries against the gallery, and what it costs."""
+
+    name: str
+    bytes_per_item: float
+    embed: Callable[[np.ndarray], np.ndarray]          # backbone vectors (n, D) -> this representation's float vectors
+    score: Callable[[np.ndarray], np.ndarray]          # query vectors (nq, d) -> (nq, n gallery) scores
+    latency_ms: float = float("nan")
+
+
+def _latency(score_many: Callable[[np.ndarray], Any], queries: np.ndarray, repeats: int = 30) -> float:
+    score_many(queries[:1])
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        score_many(queries[i % len(queries) : i % len(queries) + 1])
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def _rerank(coarse: np.ndarray, queries: np.ndarray, vectors: np.ndarray, depth: int) -> np.ndarray:
+    """Exact scores for each query's ``depth`` best coarse candidates, ranked above the rest."""
+    out = coarse - 1e3
+    for row in range(coarse.shape[0]):
+        top = np.argpartition(-coarse[row], min(depth, coarse.shape[1] - 1))[:depth]
+        out[row, top] = vectors[top] @ queries[row]
+    return out
+
+
+def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    import faiss
+
+    from ..training import EmbeddingOptions, QuantizerOptions, train_embedding, train_quantizer
+    from ..training.quantizer import hamming_distances, sign_codes
+
+    engine = data.engine
+    positives = list(task.options.get("positives") or ["article_type"])
+    colour = task.options.get("colour")
+    bits_list = [int(b) for b in task.options.get("bits", [32, 48, 64])]
+    pairs = _duplicate_pairs(task, suite, set(data.ids))
+    keep_out = sorted({x for pair in pairs for x in pair})
+    options = EmbeddingOptions(positives=positives, holdout=float(task.options.get("holdout", 0.3)), seed=suite.seed,
+                               steps=int(task.options.get("steps", 1500)), views=int(task.options.get("views", 4)),
+                               loss=str(task.options.get("loss", "proxy-anchor")), keep_out=keep_out,
+                               backbones=task.options.get("backbones"))
+    model = train_embedding(engine, options, save=False)
+    held = set(model.holdout)
+    gallery = [i for i, item in enumerate(data.ids) if item in held]
+    if len(gallery) < 10:
+        raise SuiteError(f"task {task.name!r}: only {len(gallery)} held-out products; raise 'holdout'")
+    g_ids = [data.ids[i] for i in gallery]
+    g_meta = [data.metadata[i] for i in gallery]
+    base_vectors = data.vectors[gallery]
+    if model.info["backbones"] != [engine.encoder.identity]:
+        raise SuiteError(f"task {task.name!r}: the model must be trained on the configuration's encoder alone")
+    tuned = model.head(base_vectors)
+
+    # queries: street crops and synthetic views, embedded by the backbone once
+    street = street_crops(task, suite) if task.options.get("boxes") else None
+    street_base = engine.encoder.encode(street.crops) if street and street.crops else np.zeros((0, base_vectors.shape[1]), np.float32)
+    view_positions, view_base = _synthetic_views(task, suite, engine, data, gallery)
+
+    # representations: each embeds backbone vectors its own way, then scores against its gallery
+    train_float = _training_vectors(data, model, held)
+    tuned_embed = model.head
+    columns = [Representation("off-the-shelf float", base_vectors.shape[1] * 4, lambda b: b, lambda q: q @ base_vectors.T),
+               Representation("fine-tuned float", tuned.shape[1] * 4, tuned_embed, lambda q: q @ tuned.T)]
+    top_bits = max(bits_list)
+    for bits in bits_list:
+        coded = train_quantizer(engine, QuantizerOptions(model=model, bits=bits, seed=suite.seed, steps=int(task.options.get("quantizer_steps", 1000))), save=False)
+        columns += _code_columns(coded, base_vectors, rerank=bits == top_bits)
+    # baselines trained after the fact on the fine-tuned float vectors of the training products
+    for label, factory in ((f"FAISS PQ {top_bits}-bit", f"PQ{top_bits // 8}x8"), (f"FAISS OPQ {top_bits}-bit", f"OPQ{top_bits // 8},PQ{top_bits // 8}x8")):
+        pq = faiss.index_factory(tuned.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        pq.train(np.ascontiguousarray(train_float))
+        pq.add(np.ascontiguousarray(tuned))
+        columns.append(Representation(label, top_bits / 8, tuned_embed, lambda q, pq=pq: _faiss_scores(pq, q)))
+    projection = _pca_projection(train_float, 64)
+    g_bits = sign_codes(tuned, projection)
+    columns.append(Representation("Hamming 64-bit (sign of PCA)", 8, tuned_embed,
+                                  lambda q: -hamming_distances(sign_codes(q, projection), g_bits).astype(np.float32)))
+
+    # rows
+    table: dict[str, dict[str, float]] = {}
+    per_query: dict[str, list[float]] = {}
+    labels_type = _labels(g_meta, positives)
+    labels_colour = _labels(g_meta, positives + [colour]) if colour else None
+    latency_items = int(task.options.get("latency_items", 100_000))
+    for column in columns:
+        embed = column.embed
+        cells: dict[str, float] = {}
+        scores = column.score(embed(base_vectors)).astype(np.float64)
+        np.fill_diagonal(scores, -np.inf)
+        cells.update(_in_shop(scores, labels_type, "same type"))
+        if labels_colour is not None:
+            cells.update(_in_shop(scores, labels_colour, "same type+colour"))
+        if street and len(street_base):
+            values = np.array([str(m.get(task.options.get("column", positives[0])) or "").strip().lower() for m in g_meta])
+            s_scores = column.score(embed(street_base))
+            p10 = [ranking_metrics(s_scores[i], np.isin(values, list(street.wanted[label])), (10,))["p@10"] for i, label in enumerate(street.labels)]
+            cells["street P@10"] = float(np.mean(p10))
+            per_query.setdefault(f"street P@10 | {column.name}", []).extend(p10)
+        if pairs:
+            cells["duplicates R@1"] = _duplicate_recall(scores, pairs, g_ids)
+        if len(view_positions):
+            v_scores = column.score(embed(view_base))
+            cells["views R@1"] = float((v_scores.argmax(axis=1) == np.array(view_positions)).mean())
+        column.latency_ms = _latency(column.score, embed(base_vectors[:32]), repeats=20) * (latency_items / len(gallery))
+        cells["bytes/product"] = column.bytes_per_item
+        cells["latency ms (est.)"] = column.latency_ms
+        table[column.name] = cells
+    rows = list(next(iter(table.values())).keys())
+    summary = {f"{row} | {name}": {"mean": value, "ci_low": float("nan"), "ci_high": float("nan"), "n": len(gallery)}
+               for name, cells in table.items() for row, value in cells.items() if row in ("same type mAP", "same type NN", "street P@10", "views R@1")}
+    for key, values in per_query.items():
+        summary[key] = bootstrap(values, suite.seed, suite.bootstrap).to_dict()
+    notes = [f"trained on {model.info['training_data']['train_products']} products, measured on {len(gallery)} held-out products "
+             f"({len(keep_out)} of them forced out of training because they are in a duplicate pair)",
+             f"latency: single-thread median per query on the held-out gallery, scaled to {latency_items:,} products",
+             f"training validation: {model.info['validation']}"]
+    return TaskResult(summary, {}, notes=notes, plots={"codes_table": {"rows": rows, "columns": [c.name for c in columns], "cells": table},
+                                                        "model": {k: model.info[k] for k in ("backbones", "positives", "parameters", "training_data", "validation")}})
+
+
+def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Representation]:
+    """SDC and ADC columns of one learned code size (and ADC + exact re-ranking when asked).
+    Queries go through the head trained jointly with the codebooks."""
+    quantizer, head = coded.quantizer, coded.head
+    g_float = head(base_vectors)
+    codes = quantizer.encode(g_float)
+    bits = quantizer.bits
+    columns = [Representation(f"{bits}-bit SDC", quantizer.bytes_per_code, head, lambda q: quantizer.sdc_scores(quantizer.encode(q), codes)),
+               Representation(f"{bits}-bit ADC", quantizer.bytes_per_code, head, lambda q: quantizer.adc_scores(q, codes))]
+    if rerank:
+        columns.append(Representation(f"{bits}-bit ADC + re-rank {RERANK_DEPTH}", quantizer.bytes_per_code + g_float.shape[1] * 4, head,
+                                      lambda q: _rerank(quantizer.adc_scores(q, codes), q, g_float, RERANK_DEPTH)))
+    return columns
+
+
+def _training_vectors(data: DatasetEmbeddings, model, held: set[str]) -> np.ndarray:
+    rows = [i for i, item in enumerate(data.ids) if item not in held]
+    return model.head(data.vectors[rows])
+
+
+def _faiss_scores(index, queries: np.ndarray) -> np.ndarray:
+    n = index.ntotal
+    sims, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), n)
+    out = np.full((len(queries), n), -np.inf, dtype=np.float32)
+    np.put_along_axis(out, ids, sims, axis=1)
+    return out
+
+
+def _pca_projection(vectors: np.ndarray, bits: int) -> np.ndarray:
+    centred = vectors - vectors.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return vt[:bits].T.astype(np.float32)
+
+
+def _labels(metadata: list[dict[str, Any]], columns: list[str]) -> np.ndarray:
+    return np.array([" / ".join(str(m.get(c) or "").strip().lower() for c in columns) for m in metadata])
+
+
+def _in_shop(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, float]:
+    aps, nn = [], []
+    for i in range(len(labels)):
+        relevant = labels == labels[i]
+        relevant[i] = False
+        if not relevant.any():
+            continue
+        row = np.delete(scores[i], i)
+        m = ranking_metrics(row, np.delete(relevant, i), (1,))
+        aps.append(m["ap"])
+        nn.append(m["nn_accuracy"])
+    return {f"{prefix} mAP": float(np.mean(aps)), f"{prefix} NN": float(np.mean(nn))}
+
+
+def _duplicate_pairs(task: TaskSpec, suite: Suite, known: set[str]) -> list[tuple[str, str]]:
+    if not task.options.get("pairs"):
+        return []
+    path = task.path("pairs", suite.base)
+    positive = task.options.get("positive", "identical_image")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [(r["item_id_a"], r["item_id_b"]) for r in rows if r.get("relation") == positive and r["item_id_a"] in known and r["item_id_b"] in known]
+
+
+def _duplicate_recall(scores: np.ndarray, pairs: list[tuple[str, str]], ids: list[str]) -> float:
+    """Each member of a duplicate pair queries the gallery: is its twin first?"""
+    position = {item: i for i, item in enumerate(ids)}
+    hits = []
+    for a, b in pairs:
+        if a in position and b in position:
+            for q, t in ((position[a], position[b]), (position[b], position[a])):
+                hits.append(float(np.argmax(scores[q]) == t))
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def _synthetic_views(task: TaskSpec, suite: Suite, engine, data: DatasetEmbeddings, gallery: list[int]) -> tuple[list[int], np.ndarray]:
+    """One seeded alteration of a sample of held-out products; returns (gallery position, backbone vector)."""
+    from ..images import ImageError, load_image
+
+    sample = int(task.options.get("view_sample", 200))
+    if sample <= 0:
+        return [], np.zeros((0, data.vectors.shape[1]), np.float32)
+    rng = np.random.default_rng(suite.seed)
+    chosen = np.sort(rng.choice(len(gallery), min(sample, len(gallery)), replace=False))
+    names = list(ALTERATIONS)
+    pictures, positions = [], []
+    for j, pos in enumerate(chosen):
+        try:
+            picture = load_image(data.images[gallery[pos]], engine.limits)
+        except (ImageError, TypeError):
+            continue
+        pictures.append(alter(picture, names[j % len(names)], suite.seed * 100_003 + j))
+        positions.append(int(pos))
+    return positions, engine.encoder.encode(pictures) if pictures else np.zeros((0, data.vectors.shape[1]), np.float32)

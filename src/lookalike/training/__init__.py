@@ -1,0 +1,17 @@
+"""Learning from the shop's own catalogue: fine-tuned embeddings and compact codes.
+
+* :mod:`.augment` — street-like views of catalogue photos;
+* :mod:`.features` — backbone features of those views, cached with resume;
+* :mod:`.losses` — triplet (hard / semi-hard), multi-similarity and proxy-anchor losses;
+* :mod:`.embedding` — training the head and the codebooks, with held-out validation;
+* :mod:`.quantizer` — additive codebooks, ADC / SDC search, sign-binarised baseline;
+* :mod:`.models` — versioned model folders in the store.
+"""
+
+from .embedding import EmbeddingOptions, QuantizerOptions, train_embedding, train_quantizer
+from .features import TrainingDataError
+from .models import ModelError, TrainedModel, list_models, load_model
+from .quantizer import AdditiveQuantizer
+
+__all__ = ["AdditiveQuantizer", "EmbeddingOptions", "ModelError", "QuantizerOptions", "TrainedModel", "TrainingDataError",
+           "list_models", "load_model", "train_embedding", "train_quantizer"]

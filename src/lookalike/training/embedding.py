@@ -1,0 +1,461 @@
+"""Fine-tune an embedding head (and compact codebooks) on the shop's own catalogue.
+
+    model = train_embedding(engine, EmbeddingOptions(positives=["article_type"]))
+    coded = train_quantizer(engine, QuantizerOptions(model="article_type-v1", bits=64))
+
+Both stages train only a small head on cached backbone features of several views per
+product (:mod:`lookalike.training.features`), so they run in minutes on two CPU cores.
+Batches hold ``batch_classes`` classes × ``per_class`` items, each item a random view of a
+random product of its class: positives are same-label products *and* augmented views of the
+same photo, negatives are mined inside the batch by the loss.  A seeded share of products
+(``holdout``) is kept out of training and measured before and after, so every model records
+honest validation metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..filters import parse_where
+from .features import ProductImage, TrainingDataError, ViewFeatureCache
+from .models import EmbeddingHead, TrainedModel, load_model, next_name, resolve_model_path, save_model, ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..engine import Engine
+
+Progress = Callable[[str, int, int], None]
+Log = Callable[[str], None]
+ID_POSITIVES = "id"  # --positives id: only views of the same product are positives
+MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown"}
+
+
+@dataclass
+class EmbeddingOptions:
+    positives: list[str] = field(default_factory=lambda: ["article_type"])  # columns whose shared value makes a positive; "id" for views only
+    where: list[str] | None = None
+    backbones: list[str] | None = None  # None: the store's own encoder
+    views: int = 4                      # clean photo + 3 street-like views
+    holdout: float = 0.2
+    loss: str = "proxy-anchor"
+    instance_weight: float = 1.0        # weight of the same-product loss (view against view) next to the class loss
+    clean_share: float = 0.5            # share of batch items that are the clean photo rather than a street-like view
+    dim: int = 128
+    hidden: int = 1024
+    steps: int = 1500
+    batch_classes: int = 32
+    per_class: int = 4
+    lr: float = 1e-3
+    margin: float = 0.2
+    min_class_count: int = 2
+    seed: int = 0
+    name: str | None = None
+    keep_out: list[str] = field(default_factory=list)  # product ids always held out (e.g. an evaluation's duplicate pairs)
+
+
+@dataclass
+class QuantizerOptions:
+    model: Any = ""                     # the fine-tuned (float) model to start from: a name, a folder or a TrainedModel
+    bits: int = 64                      # 8 bits per codebook
+    steps: int = 1000
+    lr: float = 3e-4
+    margin: float = 0.2
+    quantization_weight: float = 1.0
+    orthogonality_weight: float = 0.1
+    batch_classes: int = 32
+    per_class: int = 4
+    seed: int = 0
+    name: str | None = None
+
+
+# ---- data -------------------------------------------------------------------------------------------
+@dataclass
+class TrainingSet:
+    """Products with a usable label, their view features, and the held-out split."""
+
+    ids: list[str]
+    labels: np.ndarray          # int class per product
+    classes: list[str]
+    features: np.ndarray        # (n, views, dim) float16
+    holdout: np.ndarray         # bool per product
+    skipped: list[tuple[str, str]]
+    metadata: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        train = ~self.holdout
+        counts = np.bincount(self.labels[train], minlength=len(self.classes))
+        return {"products": len(self.ids), "train_products": int(train.sum()), "holdout_products": int(self.holdout.sum()),
+                "classes": len(self.classes), "smallest_class": int(counts[counts > 0].min()) if counts.any() else 0,
+                "largest_class": int(counts.max()) if counts.any() else 0, "skipped_images": len(self.skipped),
+                "views": int(self.features.shape[1]), "feature_dim": int(self.features.shape[2])}
+
+
+def _label_of(metadata: dict[str, Any], product_id: str, columns: list[str]) -> str | None:
+    parts = []
+    for column in columns:
+        value = product_id if column == ID_POSITIVES else metadata.get(column)
+        text = "" if value is None else str(value).strip()
+        if text.lower() in MISSING:
+            return None
+        parts.append(text)
+    return " / ".join(parts)
+
+
+def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded, per-class share of products kept out of training (never a class's last two)."""
+    rng = np.random.default_rng(seed)
+    holdout = np.zeros(len(labels), dtype=bool)
+    if fraction <= 0:
+        return holdout
+    singletons = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) == 1:
+            singletons.append(members[0])
+            continue
+        rng.shuffle(members)
+        take = min(int(round(len(members) * fraction)), len(members) - 2)
+        holdout[members[:max(0, take)]] = True
+    if singletons:  # product-level classes (positives = id): hold out whole products
+        singletons = np.array(singletons)
+        rng.shuffle(singletons)
+        holdout[singletons[: int(round(len(singletons) * fraction))]] = True
+    return holdout
+
+
+def load_training_set(engine: "Engine", positives: list[str], where: list[str] | None, cache: ViewFeatureCache,
+                      holdout: float, min_class_count: int, seed: int, progress: Progress | None, log: Log,
+                      keep_out: list[str] | None = None) -> TrainingSet:
+    if not positives:
+        raise TrainingDataError("name at least one --positives column (or 'id' for views of the same product)")
+    known = set(engine.columns.names()) | {ID_POSITIVES}
+    unknown = [c for c in positives if c not in known]
+    if unknown:
+        raise TrainingDataError(f"unknown positives column(s) {', '.join(unknown)}; the catalogue has: {', '.join(sorted(engine.columns.names()))}")
+    mask = engine.columns.mask(parse_where(where))
+    live = engine.index.live if mask is None else engine.index.allowed_mask(mask)
+    rowids = np.flatnonzero(live).tolist()
+    products = engine.store.get_by_rowids(rowids)
+    thumbs = engine.store.thumbnails(rowids)
+    labelled = [(p, _label_of(p.metadata, p.id, positives)) for p in (products[r] for r in rowids if r in products)]
+    labelled = [(p, label) for p, label in labelled if label is not None]
+    counts: dict[str, int] = {}
+    for _, label in labelled:
+        counts[label] = counts.get(label, 0) + 1
+    min_count = 1 if positives == [ID_POSITIVES] else min_class_count
+    dropped = sorted(label for label, n in counts.items() if n < min_count)
+    if dropped:
+        log(f"left out {len(dropped)} class(es) with fewer than {min_count} products: {', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''}")
+    labelled = [(p, label) for p, label in labelled if counts[label] >= min_count]
+    if len(labelled) < 8 or len({label for _, label in labelled}) < 2:
+        raise TrainingDataError(f"too little labelled data to learn from: {len(labelled)} products in "
+                                f"{len({label for _, label in labelled})} classes of {' + '.join(positives)} (need at least 8 products in 2 classes)")
+    items = [ProductImage(p.id, p.image_hash, p.image, thumbs.get(p.rowid)) for p, _ in labelled]
+    features, skipped = cache.compute(items, progress)
+    for product_id, reason in skipped:
+        log(f"skipped {product_id}: {reason}")
+    kept = [(p, label) for p, label in labelled if p.id in features]
+    classes = sorted({label for _, label in kept})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[label] for _, label in kept], dtype=np.int64)
+    held = split_holdout(labels, holdout, seed)
+    if keep_out:
+        held |= np.isin([p.id for p, _ in kept], list(keep_out))
+    return TrainingSet([p.id for p, _ in kept], labels, classes, np.stack([features[p.id] for p, _ in kept]),
+                       held, skipped, [p.metadata for p, _ in kept])
+
+
+def open_cache(engine: "Engine", backbones: list[str], views: int, seed: int) -> ViewFeatureCache:
+    from ..encoders import get_encoder
+
+    encoders = [engine.encoder if name == engine.encoder.name else get_encoder(name, engine.settings) for name in backbones]
+    return ViewFeatureCache(engine.directory / "training" / "features", encoders, views, seed, engine.limits, engine.settings.loader_threads)
+
+
+# ---- batches and validation ---------------------------------------------------------------------
+class BatchSampler:
+    """``batch_classes`` classes × ``per_class`` items per batch, seeded.  Items come in pairs:
+    two views of one product (so every product has a same-product positive), each view the
+    clean photo with probability ``clean_share``, else a random street-like view."""
+
+    def __init__(self, labels: np.ndarray, views: int, batch_classes: int, per_class: int, seed: int, clean_share: float = 0.5):
+        self.rng = np.random.default_rng(seed)
+        self.members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+        self.members = [m for m in self.members if len(m)]
+        self.views = views
+        self.batch_classes = min(batch_classes, len(self.members))
+        self.products_per_class = max(1, per_class // 2)
+        self.clean_share = clean_share
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self.rng.choice(len(self.members), self.batch_classes, replace=False)
+        n = self.products_per_class
+        products = np.concatenate([self.rng.choice(self.members[c], n, replace=len(self.members[c]) < n) for c in chosen])
+        rows = np.repeat(products, 2)
+        if self.views == 1:
+            return rows, np.zeros(len(rows), dtype=np.int64)
+        views = self.rng.integers(1, self.views, size=len(rows))
+        views[self.rng.random(len(rows)) < self.clean_share] = 0
+        return rows, views
+
+
+def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Leave-one-out nearest-neighbour accuracy and mean average precision within a set."""
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return ranked_metrics(x @ x.T, labels)
+
+
+def view_recall(queries: np.ndarray, gallery: np.ndarray) -> float:
+    """R@1 of street-like views against clean photos (row i of each is the same product)."""
+    return round(float(((queries @ gallery.T).argmax(axis=1) == np.arange(len(queries))).mean()), 4)
+
+
+def validate(data: TrainingSet, embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Metrics on held-out products: clean photos against each other, street-like views against clean photos."""
+    held = np.flatnonzero(data.holdout)
+    if len(held) < 2:
+        return {}
+    clean = embed(data.features[held, 0].astype(np.float32))
+    out = retrieval_metrics(clean, data.labels[held])
+    if data.features.shape[1] > 1:
+        out["view_recall_at_1"] = view_recall(embed(data.features[held, 1].astype(np.float32)), clean)
+    return out
+
+
+def _identity(features: np.ndarray) -> np.ndarray:
+    """Off the shelf: the backbone features as they are (each backbone's part is unit length)."""
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+# ---- torch parts ---------------------------------------------------------------------------------------
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise TrainingDataError("training needs PyTorch: pip install torch==2.13.0 (CPU wheel), or pip install 'lookalike[train]'") from exc
+    return torch
+
+
+def _head_module(torch, input_dim: int, hidden: int, dim: int):
+    if hidden > 0:
+        return torch.nn.Sequential(torch.nn.Linear(input_dim, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(hidden, dim))
+    return torch.nn.Sequential(torch.nn.Linear(input_dim, dim))
+
+
+def _to_head(module) -> EmbeddingHead:
+    linears = [layer for layer in module if hasattr(layer, "weight")]
+    return EmbeddingHead([(l.weight.detach().numpy().T.copy(), l.bias.detach().numpy().copy()) for l in linears])
+
+
+def _from_head(torch, head: EmbeddingHead):
+    hidden = head.layers[0][0].shape[1] if len(head.layers) > 1 else 0
+    module = _head_module(torch, head.input_dim, hidden, head.dim)
+    linears = [layer for layer in module if hasattr(layer, "weight")]
+    with torch.no_grad():
+        for layer, (weight, bias) in zip(linears, head.layers):
+            layer.weight.copy_(torch.from_numpy(weight.T.copy()))
+            layer.bias.copy_(torch.from_numpy(bias))
+    return module
+
+
+def _seed_everything(torch, seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ---- stage 1: the float embedding ---------------------------------------------------------------------
+def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progress | None = None, log: Log = lambda _: None,
+                    save: bool = True) -> TrainedModel:
+    """Learn a head from the catalogue's labels and views; saved as a new model in the store."""
+    from .losses import multi_similarity_loss, ranking_loss
+
+    torch = _torch()
+    _check_embedding_options(options)
+    backbones = options.backbones or [engine.encoder.name]
+    cache = open_cache(engine, backbones, options.views, options.seed)
+    data = load_training_set(engine, options.positives, options.where, cache, options.holdout, options.min_class_count, options.seed, progress, log,
+                             options.keep_out)
+    log(f"training on {int((~data.holdout).sum())} products in {len(data.classes)} classes, {int(data.holdout.sum())} held out")
+    _seed_everything(torch, options.seed)
+    train_rows = np.flatnonzero(~data.holdout)
+    features = torch.from_numpy(data.features[train_rows].astype(np.float32))
+    labels = torch.from_numpy(data.labels[train_rows])
+    head = _head_module(torch, data.features.shape[2], options.hidden, options.dim)
+    loss_fn = ranking_loss(options.loss, len(data.classes), options.dim, seed=options.seed, margin=options.margin)
+    optimiser = torch.optim.AdamW(list(head.parameters()) + list(loss_fn.parameters()), lr=options.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.steps)
+    sampler = BatchSampler(data.labels[train_rows], data.features.shape[1], options.batch_classes, options.per_class, options.seed, options.clean_share)
+    started = time.perf_counter()
+    losses = []
+    for step in range(options.steps):
+        rows, views = sampler()
+        head.train()
+        embeddings = torch.nn.functional.normalize(head(features[rows, views]), dim=1)
+        loss = loss_fn(embeddings, labels[rows])
+        if options.instance_weight:
+            loss = loss + options.instance_weight * multi_similarity_loss(embeddings, torch.from_numpy(rows))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if progress and (step % 25 == 0 or step == options.steps - 1):
+            progress("training head", step + 1, options.steps)
+    head.eval()
+    trained = _to_head(head)
+    metrics = {"off_the_shelf": validate(data, _identity), "fine_tuned": validate(data, trained)}
+    log(f"held out: off the shelf {metrics['off_the_shelf']}, fine-tuned {metrics['fine_tuned']}")
+    info = {
+        "kind": "embedding", "backbones": [e.identity for e in cache.backbones], "positives": options.positives,
+        "parameters": {k: v for k, v in asdict(options).items() if k not in ("name", "keep_out")} | {"keep_out": sorted(options.keep_out)},
+        "training_data": data.summary(),
+        "validation": metrics, "train_seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
+    }
+    name = options.name or next_name(engine.directory, "-".join(options.positives))
+    holdout_ids = [data.ids[i] for i in np.flatnonzero(data.holdout)]
+    if not save:
+        return TrainedModel(name, engine.directory, info, trained, None, holdout_ids)
+    return load_model(save_model(engine.directory, name, info, trained, holdout=holdout_ids))
+
+
+def _check_embedding_options(options: EmbeddingOptions) -> None:
+    from .losses import LOSSES
+
+    problems = []
+    if options.loss not in LOSSES:
+        problems.append(f"loss must be one of {', '.join(LOSSES)}, got {options.loss!r}")
+    if not 0 <= options.holdout < 0.9:
+        problems.append(f"holdout must be in [0, 0.9), got {options.holdout}")
+    if options.views < 1 or options.views > 32:
+        problems.append(f"views must be from 1 to 32, got {options.views}")
+    if options.dim < 8 or options.dim > 4096:
+        problems.append(f"dim must be from 8 to 4096, got {options.dim}")
+    if options.steps < 1:
+        problems.append(f"steps must be positive, got {options.steps}")
+    if options.per_class < 2 or options.batch_classes < 2:
+        problems.append("a batch needs at least 2 classes and 2 items per class")
+    if problems:
+        raise TrainingDataError("; ".join(problems))
+
+
+# ---- stage 2: codebooks trained with the ranking loss -------------------------------------------------
+def load_base_model(engine: "Engine", name: str) -> TrainedModel:
+    path = resolve_model_path(name, engine.directory)
+    if path is None:
+        raise ModelError(f"no model {name!r} in {engine.directory / 'models'}; train one with: lookalike train embedding")
+    return load_model(path)
+
+
+def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progress | None = None, log: Log = lambda _: None,
+                    save: bool = True) -> TrainedModel:
+    """Learn ``bits/8`` additive codebooks jointly with the head: an asymmetric triplet loss
+    (float anchor, coded positive and negative) + the float triplet loss + quantisation error +
+    weak orthogonality between codebooks."""
+    from .losses import triplet_loss
+    from .quantizer import AdditiveQuantizer, init_codebooks
+
+    torch = _torch()
+    if options.bits % 8 or not 8 <= options.bits <= 256:
+        raise TrainingDataError(f"bits must be a multiple of 8 from 8 to 256 (one byte per codebook), got {options.bits}")
+    base = options.model if isinstance(options.model, TrainedModel) else load_base_model(engine, options.model)
+    params = base.info["parameters"]
+    cache = open_cache(engine, base.backbones, int(params["views"]), int(params["seed"]))
+    if [e.identity for e in cache.backbones] != base.info["backbones"]:
+        raise ModelError(f"model {base.name!r} was trained on backbones {base.info['backbones']}, which this installation no longer provides")
+    data = load_training_set(engine, list(base.info["positives"]), params.get("where"), cache, float(params["holdout"]),
+                             int(params["min_class_count"]), int(params["seed"]), progress, log, params.get("keep_out"))
+    _seed_everything(torch, options.seed)
+    train_rows = np.flatnonzero(~data.holdout)
+    m = options.bits // 8
+    initial = base.head(data.features[train_rows].reshape(-1, data.features.shape[2]).astype(np.float32))
+    codebooks = torch.nn.Parameter(torch.from_numpy(init_codebooks(initial, m, seed=options.seed)))
+    head = _from_head(torch, base.head)
+    features = torch.from_numpy(data.features[train_rows].astype(np.float32))
+    labels = torch.from_numpy(data.labels[train_rows])
+    optimiser = torch.optim.AdamW([{"params": head.parameters(), "lr": options.lr}, {"params": [codebooks], "lr": options.lr * 3}], weight_decay=0.0)
+    sampler = BatchSampler(data.labels[train_rows], data.features.shape[1], options.batch_classes, options.per_class, options.seed,
+                           float(params.get("clean_share", 0.5)))
+    eye = torch.eye(m, dtype=torch.bool)
+    started = time.perf_counter()
+    for step in range(options.steps):
+        rows, views = sampler()
+        head.train()
+        embeddings = torch.nn.functional.normalize(head(features[rows, views]), dim=1)
+        codes = AdditiveQuantizer(codebooks.detach().numpy()).encode(embeddings.detach().numpy())
+        quantised = codebooks[torch.arange(m)[None, :], torch.from_numpy(codes.astype(np.int64))].sum(dim=1)
+        batch_labels = labels[rows]
+        asymmetric = _asymmetric_triplet(torch, embeddings, quantised, batch_labels, options.margin)
+        quant_error = ((embeddings - quantised) ** 2).sum(dim=1).mean()
+        gram = torch.einsum("ikd,jld->ijkl", codebooks, codebooks)
+        orthogonality = (gram[~eye] ** 2).mean()
+        loss = asymmetric + triplet_loss(embeddings, batch_labels, options.margin) + options.quantization_weight * quant_error + options.orthogonality_weight * orthogonality
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if progress and (step % 25 == 0 or step == options.steps - 1):
+            progress("training codebooks", step + 1, options.steps)
+    head.eval()
+    trained = _to_head(head)
+    quantizer = AdditiveQuantizer(codebooks.detach().numpy())
+    metrics = {
+        "fine_tuned": validate(data, trained),
+        "adc": _validate_codes(data, trained, quantizer, "adc"),
+        "sdc": _validate_codes(data, trained, quantizer, "sdc"),
+        "cross_term_ratio": round(quantizer.cross_term_ratio(), 4),
+    }
+    log(f"held out: float {metrics['fine_tuned']}, ADC {metrics['adc']}, SDC {metrics['sdc']}")
+    info = {
+        "kind": "quantized", "base_model": base.name, "backbones": base.info["backbones"], "positives": base.info["positives"],
+        "parameters": {**params, "quantizer": {f.name: getattr(options, f.name) for f in fields(options) if f.name not in ("name", "model")}},
+        "training_data": data.summary(), "validation": metrics, "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    name = options.name or next_name(engine.directory, f"{base.name}-{options.bits}bit")
+    holdout_ids = [data.ids[i] for i in np.flatnonzero(data.holdout)]
+    if not save:
+        return TrainedModel(name, engine.directory, info, trained, quantizer, holdout_ids)
+    return load_model(save_model(engine.directory, name, info, trained, quantizer, holdout_ids))
+
+
+def _asymmetric_triplet(torch, anchors: "torch.Tensor", items: "torch.Tensor", labels: "torch.Tensor", margin: float) -> "torch.Tensor":
+    """Batch-hard triplet loss between float anchors and coded items (what ADC search compares)."""
+    from .losses import _FAR, _pair_masks
+
+    distances = 1.0 - anchors @ items.T
+    positive, negative = _pair_masks(labels)
+    usable = positive.any(dim=1) & negative.any(dim=1)
+    if not usable.any():
+        return anchors.sum() * 0.0
+    d_ap = torch.where(positive, distances, torch.full_like(distances, -_FAR)).max(dim=1).values
+    d_an = torch.where(negative, distances, torch.full_like(distances, _FAR)).min(dim=1).values
+    return torch.relu(d_ap - d_an + margin)[usable].mean()
+
+
+def _validate_codes(data: TrainingSet, head: EmbeddingHead, quantizer, mode: str) -> dict[str, float]:
+    held = np.flatnonzero(data.holdout)
+    if len(held) < 2:
+        return {}
+    clean = head(data.features[held, 0].astype(np.float32))
+    codes = quantizer.encode(clean)
+    sims = quantizer.adc_scores(clean, codes) if mode == "adc" else quantizer.sdc_scores(codes, codes)
+    return ranked_metrics(sims, data.labels[held])
+
+
+def ranked_metrics(sims: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """LOO NN accuracy and mAP from a precomputed (n, n) similarity matrix (ties by position)."""
+    sims = np.array(sims, dtype=np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    nn = float((labels[sims.argmax(axis=1)] == labels).mean())
+    aps = []
+    for i in range(len(sims)):
+        order = np.argsort(-sims[i], kind="stable")[:-1]
+        relevant = labels[order] == labels[i]
+        if relevant.any():
+            hits = np.cumsum(relevant)
+            aps.append(float((hits[relevant] / (np.flatnonzero(relevant) + 1)).mean()))
+    return {"nn_accuracy": round(nn, 4), "map": round(float(np.mean(aps)) if aps else 0.0, 4)}

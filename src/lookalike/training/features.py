@@ -1,0 +1,163 @@
+"""Backbone features of several views of every product, computed once and cached on disk.
+
+Running the backbone is the only expensive part of training on a CPU, so it is done once:
+view 0 is the clean catalogue photo, views 1..n-1 are random street-like views
+(:func:`~lookalike.training.augment.street_view`), and each is run through every backbone
+(features concatenated).  The head is then trained in minutes on these arrays.
+
+The cache is a folder of shards (``shard-NNNNN.npz``: ids, image hashes, features), each
+written atomically, so an interrupted run resumes where it stopped and a later run computes
+only products that are new or whose image changed.  The folder name hashes everything that
+determines the numbers (backbones, view count, augmentation version, seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..encoders import Encoder
+from ..images import ImageError, ImageLimits, load_image
+from .augment import AUGMENT_VERSION, street_view
+
+Progress = Callable[[str, int, int], None]
+SHARD_SIZE = 256
+EMBED_PRODUCTS = 8  # products whose views go through a backbone in one batch
+
+
+class TrainingDataError(ValueError):
+    """The catalogue cannot be used for training as asked (too few products, no labels, …)."""
+
+
+@dataclass
+class ProductImage:
+    """Where to read one product's photo: its source, with the stored thumbnail as fallback."""
+
+    id: str
+    image_hash: str | None
+    source: str | None
+    thumbnail: bytes | None
+
+
+def view_seed(product_id: str, view: int, seed: int) -> int:
+    """A seed that depends on the product, not on its position, so views survive re-ordering."""
+    digest = hashlib.blake2b(f"{seed}/{product_id}/{view}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class ViewFeatureCache:
+    """Features of ``views`` views per product through ``backbones``, shape (n, views, dim)."""
+
+    def __init__(self, directory: Path, backbones: Sequence[Encoder], views: int, seed: int, limits: ImageLimits, loader_threads: int = 2):
+        if views < 1:
+            raise TrainingDataError("views must be at least 1 (the clean photo)")
+        self.backbones = list(backbones)
+        self.views = views
+        self.seed = seed
+        self.limits = limits
+        self.loader_threads = max(1, loader_threads)
+        key = json.dumps({"backbones": [b.identity for b in self.backbones], "views": views, "augment": AUGMENT_VERSION, "seed": seed})
+        self.directory = directory / hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "key.json").write_text(key)
+        self.dim = sum(b.dim for b in self.backbones)
+        self.fallbacks = 0  # products read from the stored thumbnail because the source was unreadable
+
+    # ---- reading what is cached ---------------------------------------------------------------
+    def _shards(self) -> list[Path]:
+        return sorted(self.directory.glob("shard-*.npz"))
+
+    def cached(self) -> dict[str, tuple[str | None, np.ndarray]]:
+        """id -> (image hash, features) for every cached product (later shards win)."""
+        found: dict[str, tuple[str | None, np.ndarray]] = {}
+        for path in self._shards():
+            try:
+                with np.load(path, allow_pickle=False) as shard:
+                    for pid, h, feats in zip(shard["ids"].tolist(), shard["hashes"].tolist(), shard["features"]):
+                        found[pid] = (h or None, feats)
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)  # a damaged shard is recomputed, never trusted
+        return found
+
+    # ---- computing -------------------------------------------------------------------------------
+    def _picture(self, item: ProductImage) -> Image.Image:
+        if item.source:
+            try:
+                return load_image(item.source, self.limits, draft_size=max(b.input_size for b in self.backbones) * 2)
+            except ImageError:
+                pass
+        if item.thumbnail:
+            self.fallbacks += 1
+            return load_image(item.thumbnail, self.limits)
+        raise ImageError("missing", f"product {item.id!r}: no readable image ({item.source})")
+
+    def _pixels(self, item: ProductImage) -> list[list[np.ndarray]] | ImageError:
+        """Per backbone, the preprocessed pixels of every view (decode and augment run in loader threads)."""
+        try:
+            picture = self._picture(item)
+        except ImageError as exc:
+            return exc
+        views = [picture] + [street_view(picture, view_seed(item.id, v, self.seed)) for v in range(1, self.views)]
+        return [[b.preprocess(v) for v in views] for b in self.backbones]
+
+    def _write_shard(self, ids: list[str], hashes: list[str | None], features: np.ndarray) -> None:
+        number = len(self._shards())
+        while (self.directory / f"shard-{number:05d}.npz").exists():
+            number += 1
+        target = self.directory / f"shard-{number:05d}.npz"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, ids=np.array(ids, dtype=str), hashes=np.array([h or "" for h in hashes], dtype=str), features=features)
+        os.replace(tmp, target)
+
+    def _embed(self, ready: list[tuple[ProductImage, list[list[np.ndarray]]]]) -> list[np.ndarray]:
+        """Run each backbone once over the views of several products (bigger batches run faster)."""
+        per_backbone = []
+        for b, backbone in enumerate(self.backbones):
+            batch = np.stack([view for _, pixels in ready for view in pixels[b]])
+            per_backbone.append(backbone.embed(batch).reshape(len(ready), self.views, backbone.dim))
+        return list(np.concatenate(per_backbone, axis=2))
+
+    def compute(self, items: list[ProductImage], progress: Progress | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+        """Features for every item (cached ones are reused); returns (id -> features, skipped (id, reason))."""
+        cached = self.cached()
+        result = {i.id: cached[i.id][1] for i in items if i.id in cached and cached[i.id][0] == i.image_hash}
+        todo = [i for i in items if i.id not in result]
+        skipped: list[tuple[str, str]] = []
+        done = len(result)
+        if progress:
+            progress("view features", done, len(items))
+        with ThreadPoolExecutor(self.loader_threads) as pool:
+            for start in range(0, len(todo), SHARD_SIZE):
+                chunk = todo[start : start + SHARD_SIZE]
+                loaded: list[tuple[ProductImage, list[list[np.ndarray]]]] = []
+                feats: list[np.ndarray] = []
+                # pool.map decodes and augments ahead in the loader threads while the backbone runs here
+                for item, pixels in zip(chunk, pool.map(self._pixels, chunk)):
+                    if isinstance(pixels, ImageError):
+                        skipped.append((item.id, pixels.message))
+                        continue
+                    loaded.append((item, pixels))
+                    if len(loaded) - len(feats) == EMBED_PRODUCTS:
+                        feats += self._embed(loaded[len(feats):])
+                        if progress:
+                            progress("view features", done + len(feats), len(items))
+                feats += self._embed(loaded[len(feats):]) if len(loaded) > len(feats) else []
+                done += len(feats)
+                if loaded:
+                    ids = [i.id for i, _ in loaded]
+                    block = np.stack(feats).astype(np.float16)
+                    self._write_shard(ids, [i.image_hash for i, _ in loaded], block)
+                    result.update(zip(ids, block))
+        if progress:
+            progress("view features", len(items), len(items))
+        return result, skipped

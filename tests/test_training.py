@@ -1,0 +1,279 @@
+"""Fine-tuned embeddings and compact codes: losses, mining, codes, a real training run, re-indexing."""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs PyTorch (pip install torch==2.13.0)")
+
+from lookalike import Engine  # noqa: E402
+from lookalike.training import AdditiveQuantizer, EmbeddingOptions, ModelError, QuantizerOptions, TrainingDataError, load_model  # noqa: E402
+from lookalike.training.embedding import split_holdout  # noqa: E402
+from lookalike.training.losses import (  # noqa: E402
+    ProxyAnchorLoss, hardest_negatives, multi_similarity_loss, semi_hard_negatives, triplet_loss,
+)
+from lookalike.training.models import models_dir  # noqa: E402
+
+from .conftest import DEMO_CSV, SHARED, requires_shared  # noqa: E402
+
+# Four unit vectors in the plane at 0°, 30°, 90°, 60°; classes {0, 1} and {2, 3}.
+ANGLES = np.radians([0.0, 30.0, 90.0, 60.0])
+E = torch.tensor(np.stack([np.cos(ANGLES), np.sin(ANGLES)], axis=1), dtype=torch.float32)
+LABELS = torch.tensor([0, 0, 1, 1])
+C30, C60 = np.cos(np.radians(30)), np.cos(np.radians(60))
+
+
+# ---- losses against values computed by hand ---------------------------------------------------------
+def test_batch_hard_triplet_loss_matches_hand_computation():
+    # distances 1 - cos: d(0,1) = 1 - cos30, d(0,3) = 1 - cos60 (hardest negative of 0), d(1,3) = 1 - cos30 (hardest of 1),
+    # d(2,3) = 1 - cos30, d(2,1) = 1 - cos60 (hardest negative of 2), d(3,1) = 1 - cos30 (hardest of 3).
+    margin = 0.2
+    per_anchor = [
+        max(0.0, (1 - C30) - (1 - C60) + margin),   # anchor 0
+        max(0.0, (1 - C30) - (1 - C30) + margin),   # anchor 1
+        max(0.0, (1 - C30) - (1 - C60) + margin),   # anchor 2
+        max(0.0, (1 - C30) - (1 - C30) + margin),   # anchor 3
+    ]
+    assert triplet_loss(E, LABELS, margin, "hard").item() == pytest.approx(np.mean(per_anchor), abs=1e-6)
+    # by hand: anchors 0 and 2 give max(0, 0.134 - 0.5 + 0.2) = 0; anchors 1 and 3 give 0.134 - 0.134 + 0.2 = 0.2
+    assert triplet_loss(E, LABELS, margin, "hard").item() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_semi_hard_triplet_loss_matches_hand_computation():
+    # Each positive pair has d(a,p) = 1 - cos30 = 0.134.  Negatives farther than that:
+    # anchor 0: d(0,3)=0.5, d(0,2)=1 -> 0.5; anchor 1: d(1,3)=0.134 is not farther, d(1,2)=0.5 -> 0.5; symmetric for 2 and 3.
+    margin = 0.6
+    d_ap, d_an = 1 - C30, 1 - C60
+    expected = max(0.0, d_ap - d_an + margin)
+    assert triplet_loss(E, LABELS, margin, "semi-hard").item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_multi_similarity_loss_matches_hand_computation():
+    alpha, beta, base, eps = 2.0, 50.0, 0.5, 0.1
+    sim = (E @ E.T).numpy()
+    total = []
+    for i in range(4):
+        pos = [j for j in range(4) if j != i and LABELS[j] == LABELS[i]]
+        neg = [j for j in range(4) if LABELS[j] != LABELS[i]]
+        kept_pos = [sim[i, j] for j in pos if sim[i, j] - eps < max(sim[i, n] for n in neg)]
+        kept_neg = [sim[i, n] for n in neg if sim[i, n] + eps > min(sim[i, j] for j in pos)]
+        total.append(np.log1p(sum(np.exp(-alpha * (s - base)) for s in kept_pos)) / alpha
+                     + np.log1p(sum(np.exp(beta * (s - base)) for s in kept_neg)) / beta)
+    assert multi_similarity_loss(E, LABELS, alpha, beta, base, eps).item() == pytest.approx(np.mean(total), rel=1e-5)
+    # by hand: anchor 0 is easy (its positive at 0.866 beats its best negative 0.5 by more than eps): no pair counts.
+    # anchor 1: positive 0.866 and the negative at 60° (0.866) are both informative, the one at 90° (0.5) is not.
+    assert total[0] == 0.0
+    assert total[1] == pytest.approx(np.log1p(np.exp(-2 * (C30 - 0.5))) / 2 + np.log1p(np.exp(50 * (C30 - 0.5))) / 50, rel=1e-6)
+
+
+def test_proxy_anchor_loss_matches_hand_computation():
+    loss = ProxyAnchorLoss(2, 2, alpha=32.0, delta=0.1)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    sim = E.numpy() @ np.eye(2)
+    pos = [np.log1p(sum(np.exp(-32 * (sim[i, c] - 0.1)) for i in range(4) if LABELS[i] == c)) for c in (0, 1)]
+    neg = [np.log1p(sum(np.exp(32 * (sim[i, c] + 0.1)) for i in range(4) if LABELS[i] != c)) for c in (0, 1)]
+    assert loss(E, LABELS).item() == pytest.approx(np.mean(pos) + np.mean(neg), rel=1e-5)
+
+
+def test_mining_picks_the_hardest_valid_negative():
+    distances = 1 - E @ E.T
+    assert hardest_negatives(distances, LABELS).tolist() == [3, 3, 1, 1]
+    # a batch where one anchor has no negative at all
+    assert hardest_negatives(distances[:2, :2], LABELS[:2]).tolist() == [-1, -1]
+    # semi-hard: for anchor 1 and positive 0 (d = 0.134) the closest *farther* negative is 2 (0.5), not 3 (0.134)
+    assert semi_hard_negatives(distances, LABELS, 0.2)[1, 0].item() == 2
+    assert semi_hard_negatives(distances, LABELS, 0.2)[0, 1].item() == 3
+
+
+def test_holdout_split_is_seeded_per_class_and_keeps_two_for_training():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 2)
+    a, b = split_holdout(labels, 0.3, seed=1), split_holdout(labels, 0.3, seed=1)
+    assert (a == b).all() and a[:10].sum() == 3 and a[10:13].sum() == 1 and a[13:].sum() == 0
+
+
+# ---- codes --------------------------------------------------------------------------------------------
+def _orthogonal_quantizer(m: int = 4, k: int = 16, d: int = 32, seed: int = 0) -> AdditiveQuantizer:
+    """Codebooks in mutually orthogonal subspaces (codebook i lives in dims 8i..8i+7)."""
+    rng = np.random.default_rng(seed)
+    books = np.zeros((m, k, d), dtype=np.float32)
+    for i in range(m):
+        books[i, :, 8 * i : 8 * i + 8] = rng.normal(size=(k, 8))
+    return AdditiveQuantizer(books)
+
+
+def test_codes_round_trip():
+    q = _orthogonal_quantizer()
+    codes = np.random.default_rng(1).integers(0, 16, size=(50, 4)).astype(np.uint8)
+    assert (q.encode(q.decode(codes)) == codes).all()
+    assert q.bits == 16 and q.bytes_per_code == 4
+
+
+def test_adc_and_sdc_match_brute_force():
+    rng = np.random.default_rng(2)
+    q = AdditiveQuantizer(rng.normal(size=(3, 8, 6)).astype(np.float32))  # not orthogonal: ADC is still exact
+    codes = rng.integers(0, 8, size=(40, 3)).astype(np.uint8)
+    queries = rng.normal(size=(5, 6)).astype(np.float32)
+    np.testing.assert_allclose(q.adc_scores(queries, codes), queries @ q.decode(codes).T, rtol=1e-5, atol=1e-5)
+    query_codes = codes[:5]
+    by_hand = np.array([[sum(q.codebooks[m, a[m]] @ q.codebooks[m, b[m]] for m in range(3)) for b in codes] for a in query_codes])
+    np.testing.assert_allclose(q.sdc_scores(query_codes, codes), by_hand, rtol=1e-5, atol=1e-5)
+    # with orthogonal codebooks the symmetric distance is the exact inner product of the decoded vectors
+    o = _orthogonal_quantizer()
+    oc = rng.integers(0, 16, size=(30, 4)).astype(np.uint8)
+    np.testing.assert_allclose(o.sdc_scores(oc[:3], oc), o.decode(oc[:3]) @ o.decode(oc).T, rtol=1e-4, atol=1e-4)
+    assert o.cross_term_ratio() == pytest.approx(0.0, abs=1e-7)
+
+
+# ---- a real (tiny) training run on the demo catalogue's phone photos ---------------------------------
+@pytest.fixture(scope="module")
+def trained_store(demo_store, tmp_path_factory):
+    """A copy of the demo store with a fine-tuned model (category positives) and a 32-bit quantised one."""
+    path = tmp_path_factory.mktemp("trained") / "store"
+    shutil.copytree(demo_store, path)
+    with Engine.open(path) as engine:
+        model = engine.train_embedding(EmbeddingOptions(positives=["category"], views=2, holdout=0.3, steps=300, dim=64, hidden=512, batch_classes=12))
+        coded = engine.train_quantizer(QuantizerOptions(model=model.name, bits=32, steps=150, batch_classes=12))
+    return path, model.name, coded.name
+
+
+def test_models_record_their_data_parameters_and_validation(trained_store):
+    path, name, coded_name = trained_store
+    model = load_model(models_dir(path) / name)
+    assert model.info["training_data"]["holdout_products"] >= 60 and model.info["training_data"]["classes"] == 17
+    assert model.info["parameters"]["positives"] == ["category"] and model.info["backbones"] == ["efficientnet-lite0@2"]
+    assert set(model.info["validation"]) == {"off_the_shelf", "fine_tuned"} and len(model.holdout) == model.info["training_data"]["holdout_products"]
+    coded = load_model(models_dir(path) / coded_name)
+    assert coded.quantizer.bits == 32 and coded.quantizer.codebooks.shape == (4, 256, 64) and coded.info["base_model"] == name
+    # 4 bytes per product still rank far above chance (17 classes: a random ranking's mAP is about 0.07)
+    assert coded.info["validation"]["adc"]["map"] > 0.2, coded.info["validation"]
+
+
+@requires_shared
+def test_tiny_real_run_beats_off_the_shelf_on_held_out_catalogue_photos(tmp_path):
+    """Confusable Myntra article types (shirts / t-shirts / tops / kurtas, four kinds of shoes), 40 each."""
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open(encoding="utf-8")))
+    rng = random.Random(0)
+    sample = []
+    for kind in ("Tshirts", "Shirts", "Tops", "Kurtas", "Casual Shoes", "Sports Shoes", "Heels", "Flats"):
+        sample += rng.sample([r for r in rows if r["article_type"] == kind], 40)
+    source = tmp_path / "sample.csv"
+    with source.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["item_id", "image", "article_type"])
+        writer.writeheader()
+        writer.writerows({"item_id": r["item_id"], "image": str(SHARED / "myntra" / r["image_file"]), "article_type": r["article_type"]} for r in sample)
+    with Engine.open(tmp_path / "store") as engine:
+        engine.ingest(source, id_column="item_id", image_column="image")
+        model = engine.train_embedding(EmbeddingOptions(positives=["article_type"], views=2, holdout=0.3, steps=400, batch_classes=8))
+    validation = model.info["validation"]
+    assert validation["fine_tuned"]["map"] > validation["off_the_shelf"]["map"] + 0.05, validation
+    assert validation["fine_tuned"]["nn_accuracy"] >= validation["off_the_shelf"]["nn_accuracy"], validation
+
+
+def test_training_is_reproducible_with_a_seed(trained_store, tmp_path):
+    path, name, _ = trained_store
+    copy = tmp_path / "store"
+    shutil.copytree(path, copy)
+    first = load_model(models_dir(path) / name)
+    with Engine.open(copy) as engine:  # the cached view features are reused, the head is retrained
+        again = engine.train_embedding(EmbeddingOptions(**{**first.info["parameters"], "keep_out": []}))
+    assert again.name != first.name and again.info["weights_sha"] == first.info["weights_sha"]
+
+
+def test_bad_training_requests_are_refused_with_reasons(engine):
+    with pytest.raises(TrainingDataError, match="unknown positives column"):
+        engine.train_embedding(EmbeddingOptions(positives=["no_such_column"]))
+    with pytest.raises(TrainingDataError, match="loss must be one of"):
+        engine.train_embedding(EmbeddingOptions(positives=["category"], loss="contrastive-ish"))
+    with pytest.raises(ModelError, match="no model 'missing'"):
+        engine.train_quantizer(QuantizerOptions(model="missing"))
+
+
+def test_damaged_model_is_refused(trained_store, tmp_path):
+    path, name, _ = trained_store
+    copy = tmp_path / "model"
+    shutil.copytree(models_dir(path) / name, copy)
+    info = (copy / "model.json").read_text().replace('"steps": 300', '"steps": 301')
+    (copy / "model.json").write_text(info)
+    load_model(copy)  # parameters are descriptive; the weights still match
+    weights = np.load(copy / "weights.npz")
+    arrays = {k: weights[k] for k in weights.files}
+    arrays["layer0_bias"] = arrays["layer0_bias"] + 1
+    np.savez(copy / "weights.npz", **arrays)
+    with pytest.raises(ModelError, match="does not match"):
+        load_model(copy)
+
+
+# ---- re-indexing --------------------------------------------------------------------------------------
+def test_reindex_switches_atomically_under_concurrent_queries(trained_store, tmp_path):
+    path, name, _ = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    queries = [DEMO_CSV.parent / "images" / f for f in ("878ff7a3.jpg", "9733514d.jpg")]
+    errors: list[str] = []
+    seen_dims: set[int] = set()
+    stop = threading.Event()
+    with Engine.open(store) as engine:
+        old_identity = engine.encoder.identity
+
+        def query_loop() -> None:
+            while not stop.is_set():
+                for image in queries:
+                    try:
+                        hits = engine.search(image, k=10)
+                        similar = engine.similar(image.stem, k=5)
+                    except Exception as exc:  # any failure during the switch is a bug
+                        errors.append(repr(exc))
+                        return
+                    seen_dims.add(engine.index.dim)
+                    # complete results only: k hits, the photo's own product first with (almost) identical vectors
+                    if len(hits) != 10 or hits[0].id != image.stem or hits[0].score < 0.99 or len(similar) != 5:
+                        errors.append(f"incomplete result: {[(h.id, round(h.score, 3)) for h in hits[:3]]}")
+
+        threads = [threading.Thread(target=query_loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        outcome = engine.reindex(name)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert outcome["switched"] and outcome["products"] == 305
+        # the head is applied to the stored backbone vectors: no image is read again
+        assert outcome["from_backbone_vectors"] == 305 and outcome["from_images"] == 0
+        assert engine.encoder.identity.startswith(name + "@") and engine.index.dim == 64
+        assert engine.stats()["kept_vectors"] == {old_identity: 305}
+        assert engine.search(queries[0], k=1)[0].id == "878ff7a3"
+    with Engine.open(store) as engine:  # the switch is on disk: reopening serves the model
+        assert engine.encoder.identity.startswith(name + "@") and len(engine) == 305
+        back = engine.reindex("efficientnet-lite0")
+        assert back["reused"] == 305 and back["from_images"] == 0, "switching back reuses the kept vectors"
+        assert engine.encoder.identity == old_identity
+
+
+def test_reindex_catches_up_products_changed_during_staging(trained_store, tmp_path):
+    path, name, _ = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    with Engine.open(store) as engine:
+        from lookalike.encoders import get_encoder
+        from lookalike.reindex import Reindexer
+
+        reindexer = Reindexer(engine, get_encoder(name, engine.settings.replace(store=str(store))))
+        reindexer.stage()
+        engine.upsert("new-one", DEMO_CSV.parent / "images" / "878ff7a3.jpg", {"category": "Blazer"})
+        assert reindexer.catch_up() == 1
+        assert engine.store.model_vectors(reindexer.target.identity, [engine.get("new-one").rowid])
+
+
+def test_reindex_with_unknown_model_names_the_choices(engine):
+    from lookalike.encoders import EncoderError
+
+    with pytest.raises(EncoderError, match="unknown encoder 'nope'.*lookalike train embedding"):
+        engine.reindex("nope")
