@@ -13,6 +13,7 @@ RUNS = [
     ["quality_myntra.py"],
     ["vector_search.py", "--n", "1000000"],
     ["http_search.py", "--products", "100000", "--clients", "4"],
+    ["learned_codes.py"],
 ]
 
 if __name__ == "__main__":

@@ -156,6 +156,38 @@ def test_suite_errors_name_the_problem(tmp_path):
 @requires_shared
 def test_shipped_suite_loads_and_points_at_the_shared_data():
     suite = load_suite(ROOT / "suites" / "shared.yaml")
-    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "classification", "tagging"}
+    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "classification", "tagging", "learned_codes"}
     for spec in suite.datasets.values():
         assert spec.catalogue.exists() and spec.catalogue.is_relative_to(SHARED.resolve())
+
+
+def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
+    """The fine-tuning / compact-codes task: every representation measured on held-out products only."""
+    pytest.importorskip("torch", reason="the learned_codes task trains a head with PyTorch")
+    from lookalike.evaluation.report import write_report
+
+    spec = {
+        "name": "codes", "seed": 3, "bootstrap": 50,
+        "datasets": {"demo": {"catalogue": "catalogue.csv", "where": "kids=false"}},
+        "tasks": [{"name": "codes", "type": "learned_codes", "dataset": "demo", "positives": ["category"], "holdout": 0.4,
+                   "bits": [16, 32], "compare_losses": ["triplet"], "steps": 150, "quantizer_steps": 60, "views": 2, "view_sample": 30, "latency_items": 10000,
+                   "pairs": "pairs.csv", "boxes": "boxes.csv", "images": "/", "column": "category",
+                   "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}}],
+    }
+    (suite_dir / "codes.yaml").write_text(yaml.safe_dump(spec))
+    result = evaluate(load_suite(suite_dir / "codes.yaml"), [load_config(suite_dir / "exact.yaml")], suite_dir / "cache")
+    table = result.tasks["codes"]["exact"].plots["codes_table"]
+    assert table["columns"] == ["off-the-shelf float", "fine-tuned float (proxy-anchor loss)", "fine-tuned float (triplet loss)", "16-bit SDC", "16-bit ADC", "32-bit SDC", "32-bit ADC",
+                                "32-bit ADC + re-rank 100", "FAISS PQ 32-bit", "FAISS OPQ 32-bit", "Hamming 64-bit (sign of PCA)"]
+    cells = table["cells"]
+    assert cells["off-the-shelf float"]["bytes/product"] == 1280 * 4 and cells["fine-tuned float (proxy-anchor loss)"]["bytes/product"] == 128 * 4
+    assert cells["32-bit ADC"]["bytes/product"] == 4 and cells["Hamming 64-bit (sign of PCA)"]["bytes/product"] == 8
+    for name, row in cells.items():
+        assert 0 < row["same type mAP"] <= 1 and 0 <= row["street P@10"] <= 1 and row["latency ms (est.)"] > 0, name
+        # the duplicate listings are forced into the held-out set and twins are identical photos (codes may tie them with others)
+        assert row["duplicates R@1"] >= (0.5 if "float" in name else 0.05), (name, row)
+    notes = " ".join(result.tasks["codes"]["exact"].notes)
+    assert "held-out products" in notes and "forced out of training" in notes
+    paths = write_report(result, tmp_path / "report")
+    markdown = paths["markdown"].read_text()
+    assert "| measure | off-the-shelf float | fine-tuned float (proxy-anchor loss) |" in markdown and "| bytes/product | 5,120 | 512 |" in markdown

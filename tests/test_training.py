@@ -117,18 +117,27 @@ def test_codes_round_trip():
 
 def test_adc_and_sdc_match_brute_force():
     rng = np.random.default_rng(2)
-    q = AdditiveQuantizer(rng.normal(size=(3, 8, 6)).astype(np.float32))  # not orthogonal: ADC is still exact
+    q = AdditiveQuantizer(rng.normal(size=(3, 8, 6)).astype(np.float32))  # deliberately not orthogonal
     codes = rng.integers(0, 8, size=(40, 3)).astype(np.uint8)
     queries = rng.normal(size=(5, 6)).astype(np.float32)
-    np.testing.assert_allclose(q.adc_scores(queries, codes), queries @ q.decode(codes).T, rtol=1e-5, atol=1e-5)
-    query_codes = codes[:5]
-    by_hand = np.array([[sum(q.codebooks[m, a[m]] @ q.codebooks[m, b[m]] for m in range(3)) for b in codes] for a in query_codes])
-    np.testing.assert_allclose(q.sdc_scores(query_codes, codes), by_hand, rtol=1e-5, atol=1e-5)
-    # with orthogonal codebooks the symmetric distance is the exact inner product of the decoded vectors
+    books = q.codebooks
+    # brute force, one (query, item) pair at a time, straight from the definitions
+    adc = np.array([[0.5 + sum(x @ books[m, c[m]] - 0.5 * books[m, c[m]] @ books[m, c[m]] for m in range(3)) for c in codes] for x in queries])
+    np.testing.assert_allclose(q.adc_scores(queries, codes), adc, rtol=1e-4, atol=1e-4)
+    sdc = np.array([[1 - 0.5 * sum(np.sum((books[m, a[m]] - books[m, b[m]]) ** 2) for m in range(3)) for b in codes] for a in codes[:5]])
+    np.testing.assert_allclose(q.sdc_scores(codes[:5], codes), sdc, rtol=1e-4, atol=1e-4)
+    # with mutually orthogonal codebooks both are exactly 1 - ||a - b||² / 2 of the decoded vectors
     o = _orthogonal_quantizer()
     oc = rng.integers(0, 16, size=(30, 4)).astype(np.uint8)
-    np.testing.assert_allclose(o.sdc_scores(oc[:3], oc), o.decode(oc[:3]) @ o.decode(oc).T, rtol=1e-4, atol=1e-4)
+    decoded = o.decode(oc)
+    distances = ((decoded[:3, None, :] - decoded[None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(o.sdc_scores(oc[:3], oc), 1 - distances / 2, rtol=1e-4, atol=1e-3)
+    unit = decoded[:3] / np.linalg.norm(decoded[:3], axis=1, keepdims=True)
+    expected = 0.5 + unit @ decoded.T - 0.5 * (decoded ** 2).sum(axis=1)[None]
+    np.testing.assert_allclose(o.adc_scores(unit, oc), expected, rtol=1e-4, atol=1e-3)
     assert o.cross_term_ratio() == pytest.approx(0.0, abs=1e-7)
+    # the exact reconstruction of a code is its own best ADC match (the raw inner product would not guarantee it)
+    assert (o.adc_scores(decoded, oc).argmax(axis=1) == np.arange(30)).mean() == 1.0
 
 
 # ---- a real (tiny) training run on the demo catalogue's phone photos ---------------------------------
@@ -277,3 +286,63 @@ def test_reindex_with_unknown_model_names_the_choices(engine):
 
     with pytest.raises(EncoderError, match="unknown encoder 'nope'.*lookalike train embedding"):
         engine.reindex("nope")
+
+
+def test_cli_train_list_and_reindex(trained_store, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path, name, coded_name = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", str(store), *args], capture_output=True, text=True, timeout=300)
+
+    listed = run("train", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    models = {m["name"]: m for m in json.loads(listed.stdout)}
+    assert set(models) == {name, coded_name} and not any(m["serving"] for m in models.values())
+    bad = run("train", "quantizer", "--model", name, "--bits", "60")
+    assert bad.returncode == 1 and "multiple of 8" in bad.stderr
+    missing = run("reindex", "--model", "no-such-model")
+    assert missing.returncode == 1 and "unknown encoder 'no-such-model'" in missing.stderr
+    switched = run("reindex", "--model", coded_name, "--json")
+    assert switched.returncode == 0, switched.stderr
+    outcome = json.loads(switched.stdout)
+    assert outcome["switched"] and outcome["products"] == 305 and outcome["from_images"] == 0
+    info = json.loads(run("info", "--json").stdout)
+    assert info["encoder"].startswith(coded_name + "@") and info["quantized_bits"] == 32 and info["dim"] == 64
+    assert info["index"] == "4-byte codes, ADC"
+    hits = json.loads(run("search", str(DEMO_CSV.parent / "images" / "878ff7a3.jpg"), "--json", "-k", "3").stdout)
+    assert hits[0]["id"] == "878ff7a3"
+    again = run("reindex", "--model", coded_name)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_serving_a_quantised_model_searches_codes_then_reranks(trained_store, tmp_path):
+    path, _, coded_name = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    with Engine.open(store) as engine:
+        engine.reindex(coded_name)
+        index = engine.index
+        assert index.quantizer is not None and index.codes.shape[1] == 4
+        rowids = index.ids()
+        exact_top, coded_top, sdc_top = [], [], []
+        for rowid in rowids[:60]:
+            query = index.vector(int(rowid))
+            exact = index.matrix[rowids] @ query
+            exact_top.append(set(rowids[np.argsort(-exact)[:10]].tolist()))
+            coded_top.append(set(index.search(query, 10)[0].tolist()))
+        # ADC proposes 10 x 10 candidates, exact scores re-rank them: nearly the exact top 10
+        overlap = np.mean([len(a & b) / 10 for a, b in zip(exact_top, coded_top)])
+        assert overlap > 0.8, overlap
+        index.spec = index.spec.__class__(index.spec.kind, index.spec.ann_threshold, index.spec.nprobe, 0)
+        index.use_codes(index.quantizer, "sdc")
+        for rowid in rowids[:60]:
+            ids, scores = index.search(index.vector(int(rowid)), 10)
+            assert len(ids) == 10 and (np.diff(scores) <= 1e-6).all()
+            sdc_top.append(set(ids.tolist()))
+        assert np.mean([len(a & b) / 10 for a, b in zip(exact_top, sdc_top)]) > 0.3

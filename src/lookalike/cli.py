@@ -482,7 +482,16 @@ def _print_validation(info: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _train_output(engine: Engine, model: Any, as_json: bool) -> None:
+def _run_training(train: Callable[[Engine], Callable[..., Any]], options: Any, as_json: bool) -> None:
+    """Run ``train(engine)(options, progress=..., log=...)`` with a progress bar, then print the model."""
+    quiet = as_json or not sys.stderr.isatty()
+    with state.engine() as engine:
+        with _progress_bar(quiet) as bar:
+            model = train(engine)(options, progress=_tag_progress(bar), log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+        _train_output(model, as_json)
+
+
+def _train_output(model: Any, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(model.info, default=str))
         return
@@ -512,11 +521,7 @@ def train_embedding_cmd(
 
         options = EmbeddingOptions(positives=list(positives), where=list(where) or None, backbones=list(backbone) or None, views=views, holdout=holdout,
                                    loss=loss, instance_weight=instance_weight, dim=dim, steps=steps, seed=seed, name=name)
-        quiet = as_json or not sys.stderr.isatty()
-        with state.engine() as engine:
-            with _progress_bar(quiet) as bar:
-                model = engine.train_embedding(options, progress=_tag_progress(bar), log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
-            _train_output(engine, model, as_json)
+        _run_training(lambda engine: engine.train_embedding, options, as_json)
 
     guarded(body)
 
@@ -535,12 +540,7 @@ def train_quantizer_cmd(
     def body() -> None:
         from .training import QuantizerOptions
 
-        options = QuantizerOptions(model=model, bits=bits, steps=steps, seed=seed, name=name)
-        quiet = as_json or not sys.stderr.isatty()
-        with state.engine() as engine:
-            with _progress_bar(quiet) as bar:
-                trained = engine.train_quantizer(options, progress=_tag_progress(bar), log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
-            _train_output(engine, trained, as_json)
+        _run_training(lambda engine: engine.train_quantizer, QuantizerOptions(model=model, bits=bits, steps=steps, seed=seed, name=name), as_json)
 
     guarded(body)
 

@@ -34,6 +34,8 @@ class Settings:
     ann_threshold: int = 20_000
     nprobe: int = 64
     rerank_factor: int = 10
+    # With a quantised model: search its codes by "adc" (float query) or "sdc" (coded query), or "off".
+    code_search: str = "adc"
     threads: int = 2
     batch_size: int = 16
     loader_threads: int = 2

@@ -57,10 +57,9 @@ class Engine:
         self.store = store
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout)
         threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
-        spec = IndexSpec(settings.index, settings.ann_threshold, settings.nprobe, settings.rerank_factor)
         # The serving encoder and its index change together (re-index), so they are one attribute:
         # a query reads both at once and never embeds with one model and searches another's vectors.
-        self._serving: tuple[Encoder, VectorIndex] = (encoder, VectorIndex(encoder.dim, spec, threads=settings.threads))
+        self._serving: tuple[Encoder, VectorIndex] = (encoder, self._new_index(encoder))
         self._reindexing: str | None = None
         self.columns = MetadataColumns()
         self._write_lock = threading.RLock()
@@ -113,6 +112,12 @@ class Engine:
                 self.index.refresh_ann(stale)
                 self._ann_dirty = True
         self._maintain_ann(save=True)
+
+    def _new_index(self, encoder: Encoder) -> VectorIndex:
+        spec = IndexSpec(self.settings.index, self.settings.ann_threshold, self.settings.nprobe, self.settings.rerank_factor)
+        index = VectorIndex(encoder.dim, spec, threads=self.settings.threads)
+        index.use_codes(getattr(encoder, "quantizer", None), self.settings.code_search)
+        return index
 
     @property
     def encoder(self) -> Encoder:
@@ -229,7 +234,7 @@ class Engine:
                 counts["caught_up"] = reindexer.catch_up()
                 previous = self.encoder.identity
                 self.store.switch_encoder(target.identity, target.dim)
-                index = VectorIndex(target.dim, self.index.spec, threads=self.settings.threads)
+                index = self._new_index(target)
                 for rowids, vectors, _ in self.store.iter_vectors():
                     index.upsert(rowids, vectors)
                 if index.needs_rebuild():
@@ -427,7 +432,8 @@ class Engine:
             "quantized_bits": getattr(self.encoder, "quantizer", None) and self.encoder.quantizer.bits,
             "kept_vectors": self.store.kept_encoders(),
             "reindexing": self._reindexing,
-            "index": self.index.ann_factory or "flat (exact)",
+            "index": (f"{self.index.code_bytes}-byte codes, {self.index.code_search.upper()}" if self.index.quantizer is not None
+                      else self.index.ann_factory or "flat (exact)"),
             "generation": self.store.generation,
             "columns": self.columns.names(),
             "store_bytes": self.store.size_bytes(),

@@ -90,6 +90,10 @@ class VectorIndex:
         self.count = 0
         self.ann: faiss.Index | None = None
         self.ann_factory: str | None = None
+        # Learned compact codes (a quantised model): searched instead of the approximate index.
+        self.quantizer = None
+        self.code_search = "off"
+        self.codes = np.zeros((0, 0), dtype=np.uint8)
         self._lock = threading.RLock()
         faiss.omp_set_num_threads(max(1, threads))
 
@@ -106,7 +110,9 @@ class VectorIndex:
         matrix[: self.capacity] = self.matrix
         live = np.zeros(new_cap, dtype=bool)
         live[: self.capacity] = self.live
-        self.matrix, self.live = matrix, live
+        codes = np.zeros((new_cap, self.codes.shape[1]), dtype=np.uint8)
+        codes[: self.capacity] = self.codes[: self.capacity]
+        self.matrix, self.live, self.codes = matrix, live, codes
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors, replacing any already stored under the same ids."""
@@ -126,6 +132,8 @@ class VectorIndex:
             self.count += len(ids) - len(replaced)
             self.matrix[ids] = vectors
             self.live[ids] = True
+            if self.quantizer is not None:
+                self.codes[ids] = self.quantizer.encode(vectors)
             if self.ann is not None:
                 self.ann.add_with_ids(vectors, ids)
 
@@ -173,8 +181,47 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         return np.flatnonzero(self.live)
 
+    # ---- learned compact codes --------------------------------------------------------------
+    def use_codes(self, quantizer, mode: str = "adc") -> None:
+        """Search with a learned quantiser's codes: ``adc`` (float query against codes), ``sdc``
+        (coded query against codes) or ``off``.  The ``rerank_factor`` best candidates are
+        re-scored exactly (0: the code scores are the answer).  Replaces the approximate index."""
+        if mode not in ("adc", "sdc", "off"):
+            raise ValueError(f"code search must be adc, sdc or off, got {mode!r}")
+        with self._lock:
+            if quantizer is None or mode == "off":
+                self.quantizer, self.code_search, self.codes = None, "off", np.zeros((self.capacity, 0), dtype=np.uint8)
+                return
+            if quantizer.codebooks.shape[2] != self.dim:
+                raise ValueError(f"codebooks are for {quantizer.codebooks.shape[2]}-d vectors; the index holds {self.dim}-d")
+            self.quantizer, self.code_search = quantizer, mode
+            self.codes = np.zeros((self.capacity, quantizer.m), dtype=np.uint8)
+            ids = self.ids()
+            if len(ids):
+                self.codes[ids] = quantizer.encode(self.matrix[ids])
+            self.ann, self.ann_factory = None, None
+
+    @property
+    def code_bytes(self) -> int:
+        return 0 if self.quantizer is None else self.quantizer.bytes_per_code
+
+    def _coded(self, query: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.flatnonzero(mask)
+        q = self.quantizer
+        if self.code_search == "sdc":
+            scores = q.sdc_scores(q.encode(query[None]), self.codes[ids])[0]
+        else:
+            scores = q.adc_scores(query[None], self.codes[ids])[0]
+        if self.spec.rerank_factor <= 0:
+            order = _top_k(scores, k)
+            return ids[order], scores[order]
+        candidates = ids[_top_k(scores, min(len(ids), k * self.spec.rerank_factor))]
+        return self._exact_subset(query, candidates, k)
+
     # ---- approximate index ----------------------------------------------------------------
     def wanted_factory(self) -> str | None:
+        if self.quantizer is not None:
+            return None  # codes take the approximate index's place
         return self.spec.factory_for(self.count, self.dim)
 
     def needs_rebuild(self) -> bool:
@@ -265,6 +312,8 @@ class VectorIndex:
             k = min(k, n_allowed)
             if allowed is not None and n_allowed <= EXACT_SUBSET_MAX:
                 return self._exact_subset(query, np.flatnonzero(mask), k)
+            if self.quantizer is not None:
+                return self._coded(query, mask, k)
             if self.ann is None:
                 return self._exact_masked(query, mask, k)
             ids, scores = self._approximate(query, k, None if allowed is None else mask, n_allowed)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -97,10 +97,17 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     view_positions, view_base = _synthetic_views(task, suite, engine, data, gallery)
 
     # representations: each embeds backbone vectors its own way, then scores against its gallery
-    train_float = _training_vectors(data, model, held)
+    train_float = _training_vectors(model)
     tuned_embed = model.head
     columns = [Representation("off-the-shelf float", base_vectors.shape[1] * 4, lambda b: b, lambda q: q @ base_vectors.T),
-               Representation("fine-tuned float", tuned.shape[1] * 4, tuned_embed, lambda q: q @ tuned.T)]
+               Representation(f"fine-tuned float ({options.loss} loss)", tuned.shape[1] * 4, tuned_embed, lambda q: q @ tuned.T)]
+    for loss in task.options.get("compare_losses") or []:
+        if loss == options.loss:
+            continue
+        other = train_embedding(engine, replace(options, loss=str(loss)), save=False).head
+        other_gallery = other(base_vectors)
+        columns.append(Representation(f"fine-tuned float ({loss} loss)", other_gallery.shape[1] * 4, other,
+                                      lambda q, g=other_gallery: q @ g.T))
     top_bits = max(bits_list)
     for bits in bits_list:
         coded = train_quantizer(engine, QuantizerOptions(model=model, bits=bits, seed=suite.seed, steps=int(task.options.get("quantizer_steps", 1000))), save=False)
@@ -108,6 +115,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     # baselines trained after the fact on the fine-tuned float vectors of the training products
     for label, factory in ((f"FAISS PQ {top_bits}-bit", f"PQ{top_bits // 8}x8"), (f"FAISS OPQ {top_bits}-bit", f"OPQ{top_bits // 8},PQ{top_bits // 8}x8")):
         pq = faiss.index_factory(tuned.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        _quiet_clustering(pq)
         pq.train(np.ascontiguousarray(train_float))
         pq.add(np.ascontiguousarray(tuned))
         columns.append(Representation(label, top_bits / 8, tuned_embed, lambda q, pq=pq: _faiss_scores(pq, q)))
@@ -140,7 +148,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             cells["duplicates R@1"] = _duplicate_recall(scores, pairs, g_ids)
         if len(view_positions):
             v_scores = column.score(embed(view_base))
-            cells["views R@1"] = float((v_scores.argmax(axis=1) == np.array(view_positions)).mean())
+            cells["views R@1"] = float(np.mean([_recall_at_1(v_scores[i], np.arange(len(gallery)) == pos) for i, pos in enumerate(view_positions)]))
         column.latency_ms = _latency(column.score, embed(base_vectors[:32]), repeats=20) * (latency_items / len(gallery))
         cells["bytes/product"] = column.bytes_per_item
         cells["latency ms (est.)"] = column.latency_ms
@@ -173,9 +181,27 @@ def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Represe
     return columns
 
 
-def _training_vectors(data: DatasetEmbeddings, model, held: set[str]) -> np.ndarray:
-    rows = [i for i, item in enumerate(data.ids) if item not in held]
-    return model.head(data.vectors[rows])
+def _training_vectors(model) -> np.ndarray:
+    """Fine-tuned vectors of every cached view of the training products (what the after-the-fact
+    baselines are trained on; the learned codebooks saw the same views)."""
+    data = model.training_set
+    features = data.features[~data.holdout]
+    return model.head(features.reshape(-1, features.shape[2]).astype(np.float32))
+
+
+def _quiet_clustering(index) -> None:
+    """Small catalogues have fewer than FAISS's advised 39 points per centroid; it still trains, so skip the warning."""
+    inner = faiss_downcast(index)
+    if hasattr(inner, "pq"):
+        inner.pq.cp.min_points_per_centroid = 1
+
+
+def faiss_downcast(index):
+    import faiss
+
+    if isinstance(index, faiss.IndexPreTransform):
+        return faiss.downcast_index(index.index)
+    return faiss.downcast_index(index)
 
 
 def _faiss_scores(index, queries: np.ndarray) -> np.ndarray:
@@ -220,6 +246,12 @@ def _duplicate_pairs(task: TaskSpec, suite: Suite, known: set[str]) -> list[tupl
     return [(r["item_id_a"], r["item_id_b"]) for r in rows if r.get("relation") == positive and r["item_id_a"] in known and r["item_id_b"] in known]
 
 
+def _recall_at_1(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Tie-aware: codes often give several items the same score, and the twin shares first place."""
+    finite = np.isfinite(scores)
+    return ranking_metrics(scores[finite], relevant[finite], (1,))["r@1"]
+
+
 def _duplicate_recall(scores: np.ndarray, pairs: list[tuple[str, str]], ids: list[str]) -> float:
     """Each member of a duplicate pair queries the gallery: is its twin first?"""
     position = {item: i for i, item in enumerate(ids)}
@@ -227,7 +259,9 @@ def _duplicate_recall(scores: np.ndarray, pairs: list[tuple[str, str]], ids: lis
     for a, b in pairs:
         if a in position and b in position:
             for q, t in ((position[a], position[b]), (position[b], position[a])):
-                hits.append(float(np.argmax(scores[q]) == t))
+                relevant = np.zeros(len(ids), dtype=bool)
+                relevant[t] = True
+                hits.append(_recall_at_1(scores[q], relevant))
     return float(np.mean(hits)) if hits else float("nan")
 
 

@@ -319,9 +319,10 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
     }
     name = options.name or next_name(engine.directory, "-".join(options.positives))
     holdout_ids = [data.ids[i] for i in np.flatnonzero(data.holdout)]
-    if not save:
-        return TrainedModel(name, engine.directory, info, trained, None, holdout_ids)
-    return load_model(save_model(engine.directory, name, info, trained, holdout=holdout_ids))
+    model = TrainedModel(name, engine.directory, info, trained, None, holdout_ids) if not save else \
+        load_model(save_model(engine.directory, name, info, trained, holdout=holdout_ids))
+    model.training_set = data
+    return model
 
 
 def _check_embedding_options(options: EmbeddingOptions) -> None:
@@ -368,8 +369,8 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
     cache = open_cache(engine, base.backbones, int(params["views"]), int(params["seed"]))
     if [e.identity for e in cache.backbones] != base.info["backbones"]:
         raise ModelError(f"model {base.name!r} was trained on backbones {base.info['backbones']}, which this installation no longer provides")
-    data = load_training_set(engine, list(base.info["positives"]), params.get("where"), cache, float(params["holdout"]),
-                             int(params["min_class_count"]), int(params["seed"]), progress, log, params.get("keep_out"))
+    data = base.training_set or load_training_set(engine, list(base.info["positives"]), params.get("where"), cache, float(params["holdout"]),
+                                                  int(params["min_class_count"]), int(params["seed"]), progress, log, params.get("keep_out"))
     _seed_everything(torch, options.seed)
     train_rows = np.flatnonzero(~data.holdout)
     m = options.bits // 8
@@ -423,10 +424,11 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
 
 
 def _asymmetric_triplet(torch, anchors: "torch.Tensor", items: "torch.Tensor", labels: "torch.Tensor", margin: float) -> "torch.Tensor":
-    """Batch-hard triplet loss between float anchors and coded items (what ADC search compares)."""
+    """Batch-hard triplet loss between float anchors and coded items, on the distance ADC search
+    ranks by: ``||a - x̂||² / 2`` (equal to ``1 - <a, x>`` for unit vectors)."""
     from .losses import _FAR, _pair_masks
 
-    distances = 1.0 - anchors @ items.T
+    distances = 0.5 * torch.cdist(anchors, items) ** 2
     positive, negative = _pair_masks(labels)
     usable = positive.any(dim=1) & negative.any(dim=1)
     if not usable.any():

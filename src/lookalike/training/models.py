@@ -68,6 +68,7 @@ class TrainedModel:
     head: EmbeddingHead
     quantizer: Any = None  # AdditiveQuantizer when the model was trained with codes
     holdout: list[str] = field(default_factory=list)
+    training_set: Any = None  # the TrainingSet it was just trained on (in memory only), so a quantiser can reuse it
 
     @property
     def backbones(self) -> list[str]:

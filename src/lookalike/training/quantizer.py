@@ -2,12 +2,18 @@
 
 A code is ``M`` bytes: one codeword index (of ``K = 256``) per codebook, and the vector it
 stands for is the *sum* of the chosen codewords (composite / additive quantisation, as in
-deep triplet quantisation).  For a float query ``q`` and a coded item ``x̂ = Σ C_m[b_m]``
+deep triplet quantisation).  Scores read like cosine similarities of unit vectors,
+``1 - ||a - b||² / 2``, computed from lookup tables:
 
-* ADC (asymmetric): ``<q, x̂> = Σ_m <q, C_m[b_m]>`` — exact, from M lookup tables per query;
-* SDC (symmetric, both sides coded): ``Σ_m <C_m[a_m], C_m[b_m]>`` — M lookups in fixed K×K
-  tables, which equals ``<q̂, x̂>`` when codebooks are mutually orthogonal; training adds a
-  weak orthogonality penalty so that the dropped cross terms stay small.
+* ADC (asymmetric, float query ``q`` against ``x̂ = Σ C_m[b_m]``):
+  ``1/2 + Σ_m (<q, C_m[b_m]> - ||C_m[b_m]||² / 2)`` — M lookups in tables built per query;
+* SDC (symmetric, both sides coded): ``1 - Σ_m ||C_m[a_m] - C_m[b_m]||² / 2`` — M lookups in
+  fixed K×K tables.
+
+Both drop the cross terms ``<C_i[·], C_j[·]>`` (i ≠ j) of the squared norms, which vanish
+when codebooks are mutually orthogonal: training adds a weak orthogonality penalty so that
+they stay small.  (Ranking by the raw inner product ``<q, x̂>`` instead would favour
+long reconstructions over the exact one.)
 
 Codes are found greedily (each codebook quantises what the previous ones left) and then
 refined by a few passes of iterated conditional modes.
@@ -69,31 +75,39 @@ class AdditiveQuantizer:
         return self.codebooks[np.arange(self.m)[None, :], codes.astype(np.int64)].sum(axis=1)
 
     # ---- distances ---------------------------------------------------------------------------
+    @property
+    def half_norms(self) -> np.ndarray:
+        """(M, K): ||C_m[k]||² / 2."""
+        return 0.5 * np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks)
+
     def adc_tables(self, queries: np.ndarray) -> np.ndarray:
-        """(nq, M, K): the inner product of each query with every codeword."""
-        return np.einsum("qd,mkd->qmk", np.asarray(queries, dtype=np.float32), self.codebooks, optimize=True)
+        """(nq, M, K): ``<q, C_m[k]> - ||C_m[k]||² / 2`` for each query and codeword."""
+        inner = np.einsum("qd,mkd->qmk", np.asarray(queries, dtype=np.float32), self.codebooks, optimize=True)
+        return inner - self.half_norms[None]
 
     def adc_scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """(nq, n) asymmetric similarities ``<q, decode(code)>`` from lookup tables."""
+        """(nq, n) asymmetric similarities of float queries to coded items, from lookup tables."""
         tables = self.adc_tables(np.atleast_2d(queries))
         codes = np.asarray(codes, dtype=np.int64)
-        scores = np.zeros((tables.shape[0], len(codes)), dtype=np.float32)
+        scores = np.full((tables.shape[0], len(codes)), 0.5, dtype=np.float32)
         for m in range(self.m):
             scores += tables[:, m, :][:, codes[:, m]]
         return scores
 
     @property
     def sdc_tables(self) -> np.ndarray:
-        """(M, K, K): codeword inner products within each codebook (computed once)."""
+        """(M, K, K): ``-||C_m[k] - C_m[l]||² / 2`` within each codebook (computed once)."""
         if self._sdc is None:
-            self._sdc = np.einsum("mkd,mld->mkl", self.codebooks, self.codebooks, optimize=True)
+            inner = np.einsum("mkd,mld->mkl", self.codebooks, self.codebooks, optimize=True)
+            half = self.half_norms
+            self._sdc = (inner - half[:, :, None] - half[:, None, :]).astype(np.float32)
         return self._sdc
 
     def sdc_scores(self, query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """(nq, n) symmetric similarities between coded queries and coded items."""
         query_codes = np.atleast_2d(np.asarray(query_codes, dtype=np.int64))
         codes = np.asarray(codes, dtype=np.int64)
-        scores = np.zeros((len(query_codes), len(codes)), dtype=np.float32)
+        scores = np.ones((len(query_codes), len(codes)), dtype=np.float32)
         tables = self.sdc_tables
         for m in range(self.m):
             scores += tables[m][query_codes[:, m]][:, codes[:, m]]
@@ -118,7 +132,7 @@ def init_codebooks(vectors: np.ndarray, m: int, k: int = CODEWORDS, seed: int = 
     books = []
     residual = x.copy()
     for i in range(m):
-        kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed + i, verbose=False)
+        kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed + i, verbose=False, min_points_per_centroid=1)
         kmeans.train(residual)
         centroids = kmeans.centroids.astype(np.float32)
         _, assign = kmeans.index.search(residual, 1)
