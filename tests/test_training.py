@@ -140,6 +140,17 @@ def test_adc_and_sdc_match_brute_force():
     assert (o.adc_scores(decoded, oc).argmax(axis=1) == np.arange(30)).mean() == 1.0
 
 
+def test_orthogonality_penalty_equals_the_brute_force_cross_products():
+    from lookalike.training.embedding import _cross_codebook_energy
+
+    books = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(0))
+    brute = [float((books[i] @ books[j].T).pow(2).mean()) for i in range(4) for j in range(4) if i != j]
+    assert _cross_codebook_energy(torch, books).item() == pytest.approx(np.mean(brute), rel=1e-5)
+    orthogonal = torch.zeros(2, 4, 4)
+    orthogonal[0, :, :2], orthogonal[1, :, 2:] = torch.randn(4, 2), torch.randn(4, 2)
+    assert _cross_codebook_energy(torch, orthogonal).item() == pytest.approx(0.0, abs=1e-9)
+
+
 # ---- a real (tiny) training run on the demo catalogue's phone photos ---------------------------------
 @pytest.fixture(scope="module")
 def trained_store(demo_store, tmp_path_factory):
@@ -346,3 +357,49 @@ def test_serving_a_quantised_model_searches_codes_then_reranks(trained_store, tm
             assert len(ids) == 10 and (np.diff(scores) <= 1e-6).all()
             sdc_top.append(set(ids.tolist()))
         assert np.mean([len(a & b) / 10 for a, b in zip(exact_top, sdc_top)]) > 0.3
+
+
+def test_http_reindex_switches_the_running_server(trained_store, tmp_path):
+    import time
+
+    import httpx
+
+    from .conftest import Server
+
+    path, name, _ = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    server = Server(store)
+    try:
+        models = httpx.get(server.url + "/models").json()
+        assert {m["name"] for m in models["models"]} >= {name} and models["serving"].startswith("efficientnet-lite0@")
+        missing = httpx.post(server.url + "/reindex", json={"model": "nope"})
+        assert missing.status_code == 404 and "unknown encoder 'nope'" in missing.json()["detail"]
+        started = httpx.post(server.url + "/reindex", json={"model": name})
+        assert started.status_code == 202
+        photo = (DEMO_CSV.parent / "images" / "878ff7a3.jpg").read_bytes()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            hits = httpx.post(server.url + "/search", files={"image": ("q.jpg", photo, "image/jpeg")}, params={"k": 5}).json()["results"]
+            assert len(hits) == 5 and hits[0]["id"] == "878ff7a3"  # served throughout, old index or new
+            status = httpx.get(server.url + "/reindex/status").json()
+            if not status["running"]:
+                break
+            time.sleep(0.2)
+        assert status["error"] is None and status["outcome"]["switched"], status
+        assert status["serving"].startswith(name + "@") and httpx.get(server.url + "/stats").json()["dim"] == 64
+    finally:
+        server.stop()
+
+
+def test_a_process_with_the_old_encoder_cannot_write_after_another_reindexed(trained_store, tmp_path):
+    from lookalike.store import StoreError
+
+    path, name, _ = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    with Engine.open(store) as stale, Engine.open(store) as other:
+        other.reindex(name)
+        with pytest.raises(StoreError, match="re-indexed by another process"):
+            stale.upsert("late", DEMO_CSV.parent / "images" / "878ff7a3.jpg", {"category": "Blazer"})
+        stale.upsert("878ff7a3", metadata={"category": "Blazer", "note": "metadata-only changes are fine"})

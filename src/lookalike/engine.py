@@ -156,7 +156,7 @@ class Engine:
     def apply_writes(self, writes: list[ProductWrite]) -> list[int]:
         """Commit products to the store, then make them visible to the next query."""
         with self._write_lock:
-            rowids = self.store.write(writes)
+            rowids = self.store.write(writes, encoder=self.encoder.identity)
             with_vectors = [(r, w) for r, w in zip(rowids, writes) if w.vector is not None]
             if with_vectors:
                 self.index.upsert(np.array([r for r, _ in with_vectors]), np.stack([w.vector for _, w in with_vectors]))

@@ -21,7 +21,9 @@ from starlette.concurrency import run_in_threadpool
 
 from . import __version__
 from .catalogue import CatalogueError
+from .encoders import EncoderError
 from .engine import BusyError, Engine, NotFoundError
+from .store import StoreError
 from .filters import FilterError
 from .images import ImageError, is_url
 from .search import Hit
@@ -66,6 +68,10 @@ class TagsOut(BaseModel):
     took_ms: float
 
 
+class ReindexIn(BaseModel):
+    model: str = Field(description="Trained model name (GET /models), model folder, or pretrained encoder name")
+
+
 class IngestIn(BaseModel):
     source: str = Field(description="Catalogue path on the server: .csv, .tsv, .jsonl, .parquet or a folder")
     id_column: Optional[str] = None
@@ -94,6 +100,8 @@ _ERROR_STATUS = {
     FilterError: (422, "bad_filter"),
     NotFoundError: (404, "not_found"),
     BusyError: (409, "busy"),
+    EncoderError: (404, "unknown_model"),
+    StoreError: (409, "store"),
     CatalogueError: (400, "bad_catalogue"),
     ValueError: (422, "bad_request"),
 }
@@ -114,6 +122,7 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 
 def create_app(engine: Engine) -> FastAPI:
+    reindex_state: dict[str, Any] = {"running": False, "model": None, "done": 0, "total": None, "outcome": None, "error": None}
     """The API for one opened engine (the caller owns and closes it)."""
     app = FastAPI(title="lookalike", version=__version__, description="Visual search for fashion catalogues.")
     app.state.engine = engine
@@ -247,6 +256,28 @@ def create_app(engine: Engine) -> FastAPI:
         thread.start()
         return {"started": True, "status_url": "/ingest/status"}
 
+    @app.get("/models", tags=["models"], summary="Trained models in the store, with their held-out scores")
+    def models() -> dict[str, Any]:
+        from .training import list_models
+
+        return {"serving": engine.encoder.identity, "models": list_models(engine.directory)}
+
+    @app.post("/reindex", status_code=202, tags=["models"], summary="Re-embed with another model, then switch atomically")
+    def start_reindex(body: ReindexIn) -> dict[str, Any]:
+        """Search keeps answering from the current index until the new one is complete."""
+        from .encoders import get_encoder
+
+        get_encoder(body.model, engine.settings.replace(store=str(engine.directory)))  # unknown model: 404 now, not later
+        if engine._ingest_lock.locked():
+            raise BusyError("an ingest or re-index is already running on this store")
+        reindex_state.update(running=True, model=body.model, done=0, total=None, outcome=None, error=None)
+        threading.Thread(target=_background_reindex, args=(engine, body.model, reindex_state), name="lookalike-reindex", daemon=True).start()
+        return {"started": True, "status_url": "/reindex/status"}
+
+    @app.get("/reindex/status", tags=["models"])
+    def reindex_status() -> dict[str, Any]:
+        return {**reindex_state, "serving": engine.encoder.identity}
+
     @app.get("/ingest/status", tags=["ingest"])
     def ingest_status() -> dict[str, Any]:
         return engine.ingest_status()
@@ -259,6 +290,19 @@ def create_app(engine: Engine) -> FastAPI:
 
     mount_web(app, engine)
     return app
+
+
+def _background_reindex(engine: Engine, model: str, state: dict[str, Any]) -> None:
+    def progress(_: str, done: int, total: int) -> None:
+        state.update(done=done, total=total)
+
+    try:
+        state["outcome"] = engine.reindex(model, progress=progress)
+    except Exception as exc:  # reported through /reindex/status; the old index keeps serving
+        state["error"] = str(exc)
+        logging.getLogger("lookalike.server").exception("re-index with %s failed", model)
+    finally:
+        state["running"] = False
 
 
 def _background_ingest(engine: Engine, body: IngestIn) -> None:

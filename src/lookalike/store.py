@@ -178,13 +178,20 @@ class ProductStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def write(self, items: list[ProductWrite]) -> list[int]:
-        """Insert or update products in one transaction; returns their rowids in order."""
+    def write(self, items: list[ProductWrite], encoder: str | None = None) -> list[int]:
+        """Insert or update products in one transaction; returns their rowids in order.
+
+        ``encoder``: the identity that made the vectors; refused when another process has
+        re-indexed the store with a different encoder meanwhile (vectors must not mix)."""
         if not items:
             return []
         now = time.time()
         rowids = []
         with self._write_transaction() as gen:
+            current = self._db.execute("SELECT value FROM meta WHERE key = 'encoder'").fetchone()
+            if encoder is not None and current is not None and current[0] != encoder and any(i.vector is not None for i in items):
+                raise StoreError(f"the store at {self.directory} now serves encoder {current[0]!r} (re-indexed by another process), "
+                                 f"not {encoder!r}; reopen it (restart the server) before writing")
             for item in items:
                 blob = None if item.vector is None else np.asarray(item.vector, dtype=np.float32).tobytes()
                 row = self._db.execute(

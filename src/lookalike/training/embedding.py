@@ -382,7 +382,6 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
     optimiser = torch.optim.AdamW([{"params": head.parameters(), "lr": options.lr}, {"params": [codebooks], "lr": options.lr * 3}], weight_decay=0.0)
     sampler = BatchSampler(data.labels[train_rows], data.features.shape[1], options.batch_classes, options.per_class, options.seed,
                            float(params.get("clean_share", 0.5)))
-    eye = torch.eye(m, dtype=torch.bool)
     started = time.perf_counter()
     for step in range(options.steps):
         rows, views = sampler()
@@ -393,8 +392,7 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
         batch_labels = labels[rows]
         asymmetric = _asymmetric_triplet(torch, embeddings, quantised, batch_labels, options.margin)
         quant_error = ((embeddings - quantised) ** 2).sum(dim=1).mean()
-        gram = torch.einsum("ikd,jld->ijkl", codebooks, codebooks)
-        orthogonality = (gram[~eye] ** 2).mean()
+        orthogonality = _cross_codebook_energy(torch, codebooks)
         loss = asymmetric + triplet_loss(embeddings, batch_labels, options.margin) + options.quantization_weight * quant_error + options.orthogonality_weight * orthogonality
         optimiser.zero_grad()
         loss.backward()
@@ -421,6 +419,19 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
     if not save:
         return TrainedModel(name, engine.directory, info, trained, quantizer, holdout_ids)
     return load_model(save_model(engine.directory, name, info, trained, quantizer, holdout_ids))
+
+
+def _cross_codebook_energy(torch, codebooks: "torch.Tensor") -> "torch.Tensor":
+    """Mean squared inner product between codewords of different codebooks,
+    ``Σ_{i≠j} ||C_i C_jᵀ||² / (M (M-1) K²)``, computed through the d×d Gram matrices
+    ``G_i = C_iᵀ C_i`` (``||C_i C_jᵀ||² = <G_i, G_j>``), which is K²/d² times cheaper."""
+    m, k, _ = codebooks.shape
+    if m < 2:
+        return codebooks.sum() * 0.0
+    grams = torch.einsum("mkd,mke->mde", codebooks, codebooks)
+    total = grams.sum(dim=0)
+    cross = (total * total).sum() - (grams * grams).sum()
+    return cross / (m * (m - 1) * k * k)
 
 
 def _asymmetric_triplet(torch, anchors: "torch.Tensor", items: "torch.Tensor", labels: "torch.Tensor", margin: float) -> "torch.Tensor":
