@@ -195,7 +195,7 @@ class VectorIndex:
             if quantizer.codebooks.shape[2] != self.dim:
                 raise ValueError(f"codebooks are for {quantizer.codebooks.shape[2]}-d vectors; the index holds {self.dim}-d")
             self.quantizer, self.code_search = quantizer, mode
-            self.codes = np.zeros((self.capacity, quantizer.m), dtype=np.uint8)
+            self.codes = np.zeros((self.capacity, quantizer.bytes_per_code), dtype=np.uint8)
             ids = self.ids()
             if len(ids):
                 self.codes[ids] = quantizer.encode(self.matrix[ids])

@@ -387,7 +387,7 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
         rows, views = sampler()
         head.train()
         embeddings = torch.nn.functional.normalize(head(features[rows, views]), dim=1)
-        codes = AdditiveQuantizer(codebooks.detach().numpy()).encode(embeddings.detach().numpy())
+        codes = AdditiveQuantizer(codebooks.detach().numpy()).encode(embeddings.detach().numpy())[:, :m]
         quantised = codebooks[torch.arange(m)[None, :], torch.from_numpy(codes.astype(np.int64))].sum(dim=1)
         batch_labels = labels[rows]
         asymmetric = _asymmetric_triplet(torch, embeddings, quantised, batch_labels, options.margin)
@@ -401,7 +401,7 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
             progress("training codebooks", step + 1, options.steps)
     head.eval()
     trained = _to_head(head)
-    quantizer = AdditiveQuantizer(codebooks.detach().numpy())
+    quantizer = AdditiveQuantizer(codebooks.detach().numpy()).fit_norms(trained(data.features[train_rows, 0].astype(np.float32)))
     metrics = {
         "fine_tuned": validate(data, trained),
         "adc": _validate_codes(data, trained, quantizer, "adc"),

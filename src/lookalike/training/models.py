@@ -128,6 +128,7 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
         arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"] = weight.astype(np.float32), bias.astype(np.float32)
     if quantizer is not None:
         arrays["codebooks"] = quantizer.codebooks.astype(np.float32)
+        arrays["norm_range"] = np.array(quantizer.norm_range, dtype=np.float64)
     digest = hashlib.sha256()
     for key in sorted(arrays):
         digest.update(key.encode())
@@ -177,5 +178,5 @@ def load_model(path: Path) -> TrainedModel:
     if digest.hexdigest() != info.get("weights_sha"):
         raise ModelError(f"model at {path}: weights.npz does not match model.json (damaged or edited); train it again")
     layers = [(arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"]) for i in range(int(info["layers"]))]
-    quantizer = AdditiveQuantizer(arrays["codebooks"]) if "codebooks" in arrays else None
+    quantizer = AdditiveQuantizer(arrays["codebooks"], tuple(arrays["norm_range"].tolist())) if "codebooks" in arrays else None
     return TrainedModel(info["name"], path, info, EmbeddingHead(layers), quantizer, holdout)
