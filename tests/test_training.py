@@ -412,3 +412,25 @@ def test_a_process_with_the_old_encoder_cannot_write_after_another_reindexed(tra
         with pytest.raises(StoreError, match="re-indexed by another process"):
             stale.upsert("late", DEMO_CSV.parent / "images" / "878ff7a3.jpg", {"category": "Blazer"})
         stale.upsert("878ff7a3", metadata={"category": "Blazer", "note": "metadata-only changes are fine"})
+
+
+def test_unfrozen_head_starts_from_the_backbone_and_serves(trained_store, tmp_path):
+    """--unfreeze-head trains the backbone's last 1x1 convolution from cached feature maps."""
+    path, name, _ = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    frozen = load_model(models_dir(path) / name)
+    with Engine.open(store) as engine:
+        model = engine.train_embedding(EmbeddingOptions(positives=["category"], views=2, holdout=0.3, steps=40, dim=64, hidden=512,
+                                                        batch_classes=12, unfreeze_head=True))
+        assert model.info["backbones"] == ["efficientnet-lite0-maps@2"] and model.head.conv[0].shape == (320, 1280)
+        # before training, the folded pretrained convolution reproduces the frozen backbone's features exactly:
+        # the off-the-shelf baseline measured through the feature maps equals the one of the frozen run
+        for key, value in frozen.info["validation"]["off_the_shelf"].items():
+            assert model.info["validation"]["off_the_shelf"][key] == pytest.approx(value, abs=0.02), key
+        outcome = engine.reindex(model.name)
+        assert outcome["from_images"] == 305 and outcome["from_backbone_vectors"] == 0  # no stored feature maps to reuse
+        assert engine.search(DEMO_CSV.parent / "images" / "878ff7a3.jpg", k=1)[0].id == "878ff7a3"
+    with pytest.raises(TrainingDataError, match="one EfficientNet-Lite backbone"):
+        with Engine.open(store) as engine:
+            engine.train_embedding(EmbeddingOptions(positives=["category"], backbones=["efficientnet-lite0", "efficientnet-lite2"], unfreeze_head=True))

@@ -504,6 +504,7 @@ def train_embedding_cmd(
     positives: List[str] = typer.Option(["article_type"], "--positives", help="Column(s) whose shared value makes two products positives (several: all must match); 'id' for views of the same product only."),
     where: List[str] = typer.Option([], "--where", "-w", help="Train only on products matching this filter (repeatable)."),
     backbone: List[str] = typer.Option([], "--backbone", help="Backbone encoder(s) whose features the head learns from (default: the store's encoder); several are concatenated."),
+    unfreeze_head: bool = typer.Option(False, "--unfreeze-head", help="Also train the backbone's last 1x1 convolution, from cached feature maps (a longer run: more disk and minutes)."),
     views: int = typer.Option(4, min=1, max=32, help="Views cached per product: the clean photo plus street-like augmentations."),
     holdout: float = typer.Option(0.2, min=0.0, max=0.89, help="Share of each class kept out of training and used for validation."),
     loss: str = typer.Option("proxy-anchor", help="Ranking loss: triplet (batch-hard), triplet-semihard, multi-similarity or proxy-anchor."),
@@ -519,7 +520,7 @@ def train_embedding_cmd(
     def body() -> None:
         from .training import EmbeddingOptions
 
-        options = EmbeddingOptions(positives=list(positives), where=list(where) or None, backbones=list(backbone) or None, views=views, holdout=holdout,
+        options = EmbeddingOptions(positives=list(positives), where=list(where) or None, backbones=list(backbone) or None, unfreeze_head=unfreeze_head, views=views, holdout=holdout,
                                    loss=loss, instance_weight=instance_weight, dim=dim, steps=steps, seed=seed, name=name)
         _run_training(lambda engine: engine.train_embedding, options, as_json)
 

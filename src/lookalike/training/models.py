@@ -36,9 +36,14 @@ class ModelError(RuntimeError):
 
 @dataclass
 class EmbeddingHead:
-    """unit backbone features -> [ReLU hidden layer] -> linear -> unit vector."""
+    """unit backbone features -> [ReLU hidden layer] -> linear -> unit vector.
+
+    With ``conv`` (an unfrozen head) the input is the backbone's last feature map, flattened
+    position-major; the trained 1×1 convolution, ReLU6, average pooling and L2 normalisation
+    turn it into pooled features first, exactly as the frozen backbone's own head does."""
 
     layers: list[tuple[np.ndarray, np.ndarray]]
+    conv: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -48,8 +53,14 @@ class EmbeddingHead:
     def dim(self) -> int:
         return int(self.layers[-1][0].shape[1])
 
+    def pooled(self, maps: np.ndarray) -> np.ndarray:
+        weight, bias = self.conv
+        x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1, weight.shape[0]) @ weight + bias
+        x = np.clip(x, 0.0, 6.0).mean(axis=1)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float32)
+        x = self.pooled(features) if self.conv is not None else np.asarray(features, dtype=np.float32)
         for i, (weight, bias) in enumerate(self.layers):
             x = x @ weight + bias
             if i < len(self.layers) - 1:
@@ -126,6 +137,8 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
     arrays: dict[str, np.ndarray] = {}
     for i, (weight, bias) in enumerate(head.layers):
         arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"] = weight.astype(np.float32), bias.astype(np.float32)
+    if head.conv is not None:
+        arrays["conv_weight"], arrays["conv_bias"] = head.conv[0].astype(np.float32), head.conv[1].astype(np.float32)
     if quantizer is not None:
         arrays["codebooks"] = quantizer.codebooks.astype(np.float32)
         arrays["norm_range"] = np.array(quantizer.norm_range, dtype=np.float64)
@@ -179,4 +192,5 @@ def load_model(path: Path) -> TrainedModel:
         raise ModelError(f"model at {path}: weights.npz does not match model.json (damaged or edited); train it again")
     layers = [(arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"]) for i in range(int(info["layers"]))]
     quantizer = AdditiveQuantizer(arrays["codebooks"], tuple(arrays["norm_range"].tolist())) if "codebooks" in arrays else None
-    return TrainedModel(info["name"], path, info, EmbeddingHead(layers), quantizer, holdout)
+    conv = (arrays["conv_weight"], arrays["conv_bias"]) if "conv_weight" in arrays else None
+    return TrainedModel(info["name"], path, info, EmbeddingHead(layers, conv), quantizer, holdout)
