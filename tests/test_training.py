@@ -148,6 +148,16 @@ def test_adc_and_sdc_match_brute_force():
     assert (np.diag(own) >= own.max(axis=1) - step).all()
 
 
+def test_hamming_distances_count_differing_bits():
+    from lookalike.training.quantizer import hamming_distances, sign_codes
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(3, 16)), rng.normal(size=(7, 16))
+    bits_a, bits_b = a > 0, b > 0
+    expected = (bits_a[:, None, :] != bits_b[None, :, :]).sum(axis=2)
+    assert (hamming_distances(sign_codes(a, np.eye(16)), sign_codes(b, np.eye(16))) == expected).all()
+
+
 def test_orthogonality_penalty_equals_the_brute_force_cross_products():
     from lookalike.training.embedding import _cross_codebook_energy
 

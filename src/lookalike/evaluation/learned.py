@@ -201,12 +201,12 @@ def _training_vectors(model) -> np.ndarray:
 
 def _quiet_clustering(index) -> None:
     """Small catalogues have fewer than FAISS's advised 39 points per centroid; it still trains, so skip the warning."""
-    inner = faiss_downcast(index)
+    inner = _downcast(index)
     if hasattr(inner, "pq"):
         inner.pq.cp.min_points_per_centroid = 1
 
 
-def faiss_downcast(index):
+def _downcast(index):
     import faiss
 
     if isinstance(index, faiss.IndexPreTransform):

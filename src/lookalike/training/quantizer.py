@@ -169,13 +169,14 @@ def sign_codes(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1)
 
 
-def hamming_distances(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """(nq, n) Hamming distances between packed bit codes (FAISS's binary flat index)."""
-    import faiss
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(np.ascontiguousarray(codes, dtype=np.uint8))
-    distances, order = index.search(np.ascontiguousarray(query_codes, dtype=np.uint8), len(codes))
-    out = np.empty_like(distances)
-    np.put_along_axis(out, order, distances, axis=1)
+
+def hamming_distances(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(nq, n) Hamming distances between packed bit codes (XOR, then a per-byte popcount table)."""
+    query_codes = np.atleast_2d(np.asarray(query_codes, dtype=np.uint8))
+    codes = np.asarray(codes, dtype=np.uint8)
+    out = np.zeros((len(query_codes), len(codes)), dtype=np.int32)
+    for byte in range(codes.shape[1]):
+        out += _POPCOUNT[query_codes[:, byte, None] ^ codes[None, :, byte]]
     return out
