@@ -232,6 +232,8 @@ def test_bad_training_requests_are_refused_with_reasons(engine):
         engine.train_embedding(EmbeddingOptions(positives=["category"], loss="contrastive-ish"))
     with pytest.raises(ModelError, match="no model 'missing'"):
         engine.train_quantizer(QuantizerOptions(model="missing"))
+    with pytest.raises(ModelError, match="must be 1-80 letters"):
+        engine.train_embedding(EmbeddingOptions(positives=["category"], name="../escape"))
 
 
 def test_damaged_model_is_refused(trained_store, tmp_path):

@@ -297,10 +297,12 @@ def _seed_everything(torch, seed: int) -> None:
 def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progress | None = None, log: Log = lambda _: None,
                     save: bool = True) -> TrainedModel:
     """Learn a head from the catalogue's labels and views; saved as a new model in the store."""
-    from .losses import multi_similarity_loss, ranking_loss
+    from .losses import ranking_loss
 
     torch = _torch()
     _check_embedding_options(options)
+    if options.name:
+        _check_new_name(engine, options.name)
     backbones = options.backbones or [engine.encoder.name]
     conv = None
     if options.unfreeze_head:
@@ -315,26 +317,9 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
     labels = torch.from_numpy(data.labels[train_rows])
     head = _head_module(torch, conv[0].shape[1] if conv else data.features.shape[2], options.hidden, options.dim, conv)
     loss_fn = ranking_loss(options.loss, len(data.classes), options.dim, seed=options.seed, margin=options.margin)
-    optimiser = torch.optim.AdamW(list(head.parameters()) + list(loss_fn.parameters()), lr=options.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.steps)
     sampler = BatchSampler(data.labels[train_rows], data.features.shape[1], options.batch_classes, options.per_class, options.seed, options.clean_share)
     started = time.perf_counter()
-    losses = []
-    for step in range(options.steps):
-        rows, views = sampler()
-        head.train()
-        embeddings = torch.nn.functional.normalize(head(features[rows, views]), dim=1)
-        loss = loss_fn(embeddings, labels[rows])
-        if options.instance_weight:
-            loss = loss + options.instance_weight * multi_similarity_loss(embeddings, torch.from_numpy(rows))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
-        if progress and (step % 25 == 0 or step == options.steps - 1):
-            progress("training head", step + 1, options.steps)
-    head.eval()
+    losses = _fit_head(torch, head, loss_fn, features, labels, sampler, options, progress)
     trained = _to_head(head)
     off_the_shelf = _identity if conv is None else EmbeddingHead([(np.eye(conv[0].shape[1], dtype=np.float32), np.zeros(conv[0].shape[1], np.float32))], conv)
     metrics = {"off_the_shelf": validate(data, off_the_shelf), "fine_tuned": validate(data, trained)}
@@ -354,6 +339,32 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
     return model
 
 
+def _fit_head(torch, head, loss_fn, features, labels, sampler: BatchSampler, options: EmbeddingOptions, progress: Progress | None) -> list[float]:
+    """AdamW with a cosine schedule over ``options.steps`` batches; the class loss plus, when
+    weighted, the same-product loss (rows are product indices, so views of one product match)."""
+    from .losses import multi_similarity_loss
+
+    optimiser = torch.optim.AdamW(list(head.parameters()) + list(loss_fn.parameters()), lr=options.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.steps)
+    losses = []
+    for step in range(options.steps):
+        rows, views = sampler()
+        head.train()
+        embeddings = torch.nn.functional.normalize(head(features[rows, views]), dim=1)
+        loss = loss_fn(embeddings, labels[rows])
+        if options.instance_weight:
+            loss = loss + options.instance_weight * multi_similarity_loss(embeddings, torch.from_numpy(rows))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if progress and (step % 25 == 0 or step == options.steps - 1):
+            progress("training head", step + 1, options.steps)
+    head.eval()
+    return losses
+
+
 def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """The pretrained last convolution of the (single) backbone, and its feature-map encoder's name."""
     from ..encoders.efficientnet import pretrained_conv_head
@@ -361,6 +372,15 @@ def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray]
     if len(backbones) != 1 or not backbones[0].startswith("efficientnet-lite"):
         raise TrainingDataError(f"--unfreeze-head works with one EfficientNet-Lite backbone, not {', '.join(backbones)}")
     return pretrained_conv_head(backbones[0]), [f"{backbones[0]}-maps"]
+
+
+def _check_new_name(engine: "Engine", name: str) -> None:
+    """Refuse a bad or taken model name before minutes of training, not after."""
+    from .models import check_name, models_dir
+
+    check_name(name)
+    if (models_dir(engine.directory) / name).exists():
+        raise ModelError(f"a model named {name!r} already exists in {models_dir(engine.directory)}; choose another --name")
 
 
 def _check_embedding_options(options: EmbeddingOptions) -> None:
@@ -402,6 +422,8 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
     torch = _torch()
     if options.bits % 8 or not 8 <= options.bits <= 256:
         raise TrainingDataError(f"bits must be a multiple of 8 from 8 to 256 (one byte per codebook), got {options.bits}")
+    if options.name:
+        _check_new_name(engine, options.name)
     base = options.model if isinstance(options.model, TrainedModel) else load_base_model(engine, options.model)
     params = base.info["parameters"]
     cache = open_cache(engine, base.backbones, int(params["views"]), int(params["seed"]))
