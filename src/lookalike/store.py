@@ -167,12 +167,14 @@ class ProductStore:
         return gen
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[int]:
-        """One atomic write: all of it is committed with a new generation number, or none of it."""
+    def _write_transaction(self, new_generation: bool = True) -> Iterator[int]:
+        """One atomic write: all of it is committed with a new generation number, or none of it.
+        ``new_generation=False`` for writes that change no product (staged re-index vectors):
+        the index need not catch up on them."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._next_generation()
+                yield self._next_generation() if new_generation else self.generation
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -188,9 +190,9 @@ class ProductStore:
         now = time.time()
         rowids = []
         with self._write_transaction() as gen:
-            current = self._db.execute("SELECT value FROM meta WHERE key = 'encoder'").fetchone()
-            if encoder is not None and current is not None and current[0] != encoder and any(i.vector is not None for i in items):
-                raise StoreError(f"the store at {self.directory} now serves encoder {current[0]!r} (re-indexed by another process), "
+            current = self.get_meta("encoder")
+            if encoder is not None and current is not None and current != encoder and any(i.vector is not None for i in items):
+                raise StoreError(f"the store at {self.directory} now serves encoder {current!r} (re-indexed by another process), "
                                  f"not {encoder!r}; reopen it (restart the server) before writing")
             for item in items:
                 blob = None if item.vector is None else np.asarray(item.vector, dtype=np.float32).tobytes()
@@ -348,15 +350,9 @@ class ProductStore:
 
     def stage_vectors(self, encoder: str, entries: list[tuple[int, str | None, np.ndarray]]) -> None:
         """Keep vectors of a re-index in progress (one transaction per call, so a crash loses at most one batch)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO model_vectors(encoder, rowid, image_hash, vector) VALUES (?, ?, ?, ?)",
-                                     [(encoder, int(r), h, np.asarray(v, dtype=np.float32).tobytes()) for r, h, v in entries])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write_transaction(new_generation=False):
+            self._db.executemany("INSERT OR REPLACE INTO model_vectors(encoder, rowid, image_hash, vector) VALUES (?, ?, ?, ?)",
+                                 [(encoder, int(r), h, np.asarray(v, dtype=np.float32).tobytes()) for r, h, v in entries])
 
     def switch_encoder(self, identity: str, dim: int) -> int:
         """Make ``identity``'s staged vectors the serving ones, in one transaction: the current
