@@ -146,6 +146,7 @@ class EfficientNetLiteEncoder(Encoder):
             raise EncoderError(f"unknown EfficientNet-Lite variant {model_name!r}")
         settings = settings or Settings()
         self.name = model_name
+        self.base_name = model_name  # the pretrained network exported (subclasses rename what they output)
         self.input_size = _WEIGHT_PACKAGES[model_name][2]
         self.version = GRAPH_VERSION
         self.threads = settings.threads
@@ -159,7 +160,7 @@ class EfficientNetLiteEncoder(Encoder):
 
     def _ensure_model(self) -> Path:
         if not self.model_path.exists():
-            export_onnx(self.name, self.model_path, self.head)
+            export_onnx(self.base_name, self.model_path, self.head)
         return self.model_path
 
     @property
@@ -219,13 +220,7 @@ class BlockMapsEncoder(EfficientNetLiteEncoder):
     def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
         super().__init__(model_name, settings)
         self.name = f"{model_name}-maps"
-        self.base_name = model_name
         self.channels = self._CHANNELS[model_name]
         side = -(-self.input_size // 32)  # five stride-2 stages
         self.dim = self.channels * side * side
         self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-maps-v1.onnx"
-
-    def _ensure_model(self) -> Path:
-        if not self.model_path.exists():
-            export_onnx(self.base_name, self.model_path, self.head)
-        return self.model_path
