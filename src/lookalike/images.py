@@ -176,6 +176,21 @@ def load_image(source: ImageSource, limits: ImageLimits = ImageLimits(), draft_s
     return decode(read_bytes(source, limits), limits, draft_size=draft_size, name=name)
 
 
+def load_source_or_thumbnail(source: str | None, thumbnail: bytes | None, limits: ImageLimits = ImageLimits(),
+                             draft_size: int | None = None, name: str = "product") -> tuple[Image.Image, bool]:
+    """A stored product's photo from its source, or from its stored thumbnail when the source can
+    no longer be read (moved file, dead URL); returns (image, came from the thumbnail).  Training
+    and re-indexing read products long after ingest, so a missing original is not fatal."""
+    if source:
+        try:
+            return load_image(source, limits, draft_size=draft_size), False
+        except ImageError:
+            pass
+    if thumbnail:
+        return load_image(thumbnail, limits), True
+    raise ImageError("missing", f"{name}: neither its image ({source}) nor a stored thumbnail can be read")
+
+
 def thumbnail_jpeg(image: Image.Image, size: int = 256, quality: int = 85) -> bytes:
     """A small JPEG kept in the store so results can be shown without the original files."""
     thumb = image.copy()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .encoders import Encoder, FineTunedEncoder
-from .images import ImageError, load_image
+from .images import load_source_or_thumbnail
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -93,18 +93,9 @@ class Reindexer:
         pixels, rowids = [], []
         thumbnails = self.store.thumbnails([r for r, _, _ in rows])
         for rowid, _, source in rows:
-            picture = None
-            if source:
-                try:
-                    picture = load_image(source, self.engine.limits, draft_size=self.target.input_size)
-                    self.counts["from_images"] += 1
-                except ImageError:
-                    picture = None
-            if picture is None and rowid in thumbnails:
-                picture = load_image(thumbnails[rowid], self.engine.limits)
-                self.counts["from_thumbnails"] += 1
-            if picture is None:
-                raise ImageError("missing", f"product with rowid {rowid}: neither its image ({source}) nor a thumbnail can be read")
+            picture, from_thumbnail = load_source_or_thumbnail(source, thumbnails.get(rowid), self.engine.limits,
+                                                               self.target.input_size, f"product with rowid {rowid}")
+            self.counts["from_thumbnails" if from_thumbnail else "from_images"] += 1
             pixels.append(self.target.preprocess(picture))
             rowids.append(rowid)
         return dict(zip(rowids, self.target.embed(np.stack(pixels))))

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..encoders import Encoder
-from ..images import ImageError, ImageLimits, load_image
+from ..images import ImageError, ImageLimits, load_source_or_thumbnail
 from .augment import AUGMENT_VERSION, street_view
 
 Progress = Callable[[str, int, int], None]
@@ -90,15 +90,10 @@ class ViewFeatureCache:
 
     # ---- computing -------------------------------------------------------------------------------
     def _picture(self, item: ProductImage) -> Image.Image:
-        if item.source:
-            try:
-                return load_image(item.source, self.limits, draft_size=max(b.input_size for b in self.backbones) * 2)
-            except ImageError:
-                pass
-        if item.thumbnail:
-            self.fallbacks += 1
-            return load_image(item.thumbnail, self.limits)
-        raise ImageError("missing", f"product {item.id!r}: no readable image ({item.source})")
+        picture, from_thumbnail = load_source_or_thumbnail(item.source, item.thumbnail, self.limits,
+                                                           max(b.input_size for b in self.backbones) * 2, f"product {item.id!r}")
+        self.fallbacks += from_thumbnail
+        return picture
 
     def _pixels(self, item: ProductImage) -> list[list[np.ndarray]] | ImageError:
         """Per backbone, the preprocessed pixels of every view (decode and augment run in loader threads)."""
