@@ -520,15 +520,17 @@ def _validate_codes(data: TrainingSet, head: EmbeddingHead, quantizer, mode: str
 
 
 def ranked_metrics(sims: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """LOO NN accuracy and mAP from a precomputed (n, n) similarity matrix (ties by position)."""
-    sims = np.array(sims, dtype=np.float64)
-    np.fill_diagonal(sims, -np.inf)
-    nn = float((labels[sims.argmax(axis=1)] == labels).mean())
-    aps = []
+    """Leave-one-out NN accuracy and mAP from a precomputed (n, n) similarity matrix, with the
+    evaluation's tie-aware metrics (codes often tie); a query with no other member of its class
+    counts as a miss for NN accuracy and is left out of mAP."""
+    from ..evaluation.metrics import ranking_metrics
+
+    sims = np.asarray(sims, dtype=np.float64)
+    nn, aps = [], []
     for i in range(len(sims)):
-        order = np.argsort(-sims[i], kind="stable")[:-1]
-        relevant = labels[order] == labels[i]
+        relevant = np.delete(labels == labels[i], i)
+        metrics = ranking_metrics(np.delete(sims[i], i), relevant, (1,))
+        nn.append(metrics["nn_accuracy"])
         if relevant.any():
-            hits = np.cumsum(relevant)
-            aps.append(float((hits[relevant] / (np.flatnonzero(relevant) + 1)).mean()))
-    return {"nn_accuracy": round(nn, 4), "map": round(float(np.mean(aps)) if aps else 0.0, 4)}
+            aps.append(metrics["ap"])
+    return {"nn_accuracy": round(float(np.mean(nn)), 4), "map": round(float(np.mean(aps)) if aps else 0.0, 4)}
