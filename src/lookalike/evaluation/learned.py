@@ -18,7 +18,6 @@ Latency is one query against the held-out gallery tiled to ``latency_items`` pro
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -27,7 +26,7 @@ import numpy as np
 
 from .metrics import bootstrap, ranking_metrics
 from .suite import Suite, SuiteError, TaskSpec
-from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, street_crops
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops
 from .views import ALTERATIONS, alter
 
 RERANK_DEPTH = 100
@@ -81,8 +80,9 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     positives = list(task.options.get("positives") or ["article_type"])
     colour = task.options.get("colour")
     bits_list = [int(b) for b in task.options.get("bits", [32, 48, 64])]
-    pairs = _duplicate_pairs(task, suite, set(data.ids))
-    keep_out = sorted({x for pair in pairs for x in pair})
+    # duplicate listings, grouped like the `pairs` task does (same id/relation columns)
+    groups = _groups_from_pairs(task, suite, set(data.ids))[0] if task.options.get("pairs") else []
+    keep_out = sorted(set().union(*groups))
     options = EmbeddingOptions(positives=positives, holdout=float(task.options.get("holdout", 0.3)), seed=suite.seed,
                                steps=int(task.options.get("steps", 1500)), views=int(task.options.get("views", 4)),
                                loss=str(task.options.get("loss", "proxy-anchor")), keep_out=keep_out,
@@ -149,8 +149,8 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             p10 = [ranking_metrics(s_scores[i], np.isin(values, list(street.wanted[label])), (10,))["p@10"] for i, label in enumerate(street.labels)]
             cells["street P@10"] = float(np.mean(p10))
             per_query.setdefault(f"street P@10 | {column.name}", []).extend(p10)
-        if pairs:
-            cells["duplicates R@1"] = _duplicate_recall(scores, pairs, g_ids)
+        if groups:
+            cells["duplicates R@1"] = _duplicate_recall(scores, groups, g_ids)
         if len(view_positions):
             v_scores = score(embed(view_base))
             cells["views R@1"] = float(np.mean([_recall_at_1(v_scores[i], np.arange(len(gallery)) == pos) for i, pos in enumerate(view_positions)]))
@@ -256,31 +256,22 @@ def _in_shop(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, f
     return {f"{prefix} mAP": float(np.mean(aps)), f"{prefix} NN": float(np.mean(nn))}
 
 
-def _duplicate_pairs(task: TaskSpec, suite: Suite, known: set[str]) -> list[tuple[str, str]]:
-    if not task.options.get("pairs"):
-        return []
-    path = task.path("pairs", suite.base)
-    positive = task.options.get("positive", "identical_image")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [(r["item_id_a"], r["item_id_b"]) for r in rows if r.get("relation") == positive and r["item_id_a"] in known and r["item_id_b"] in known]
-
-
 def _recall_at_1(scores: np.ndarray, relevant: np.ndarray) -> float:
     """Tie-aware: codes often give several items the same score, and the twin shares first place."""
     finite = np.isfinite(scores)
     return ranking_metrics(scores[finite], relevant[finite], (1,))["r@1"]
 
 
-def _duplicate_recall(scores: np.ndarray, pairs: list[tuple[str, str]], ids: list[str]) -> float:
-    """Each member of a duplicate pair queries the gallery: is its twin first?"""
+def _duplicate_recall(scores: np.ndarray, groups: list[set[str]], ids: list[str]) -> float:
+    """Each listing of a duplicate group queries the gallery: is one of its twins first?"""
     position = {item: i for i, item in enumerate(ids)}
     hits = []
-    for a, b in pairs:
-        if a in position and b in position:
-            for q, t in ((position[a], position[b]), (position[b], position[a])):
-                relevant = np.zeros(len(ids), dtype=bool)
-                relevant[t] = True
+    for group in groups:
+        members = [position[m] for m in group if m in position]
+        for q in members:
+            relevant = np.zeros(len(ids), dtype=bool)
+            relevant[[m for m in members if m != q]] = True
+            if relevant.any():
                 hits.append(_recall_at_1(scores[q], relevant))
     return float(np.mean(hits)) if hits else float("nan")
 
