@@ -77,6 +77,9 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     from ..training.quantizer import hamming_distances, sign_codes
 
     engine = data.engine
+    if task.options.get("backbones") not in (None, [engine.encoder.name]):
+        # gallery and queries are the configuration's stored vectors: refuse before minutes of training
+        raise SuiteError(f"task {task.name!r}: the model must be trained on the configuration's encoder alone")
     positives = list(task.options.get("positives") or ["article_type"])
     colour = task.options.get("colour")
     bits_list = [int(b) for b in task.options.get("bits", [32, 48, 64])]
@@ -95,8 +98,6 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     g_ids = [data.ids[i] for i in gallery]
     g_meta = [data.metadata[i] for i in gallery]
     base_vectors = data.vectors[gallery]
-    if model.info["backbones"] != [engine.encoder.identity]:
-        raise SuiteError(f"task {task.name!r}: the model must be trained on the configuration's encoder alone")
     tuned = model.head(base_vectors)
 
     # queries: street crops and synthetic views, embedded by the backbone once
