@@ -56,12 +56,22 @@ def free_port() -> int:
 
 
 class Server:
-    """``lookalike serve`` in a subprocess on a loopback port: the real thing users run."""
+    """``lookalike serve`` in a subprocess on a loopback port: the real thing users run.
 
-    def __init__(self, store: Path, extra_env: dict[str, str] | None = None):
+    ``key_scope``: create an API key of that scope first (``self.key``, ``self.auth`` headers);
+    None starts a server without keys.  ``public_read`` lets anonymous clients search and read."""
+
+    def __init__(self, store: Path, extra_env: dict[str, str] | None = None, key_scope: str | None = "admin", public_read: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **(extra_env or {})}
+        self.key, self.auth = "", {}
+        if key_scope:
+            from lookalike.security import KeyRing
+
+            store.mkdir(parents=True, exist_ok=True)
+            _, self.key = KeyRing(store).create("tests", key_scope)
+            self.auth = {"Authorization": f"Bearer {self.key}"}
+        env = {**os.environ, "LOOKALIKE_PUBLIC_READ": "true" if public_read else "false", **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lookalike.cli", "--store", str(store), "serve", "--port", str(self.port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -87,7 +97,7 @@ class Server:
 
 
 @pytest.fixture
-def server(store_copy):
-    srv = Server(store_copy)
+def server(store_copy, tmp_path):
+    srv = Server(store_copy, {"LOOKALIKE_INGEST_ROOTS": str(tmp_path)})
     yield srv
     srv.stop()

@@ -174,7 +174,8 @@ def test_images_from_urls(tmp_path):
     try:
         names = sorted(p.name for p in DEMO_IMAGES.glob("*.jpg"))[:6]
         rows = [{"id": n[:-4], "image_url": f"{base}/{n}"} for n in names] + [{"id": "gone", "image_url": f"{base}/missing.jpg"}]
-        with Engine.open(tmp_path / "store") as engine:
+        # A loopback image host is this operator's own network: it must be allowed explicitly.
+        with Engine.open(tmp_path / "store", allow_private_urls=True) as engine:
             report = engine.ingest(write_csv(tmp_path / "urls.csv", rows))
             assert report.added == 6 and [s.item for s in report.skipped] == ["gone"]
             assert "HTTP 404" in report.skipped[0].reason

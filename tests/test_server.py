@@ -36,18 +36,18 @@ def test_similar_get_put_delete(server):
     assert r.status_code == 200 and "878ff7a3" not in [h["id"] for h in r.json()["results"]]
     assert httpx.get(server.url + "/products/878ff7a3").json()["metadata"]["category"] == "Blazer"
 
-    r = httpx.put(server.url + "/products/sku%2F1", files=upload(PHOTO.read_bytes()), data={"metadata": json.dumps({"category": "New", "price": 30})})
+    r = httpx.put(server.url + "/products/sku%2F1", headers=server.auth, files=upload(PHOTO.read_bytes()), data={"metadata": json.dumps({"category": "New", "price": 30})})
     assert r.status_code == 200, r.text
     assert r.json()["id"] == "sku/1"
     r = httpx.post(server.url + "/search", files=upload(PHOTO.read_bytes()), params=[("k", "1"), ("where", "price<=30")])
     assert r.json()["results"][0]["id"] == "sku/1"  # visible to the very next query
     assert httpx.get(server.url + r.json()["results"][0]["thumbnail_url"]).status_code == 200
 
-    r = httpx.put(server.url + "/products/sku%2F1", data={"metadata": json.dumps({"category": "New", "price": 99})})
+    r = httpx.put(server.url + "/products/sku%2F1", headers=server.auth, data={"metadata": json.dumps({"category": "New", "price": 99})})
     assert r.status_code == 200 and r.json()["metadata"]["price"] == 99
-    assert httpx.delete(server.url + "/products/sku%2F1").status_code == 200
+    assert httpx.delete(server.url + "/products/sku%2F1", headers=server.auth).status_code == 200
     assert httpx.get(server.url + "/products/sku%2F1").status_code == 404
-    assert httpx.delete(server.url + "/products/sku%2F1").status_code == 404
+    assert httpx.delete(server.url + "/products/sku%2F1", headers=server.auth).status_code == 404
 
 
 def test_errors_have_the_right_status_and_a_message(server):
@@ -63,8 +63,8 @@ def test_errors_have_the_right_status_and_a_message(server):
         (search(upload(PHOTO.read_bytes()), {"where": "category"}), 422, "bad_filter"),
         (httpx.get(server.url + "/products/nope"), 404, "not_found"),
         (httpx.get(server.url + "/products/nope/similar"), 404, "not_found"),
-        (httpx.put(server.url + "/products/new", data={"metadata": "{}"}), 422, "bad_request"),
-        (httpx.put(server.url + "/products/878ff7a3", data={"metadata": "[1,2"}), 422, "bad_request"),
+        (httpx.put(server.url + "/products/new", headers=server.auth, data={"metadata": "{}"}), 422, "bad_request"),
+        (httpx.put(server.url + "/products/878ff7a3", headers=server.auth, data={"metadata": "[1,2"}), 422, "bad_request"),
     ]
     for response, status, kind in cases:
         assert response.status_code == status, (status, response.text)
@@ -79,21 +79,21 @@ def test_openapi_health_stats_and_ingest(server, tmp_path):
     assert {"/search", "/products/{product_id}/similar", "/products/{product_id}", "/ingest/status"} <= set(schema["paths"])
     assert httpx.get(server.url + "/docs").status_code == 200
     assert httpx.get(server.url + "/health").json()["products"] == 305
-    assert httpx.get(server.url + "/stats").json()["vectors"] == 305
+    assert httpx.get(server.url + "/stats", headers=server.auth).json()["vectors"] == 305
 
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,image\nx1,/nonexistent.jpg\n")
-    r = httpx.post(server.url + "/ingest", json={"source": str(bad)})
+    bad.write_text(f"id,image\nx1,{tmp_path}/nonexistent.jpg\n")
+    r = httpx.post(server.url + "/ingest", headers=server.auth, json={"source": str(bad)})
     assert r.status_code == 202
     for _ in range(100):
-        status = httpx.get(server.url + "/ingest/status").json()
+        status = httpx.get(server.url + "/ingest/status", headers=server.auth).json()
         if not status["running"] and status["current"] and status["current"]["status"] == "completed":
             break
         time.sleep(0.1)
     assert status["current"]["skipped"] == 1
-    skipped = httpx.get(server.url + "/ingest/skipped").json()["skipped"]
+    skipped = httpx.get(server.url + "/ingest/skipped", headers=server.auth).json()["skipped"]
     assert skipped[0]["item"] == "x1" and "not found" in skipped[0]["reason"]
-    r = httpx.post(server.url + "/ingest", json={"source": str(tmp_path / "missing.csv")})
+    r = httpx.post(server.url + "/ingest", headers=server.auth, json={"source": str(tmp_path / "missing.csv")})
     assert r.status_code == 400 and "not found" in r.json()["detail"]
 
 
@@ -125,7 +125,7 @@ def test_tag_an_upload_and_read_tags_and_review(store_copy):
         assert product["metadata"]["category"] == "Blazer" and product["tags"]["category"]["value"]
         r = httpx.post(srv.url + "/search", files=upload(PHOTO.read_bytes()), params=[("k", "5"), ("where", "tag.category=Blazer")])
         assert r.status_code == 200 and all(h["tags"]["category"]["value"] == "Blazer" for h in r.json()["results"])
-        review = httpx.get(srv.url + "/tags/review", params={"limit": 5}).json()
+        review = httpx.get(srv.url + "/tags/review", headers=srv.auth, params={"limit": 5}).json()
         assert review["total"] >= len(review["items"]) and all(i["current"] != i["predicted"] for i in review["items"])
         info = httpx.get(srv.url + "/taggers").json()
         assert info["columns"] == ["category"] and "per_class" in info["columns_report"]["category"]

@@ -394,21 +394,21 @@ def test_http_reindex_switches_the_running_server(trained_store, tmp_path):
     try:
         models = httpx.get(server.url + "/models").json()
         assert {m["name"] for m in models["models"]} >= {name} and models["serving"].startswith("efficientnet-lite0@")
-        missing = httpx.post(server.url + "/reindex", json={"model": "nope"})
+        missing = httpx.post(server.url + "/reindex", headers=server.auth, json={"model": "nope"})
         assert missing.status_code == 404 and "unknown encoder 'nope'" in missing.json()["detail"]
-        started = httpx.post(server.url + "/reindex", json={"model": name})
+        started = httpx.post(server.url + "/reindex", headers=server.auth, json={"model": name})
         assert started.status_code == 202
         photo = (DEMO_CSV.parent / "images" / "878ff7a3.jpg").read_bytes()
         deadline = time.time() + 120
         while time.time() < deadline:
             hits = httpx.post(server.url + "/search", files={"image": ("q.jpg", photo, "image/jpeg")}, params={"k": 5}).json()["results"]
             assert len(hits) == 5 and hits[0]["id"] == "878ff7a3"  # served throughout, old index or new
-            status = httpx.get(server.url + "/reindex/status").json()
+            status = httpx.get(server.url + "/reindex/status", headers=server.auth).json()
             if not status["running"]:
                 break
             time.sleep(0.2)
         assert status["error"] is None and status["outcome"]["switched"], status
-        assert status["serving"].startswith(name + "@") and httpx.get(server.url + "/stats").json()["dim"] == 64
+        assert status["serving"].startswith(name + "@") and httpx.get(server.url + "/stats", headers=server.auth).json()["dim"] == 64
     finally:
         server.stop()
 

@@ -22,7 +22,8 @@ PHOTO = DEMO_CSV.parent / "images" / "878ff7a3.jpg"  # a blazer
 def web_server(demo_store, tmp_path_factory):
     store = tmp_path_factory.mktemp("web") / "store"
     shutil.copytree(demo_store, store)
-    server = Server(store)
+    roots = f"{tmp_path_factory.getbasetemp()},{ROOT / 'examples'}"  # server-side catalogues and their photos
+    server = Server(store, {"LOOKALIKE_INGEST_ROOTS": roots})
     yield server
     server.stop()
 
@@ -40,11 +41,15 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    """A fresh page; the test fails if the Content-Security-Policy blocked anything on it."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(20_000)
+    blocked: list[str] = []
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
     yield page
     context.close()
+    assert not blocked, blocked
 
 
 def shot(page, name: str) -> None:
@@ -152,8 +157,15 @@ def test_browse_with_facets_and_pages(page, web_server):
 def test_admin_shows_stats_runs_and_skipped_items(page, web_server, tmp_path):
     catalogue = tmp_path / "extra.csv"
     catalogue.write_text(f"id,image,category\nnew-1,{PHOTO},Blazer\nbroken,{tmp_path / 'missing.jpg'},Hat\n")
-    assert httpx.post(web_server.url + "/ingest", json={"source": str(catalogue)}).status_code == 202
+    assert httpx.post(web_server.url + "/ingest", headers=web_server.auth, json={"source": str(catalogue)}).status_code == 202
     page.goto(web_server.url + "/admin")
+    assert "/login" in page.url  # the admin pages ask for a key
+    page.fill("#key", "lk_wrong_key")
+    page.click("form.login button[type=submit]")
+    assert "unknown or revoked" in page.inner_text("main")
+    page.fill("#key", web_server.key)
+    page.click("form.login button[type=submit]")
+    page.wait_for_url("**/admin")
     page.wait_for_selector("#skipped :text('broken')", timeout=30_000)
     assert "file not found" in page.inner_text("#skipped")
     assert "efficientnet-lite0" in page.inner_text("#stats")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -22,6 +23,7 @@ from .filters import FilterError
 from .images import ImageError
 from .index import IndexBuildError
 from .search import Hit
+from .security.keys import KeyRing
 from .store import StoreError
 from .evaluation.suite import SuiteError
 from .tagging import HierarchyError, RulesError, TaggerError
@@ -31,7 +33,7 @@ app = typer.Typer(help="lookalike: visual search and tagging for fashion catalog
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS = (ModelError, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError, EncoderError, FilterError, ImageError, IndexBuildError, StoreError, NotFoundError, BusyError, ValueError)
+USER_ERRORS = (PermissionError, ModelError, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError, EncoderError, FilterError, ImageError, IndexBuildError, StoreError, NotFoundError, BusyError, ValueError)
 
 
 class State:
@@ -97,6 +99,7 @@ def ingest(
     id_column: Optional[str] = typer.Option(None, help="Column holding the product id (default: id, item_id, product_id or sku)."),
     image_column: Optional[str] = typer.Option(None, help="Column holding the image path or URL (default: image, image_path, image_file, image_url...)."),
     prune: bool = typer.Option(False, help="Delete products that the catalogue no longer lists."),
+    force_prune: bool = typer.Option(False, "--force-prune", help="Prune even when that deletes more than max_prune_fraction of the store."),
     batch_size: Optional[int] = typer.Option(None, min=1, max=512, help="Images per model batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -113,7 +116,8 @@ def ingest(
                     rate = report.embedded / report.seconds if report.seconds else 0
                     bar.update(task, completed=report.seen, total=total, rate=f"{rate:.0f}")
 
-                report = engine.ingest(source, id_column=id_column, image_column=image_column, prune=prune, progress=progress, batch_size=batch_size)
+                report = engine.ingest(source, id_column=id_column, image_column=image_column, prune=prune, progress=progress, batch_size=batch_size,
+                                       force_prune=force_prune)
             if as_json:
                 out.print_json(json.dumps(report.to_dict()))
             else:
@@ -259,15 +263,24 @@ def serve(
     def body() -> None:
         import uvicorn
 
+        from .security.http import AccessPolicy, check_bind
         from .server import create_app
 
         settings = state.settings(host=host, port=port)
+        keys = KeyRing(Path(settings.store).expanduser())
+        policy = AccessPolicy(keys, public_read=settings.public_read)
+        check_bind(settings.host, policy)  # before loading anything: beyond loopback only with keys
         engine = Engine.open(settings=settings)
-        err.print(f"lookalike serving {engine.stats()['products']} products from {engine.directory} at http://{settings.host}:{settings.port}  (API docs: /docs)", highlight=False)
+        access = ("API keys required for writes" + ("" if settings.public_read else " and reads")) if policy.keys_configured() \
+            else "no API keys configured: reads open on loopback, writes refused (lookalike keys create)"
+        err.print(f"lookalike serving {engine.stats()['products']} products from {engine.directory} at "
+                  f"http://{settings.host}:{settings.port}  (API docs: /docs; {access})", highlight=False)
+        # The app closes the engine on shutdown (SIGTERM and Ctrl-C alike): snapshot saved, runs closed.
+        app_ = create_app(engine, keys, close_engine=True)
         try:
-            uvicorn.run(create_app(engine), host=settings.host, port=settings.port, log_level="warning")
+            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
         finally:
-            engine.close()
+            engine.close()  # idempotent; covers a failure before the app started
 
     guarded(body)
 
@@ -295,6 +308,69 @@ def eval_(
             table.add_row(row["task"], row["metric"], *[row["cells"].get(c.name, "–") for c in evaluation.configs], row["baseline"])
         out.print(table)
         out.print(f"report: {paths['html']} · {paths['markdown']} · {paths['json']}", highlight=False)
+
+    guarded(body)
+
+
+keys_app = typer.Typer(help="API keys for the HTTP server: create, list, revoke (scopes: read < write < admin).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_ring() -> KeyRing:
+    settings = state.settings()
+    directory = Path(settings.store).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(f"the store {directory} is a file, not a store directory")
+    return KeyRing(directory)
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: str = typer.Option("read", help="read (search and view), write (add, change, delete products and ingest), "
+                                           "or admin (also prune, re-index, run reports, admin pages)."),
+    name: str = typer.Option(..., "--name", "-n", help="Who or what uses the key (shown in keys list)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+
+    def body() -> None:
+        key, token = _key_ring().create(name, scope)
+        if as_json:
+            out.print_json(json.dumps({**key.to_dict(), "key": token}))
+        else:
+            out.print(f"created key {key.key_id} ({key.scope}) for {key.name}. Keep it now; it cannot be shown again:", highlight=False)
+            out.print(token, highlight=False, markup=False)
+
+    guarded(body)
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List API keys (ids, names, scopes; never the keys themselves)."""
+
+    def body() -> None:
+        keys = [k.to_dict() for k in _key_ring().list()]
+        if as_json:
+            out.print_json(json.dumps(keys))
+            return
+        table = Table("id", "name", "scope", "created", "revoked")
+        for k in keys:
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(k["created_at"])))  # type: ignore[arg-type]
+            table.add_row(str(k["key_id"]), str(k["name"]), str(k["scope"]), created, "yes" if k["revoked"] else "")
+        out.print(table if keys else "no API keys")
+
+    guarded(body)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_ids: List[str] = typer.Argument(..., help="Key id(s) from keys list.")) -> None:
+    """Revoke keys; a running server refuses them from the next request on."""
+
+    def body() -> None:
+        ring = _key_ring()
+        for key_id in key_ids:
+            ring.revoke(key_id)
+            out.print(f"revoked {key_id}", highlight=False)
 
     guarded(body)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .validation import MetadataLimits
+
 ENV_PREFIX = "LOOKALIKE_"
 DEFAULT_CONFIG_FILE = "lookalike.toml"
 
@@ -47,12 +49,27 @@ class Settings:
     port: int = 8000
     model_cache: str = ""  # empty: ~/.cache/lookalike/models
     facets: str = ""  # comma-separated columns shown as facets in the web app; empty: chosen automatically
+    # ---- security and limits (see README "Security") ----
+    public_read: bool = False  # with API keys configured: may anonymous clients search and read?
+    allowed_hosts: str = ""  # Host header values the server answers (comma-separated); "" = loopback names, or any when bound elsewhere
+    ingest_roots: str = ""  # folders (comma-separated) that POST /ingest may read; "" = none: upload the catalogue
+    allow_private_urls: bool = False  # may image URLs point at loopback, private or link-local addresses?
+    max_downloads: int = 4  # image URL downloads at once (server-wide); more wait briefly, then get 503
+    max_decode_pixels: int = 80_000_000  # pixels being decoded at once across all requests and loaders
+    max_metadata_keys: int = 100
+    max_metadata_bytes: int = 65_536
+    max_filter_columns: int = 128  # metadata keys that become filterable columns (12 bytes per product each)
+    max_catalogue_bytes: int = 200 * 1024 * 1024  # an uploaded catalogue file
+    max_prune_fraction: float = 0.5  # prune refuses to delete more than this share of the catalogue unless forced
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed; unknown or ``None`` values are ignored."""
         known = {f.name for f in fields(self)}
         clean = {k: v for k, v in changes.items() if k in known and v is not None}
         return dataclasses.replace(self, **_coerce_all(clean))
+
+    def metadata_limits(self) -> MetadataLimits:
+        return MetadataLimits(max_keys=self.max_metadata_keys, max_bytes=self.max_metadata_bytes)
 
     def model_cache_dir(self) -> Path:
         if self.model_cache:
@@ -65,13 +82,33 @@ def _coerce(name: str, value: Any) -> Any:
     field_types = {f.name: f.type for f in fields(Settings)}
     kind = field_types[name]
     try:
+        if kind == "bool":
+            return _boolean(value)
         if kind == "int":
             return int(value)
         if kind == "float":
             return float(value)
+        if isinstance(value, (list, tuple)):  # TOML lists for comma-separated settings
+            return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name!r}: expected {kind}, got {value!r}") from exc
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def split_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _coerce_all(values: dict[str, Any]) -> dict[str, Any]:

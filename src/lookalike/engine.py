@@ -10,6 +10,8 @@ Everything the CLI and the HTTP server do goes through these methods.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -20,17 +22,22 @@ from threadpoolctl import threadpool_limits
 from .config import Settings, load_settings
 from .encoders import Encoder, get_encoder
 from .filters import MetadataColumns, parse_where
-from .images import ImageLimits, ImageSource, content_hash, decode, load_image, read_bytes, thumbnail_jpeg
+from .images import ImageLimits, ImageSource, content_hash, decode, display_name, load_image, read_bytes, set_decode_budget, thumbnail_jpeg
 from .index import IndexSpec, VectorIndex
 from .ingest import Executor, IngestPipeline, IngestReport, ProgressCallback
 from .search import Hit, find
+from .security.paths import PathPolicy
+from .security.urls import Downloader
 from .store import Product, ProductStore, ProductWrite
+from .validation import RESERVED_PREFIX, validate_id, validate_metadata
+
+log = logging.getLogger("lookalike.engine")
 
 if TYPE_CHECKING:
     from .tagging import TaggerSet, TrainOptions
 
 DEFAULT_ENCODER = "efficientnet-lite0"
-TAG_PREFIX = "tag."  # predicted tags are filterable as tag.<name>, apart from the shop's own columns
+TAG_PREFIX = RESERVED_PREFIX  # predicted tags are filterable as tag.<name>, apart from the shop's own columns
 
 
 class NotFoundError(KeyError):
@@ -55,13 +62,20 @@ class Engine:
         self.directory = directory
         self.settings = settings
         self.store = store
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout)
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout, settings.allow_private_urls)
+        # One download pool for requests served by this engine (uploads by URL, search by URL);
+        # ingest runs get their own, so neither can starve the other.
+        self.downloader = Downloader(settings.max_image_bytes, settings.url_timeout, settings.allow_private_urls, settings.max_downloads,
+                                     slot_wait=0.5)
+        set_decode_budget(settings.max_decode_pixels)
+        self.closing = threading.Event()  # set by close(): a running ingest stops after its last batch
         threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
         # The serving encoder and its index change together (re-index), so they are one attribute:
         # a query reads both at once and never embeds with one model and searches another's vectors.
         self._serving: tuple[Encoder, VectorIndex] = (encoder, self._new_index(encoder))
         self._reindexing: str | None = None
-        self.columns = MetadataColumns()
+        self.columns = MetadataColumns(settings.max_filter_columns)
+        self._synced_gen = 0  # the store generation the in-memory index and columns reflect
         self._write_lock = threading.RLock()
         self._ingest_lock = threading.Lock()
         self._ann_dirty = False
@@ -87,6 +101,8 @@ class Engine:
                 recorded = store.get_meta("encoder")
                 name = encoder or settings.encoder or (recorded.split("@")[0] if recorded else DEFAULT_ENCODER)
                 encoder = get_encoder(name, settings.replace(store=str(directory)))
+            if store.read_only and store.get_meta("encoder") is None:
+                store.bind_encoder = lambda *_: None  # type: ignore[method-assign]  # an empty read-only store: nothing to bind
             store.bind_encoder(encoder.identity, encoder.dim)
             return cls(directory, settings.replace(store=str(directory), encoder=encoder.name), encoder, store)
         except BaseException:
@@ -94,24 +110,67 @@ class Engine:
             raise
 
     def _load(self) -> None:
-        """Fill the in-memory index and filter columns from the store, then catch the ANN snapshot up."""
+        """Fill the in-memory index and filter columns from the store, then catch the ANN snapshot up.
+
+        The generation is read *before* the rows: whatever another process commits meanwhile
+        is then caught up by :meth:`sync` (applying a row twice is harmless), never missed."""
+        generation = self.store.generation
         snapshot_gen = self.index.load_ann(self._index_dir)
         ann, self.index.ann = self.index.ann, None  # fill the matrix without touching the snapshot
         tags = self.store.all_tags()
         for rowids, vectors, metadata in self.store.iter_vectors():
             self.index.upsert(rowids, vectors)
             for rowid, meta in zip(rowids.tolist(), metadata):
-                self.columns.set(rowid, with_tag_columns(meta, tags.get(rowid)))
+                self._set_columns(rowid, meta, tags.get(rowid))
         self.index.ann = ann
         if ann is not None and snapshot_gen is not None:
-            if snapshot_gen > self.store.generation:
+            if snapshot_gen > generation:
                 self.index.ann = None  # a snapshot from the future belongs to another database
-            elif snapshot_gen < self.store.generation:
+            elif snapshot_gen < generation:
                 changed = [r for r, _, _ in self.store.iter_vectors(since_gen=snapshot_gen)]
                 stale = np.concatenate(changed + [self.store.tombstones_since(snapshot_gen)])
                 self.index.refresh_ann(stale)
                 self._ann_dirty = True
-        self._maintain_ann(save=True)
+        self._synced_gen = generation
+        self._maintain_ann(save=not self.store.read_only)
+
+    def _set_columns(self, rowid: int, metadata: dict[str, Any], tags: dict[str, dict[str, Any]] | None) -> None:
+        """Make one product filterable; a cell the filters cannot take is logged and left out,
+        so no stored value can stop the store from opening."""
+        try:
+            self.columns.set(rowid, with_tag_columns(metadata, tags))
+        except Exception as exc:  # noqa: BLE001 - one bad cell must not make the store unopenable
+            self.columns.remove(rowid)
+            log.warning("product rowid %s: metadata not filterable (%s: %s)", rowid, type(exc).__name__, exc)
+
+    def sync(self) -> bool:
+        """Catch up with writes other processes committed to the store (a CLI ingest while the
+        server runs): new and changed products, deletions and tags.  One cheap read of the
+        generation counter when nothing changed; returns whether anything was applied."""
+        if self.store.generation == self._synced_gen:
+            return False
+        with self._write_lock:
+            generation = self.store.generation
+            if generation <= self._synced_gen:
+                return False
+            if self.store.get_meta("encoder") != self.encoder.identity:
+                log.warning("another process re-indexed this store with %s; restart to serve it", self.store.get_meta("encoder"))
+                self._synced_gen = generation  # keep serving the old, consistent index
+                return False
+            since = self._synced_gen
+            for rowids, vectors, metadata in self.store.iter_vectors(since_gen=since):
+                self.index.upsert(rowids, vectors)
+                tags = self.store.tags_for(rowids.tolist())
+                for rowid, meta in zip(rowids.tolist(), metadata):
+                    self._set_columns(rowid, meta, tags.get(rowid))
+            deleted = self.store.tombstones_since(since)
+            if len(deleted):
+                self.index.remove(deleted)
+                for rowid in deleted.tolist():
+                    self.columns.remove(rowid)
+            self._ann_dirty = self.index.ann is not None or self._ann_dirty
+            self._synced_gen = generation
+            return True
 
     def _new_index(self, encoder: Encoder) -> VectorIndex:
         spec = IndexSpec(self.settings.index, self.settings.ann_threshold, self.settings.nprobe, self.settings.rerank_factor)
@@ -136,15 +195,32 @@ class Engine:
             self.index.build_ann()
             self._ann_dirty = True
         if save and self._ann_dirty:
-            self.index.save_ann(self._index_dir, self.store.generation)
-            self._ann_dirty = False
+            self._save_snapshot()
 
-    def close(self) -> None:
+    def _save_snapshot(self) -> None:
+        """Snapshot the ANN index tagged with the generation it reflects (never a newer one, so
+        a reopened store catches up on every write this process did not see)."""
+        if not self.store.read_only:
+            self.index.save_ann(self._index_dir, self._synced_gen)
+        self._ann_dirty = False
+
+    def close(self, wait: float = 30.0) -> None:
+        """Stop a running ingest after its last committed batch, snapshot, and close the store.
+        Closing twice is harmless."""
+        if self.closing.is_set() and self._closed:
+            return
+        self.closing.set()
+        if self._ingest_lock.acquire(timeout=wait):
+            self._ingest_lock.release()
         with self._write_lock:
+            self.store.interrupt_running()
             if self._ann_dirty:
-                self.index.save_ann(self._index_dir, self.store.generation)
-                self._ann_dirty = False
+                self._save_snapshot()
+            self.downloader.close()
             self.store.close()
+            self._closed = True
+
+    _closed = False
 
     def __enter__(self) -> "Engine":
         return self
@@ -157,20 +233,30 @@ class Engine:
         """Commit products to the store, then make them visible to the next query."""
         with self._write_lock:
             rowids = self.store.write(writes, encoder=self.encoder.identity)
+            self._advance(self.store.last_write_generation)
             with_vectors = [(r, w) for r, w in zip(rowids, writes) if w.vector is not None]
             if with_vectors:
                 self.index.upsert(np.array([r for r, _ in with_vectors]), np.stack([w.vector for _, w in with_vectors]))
                 self._ann_dirty = self.index.ann is not None or self._ann_dirty
             for rowid, write in zip(rowids, writes):
-                self.columns.set(rowid, write.metadata)
+                self._set_columns(rowid, write.metadata, None)
         return rowids
 
+    def _advance(self, generation: int) -> None:
+        """After this process's own write: the index is current only if nobody else wrote in
+        between; otherwise :meth:`sync` catches up (re-applying ours too)."""
+        if generation == self._synced_gen + 1:
+            self._synced_gen = generation
+
     def ingest(self, source: str | Path, id_column: str | None = None, image_column: str | None = None, prune: bool = False,
-               progress: ProgressCallback | None = None, executor: Executor | None = None, batch_size: int | None = None) -> IngestReport:
+               progress: ProgressCallback | None = None, executor: Executor | None = None, batch_size: int | None = None,
+               force_prune: bool = False, paths: PathPolicy | None = None, label: str | None = None) -> IngestReport:
         """Add or update every product of a catalogue file or folder; see :mod:`lookalike.ingest`.
 
         Only new or changed images (by content hash) are embedded; changed metadata is updated;
-        ``prune`` deletes products the catalogue no longer lists.
+        ``prune`` deletes products the catalogue no longer lists (at most ``max_prune_fraction``
+        of the store unless ``force_prune``).  ``paths`` confines the catalogue and its image
+        paths (the server passes its ingest roots; the default allows any path).
         """
         if not self._ingest_lock.acquire(blocking=False):
             raise BusyError("an ingest is already running on this store")
@@ -185,8 +271,9 @@ class Engine:
                 if progress:
                     progress(report, total_rows)
 
-            pipeline = IngestPipeline(self, executor=executor, batch_size=batch_size)
-            report = pipeline.run(source, id_column, image_column, prune=prune, progress=track, total=total)
+            pipeline = IngestPipeline(self, executor=executor, batch_size=batch_size, paths=paths)
+            report = pipeline.run(source, id_column, image_column, prune=prune, progress=track, total=total,
+                                  force_prune=force_prune, label=label)
             self.current_ingest = report
             with self._write_lock:
                 self._maintain_ann(save=True)
@@ -209,7 +296,7 @@ class Engine:
         return train_quantizer(self, options, progress=progress, log=log)
 
     # ---- re-indexing with another model -----------------------------------------------------------------
-    def reindex(self, model: str, progress: Any = None, batch_size: int = 64) -> dict[str, Any]:
+    def reindex(self, model: str, progress: Any = None, batch_size: int = 64, allow_paths: bool = True) -> dict[str, Any]:
         """Re-embed the catalogue with another encoder (a trained model or a pretrained name),
         then switch to it atomically.
 
@@ -224,7 +311,7 @@ class Engine:
         if not self._ingest_lock.acquire(blocking=False):
             raise BusyError("an ingest or re-index is already running on this store")
         try:
-            target = get_encoder(model, self.settings.replace(store=str(self.directory)))
+            target = get_encoder(model, self.settings.replace(store=str(self.directory)), allow_paths=allow_paths)
             if target.identity == self.encoder.identity:
                 return {"model": target.identity, "switched": False, "reason": "already serving this model"}
             self._reindexing = target.identity
@@ -234,13 +321,15 @@ class Engine:
                 counts["caught_up"] = reindexer.catch_up()
                 previous = self.encoder.identity
                 self.store.switch_encoder(target.identity, target.dim)
+                generation = self.store.generation
                 index = self._new_index(target)
                 for rowids, vectors, _ in self.store.iter_vectors():
                     index.upsert(rowids, vectors)
                 if index.needs_rebuild():
                     index.build_ann()
-                index.save_ann(self._index_dir, self.store.generation)
+                index.save_ann(self._index_dir, generation)
                 self._serving = (target, index)
+                self._synced_gen = generation
                 self._ann_dirty = False
                 self.settings = self.settings.replace(encoder=target.name)
             return {"model": target.identity, "previous": previous, "switched": True, **counts}
@@ -299,9 +388,10 @@ class Engine:
         """Store predicted tags and make them filterable as ``tag.<name>`` columns."""
         with self._write_lock:
             written = self.store.write_tags(entries, tagger)
+            self._advance(self.store.last_write_generation)
             products = self.store.get_by_rowids([r for r, _ in entries])
             for rowid, product in products.items():
-                self.columns.set(rowid, with_tag_columns(product.metadata, product.tags))
+                self._set_columns(rowid, product.metadata, product.tags)
         return written
 
     def _auto_tag(self) -> None:
@@ -318,21 +408,22 @@ class Engine:
 
     def _image_write(self, product_id: str, image: ImageSource, metadata: dict[str, Any]) -> ProductWrite:
         if isinstance(image, (bytes, str, Path)):
-            data = read_bytes(image, self.limits)
+            data = read_bytes(image, self.limits, self.downloader)
             picture = decode(data, self.limits, draft_size=self.encoder.input_size, name=f"image of {product_id!r}")
-            image_hash, reference = content_hash(data), (None if isinstance(image, bytes) else str(image))
+            image_hash, reference = content_hash(data), (None if isinstance(image, bytes) else display_name(image))
         else:
             picture, image_hash, reference = load_image(image), None, None
         vector = self.encoder.embed(self.encoder.preprocess(picture)[None])[0]
         return ProductWrite(product_id, reference, image_hash, metadata, vector, thumbnail_jpeg(picture, self.settings.thumbnail_size))
 
     def upsert(self, product_id: str, image: ImageSource | None = None, metadata: dict[str, Any] | None = None) -> Product:
-        """Insert or update one product. A new product needs an image; ``metadata`` None keeps the stored metadata."""
-        product_id = str(product_id).strip()
-        if not product_id:
-            raise ValueError("product id must not be empty")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError("metadata must be a JSON object (a mapping of column to value)")
+        """Insert or update one product. A new product needs an image; ``metadata`` None keeps the stored metadata.
+
+        The id and metadata are validated before anything is read or written
+        (:mod:`lookalike.validation`): a refused product changes nothing."""
+        product_id = validate_id(product_id)
+        if metadata is not None:
+            metadata = validate_metadata(metadata, self.settings.metadata_limits())
         existing = self.store.get(product_id)
         if image is None and existing is None:
             raise ValueError(f"product {product_id!r} is new, so it needs an image")
@@ -348,6 +439,7 @@ class Engine:
         """Delete products; unknown ids are ignored. Returns how many were deleted."""
         with self._write_lock:
             rowids = self.store.delete(product_ids)
+            self._advance(self.store.last_write_generation)
             if rowids:
                 self.index.remove(np.array(rowids))
                 for rowid in rowids:
@@ -381,6 +473,7 @@ class Engine:
     def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
         """Products most similar to a photo, best first, among those matching every ``where`` clause."""
         _check_k(k)
+        self.sync()
         clauses = parse_where(where)
         self.columns.mask(clauses)  # reject a bad filter before spending time on the image
         encoder, index = self._serving
@@ -389,6 +482,7 @@ class Engine:
     def search_vector(self, vector: np.ndarray, k: int = 10, where: Iterable[str] | str | None = None, exclude: list[int] | None = None) -> list[Hit]:
         """Products nearest to an embedding (e.g. from :meth:`embed`), optionally excluding rowids."""
         _check_k(k)
+        self.sync()
         index = self.index
         if np.shape(vector) != (index.dim,):
             raise ValueError(f"expected a vector of {index.dim} numbers (the encoder {self.encoder.identity}), got shape {np.shape(vector)}")
@@ -397,12 +491,14 @@ class Engine:
     def similar(self, product_id: str, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
         """Products most similar to a catalogue product (the product itself excluded)."""
         _check_k(k)
+        self.sync()
         product = self.get(product_id)
         index = self.index
         return find(index, self.columns, self.store, index.vector(product.rowid), k, parse_where(where), [product.rowid])
 
     def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
         """A page of the catalogue (in ingest order) among products matching ``where``; returns (total, page)."""
+        self.sync()
         mask = self.columns.mask(parse_where(where))
         live = np.flatnonzero(self.index.live if mask is None else self.index.allowed_mask(mask))
         page = live[offset : offset + limit].tolist()
@@ -412,6 +508,7 @@ class Engine:
     def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
         """Filterable metadata columns with their values and counts (or numeric ranges), in the
         order of the ``facets`` setting when it names columns."""
+        self.sync()
         found = self.columns.facets(max_values)
         pinned = [c.strip() for c in self.settings.facets.split(",") if c.strip()]
         if not pinned:
@@ -420,9 +517,11 @@ class Engine:
         return [by_name[c] for c in pinned if c in by_name]
 
     def __len__(self) -> int:
+        self.sync()
         return self.index.count
 
     def stats(self) -> dict[str, Any]:
+        self.sync()
         return {
             "store": str(self.directory),
             "products": self.store.count(),
@@ -437,7 +536,13 @@ class Engine:
             "generation": self.store.generation,
             "columns": self.columns.names(),
             "store_bytes": self.store.size_bytes(),
+            "read_only": self.store.read_only,
+            "unreadable_rows": self.store.unreadable_rows,
         }
+
+    def ingest_running(self) -> bool:
+        """Whether an ingest or re-index holds this engine's job lock."""
+        return self._ingest_lock.locked()
 
     def ingest_status(self) -> dict[str, Any]:
         current = self.current_ingest
@@ -450,7 +555,10 @@ class Engine:
 
 
 def with_tag_columns(metadata: dict[str, Any], tags: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """The shop's metadata plus predicted tags as ``tag.<name>`` columns (kept apart from the shop's labels)."""
+    """The shop's metadata plus predicted tags as ``tag.<name>`` columns (kept apart from the shop's labels).
+    A stored key that spells a tag column (from before such keys were refused) is not one."""
+    if any(k.lower().startswith(TAG_PREFIX) for k in metadata):
+        metadata = {k: v for k, v in metadata.items() if not k.lower().startswith(TAG_PREFIX)}
     if not tags:
         return metadata
     return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in tags.items() if tag.get("value") is not None}}

@@ -42,15 +42,20 @@ def parse_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range is no usable bound or price
+            return None
+        return number if math.isfinite(number) else None
     if isinstance(value, str):
         text = value.strip()
         if not text or text.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
             return None
         try:
-            return float(text)
-        except ValueError:
+            number = float(text)
+        except (ValueError, OverflowError):
             return None
+        return number if math.isfinite(number) else None
     return None
 
 
@@ -117,11 +122,17 @@ class _Column:
 
 
 class MetadataColumns:
-    """Filterable copies of every product's metadata, indexed by rowid."""
+    """Filterable copies of every product's metadata, indexed by rowid.
 
-    def __init__(self) -> None:
+    Each column costs 12 bytes per product whether a product uses it or not, so the number of
+    columns is capped (``max_columns``): keys first seen after the cap are stored with the
+    product but are not filterable, and a filter on one says so."""
+
+    def __init__(self, max_columns: int = 128) -> None:
         self.capacity = 0
+        self.max_columns = max_columns
         self.columns: dict[str, _Column] = {}
+        self.unfiltered: set[str] = set()  # keys seen beyond the cap (bounded in size too)
 
     def _grow(self, needed: int) -> None:
         if needed <= self.capacity:
@@ -139,6 +150,10 @@ class MetadataColumns:
         for name, value in metadata.items():
             column = self.columns.get(name)
             if column is None:
+                if len(self.columns) >= self.max_columns:
+                    if len(self.unfiltered) < 1000:
+                        self.unfiltered.add(name)
+                    continue
                 column = self.columns[name] = _Column(self.capacity)
             column.set(rowid, value)
 
@@ -162,6 +177,9 @@ class MetadataColumns:
     def _clause_mask(self, clause: Clause) -> np.ndarray:
         column = self.columns.get(clause.column)
         if column is None:
+            if clause.column in self.unfiltered:
+                raise FilterError(f"column {clause.column!r} is not filterable: the catalogue has more than {self.max_columns} "
+                                  "metadata columns (raise max_filter_columns)")
             known = ", ".join(self.names()) or "none"
             raise FilterError(f"unknown filter column {clause.column!r}; the catalogue has: {known}")
         if clause.op in NUMERIC_OPS:

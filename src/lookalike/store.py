@@ -10,6 +10,8 @@ FAISS snapshot on disk are derived from this database and rebuilt or caught up f
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -72,8 +74,19 @@ CREATE TABLE IF NOT EXISTS tags (
 """
 
 
+log = logging.getLogger("lookalike.store")
+
+
 class StoreError(RuntimeError):
     """The store cannot be opened as asked (wrong encoder, newer schema, damaged file)."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or the database's size limit) is full; the write was rolled back whole."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """The store is on a read-only file system (or opened read-only): it can be searched, not changed."""
 
 
 @dataclass
@@ -111,23 +124,49 @@ class ProductStore:
 
     FILENAME = "catalogue.sqlite"
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, read_only: bool = False):
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / self.FILENAME
         self._lock = threading.RLock()
+        self.last_write_generation = 0  # the generation of this process's latest committed write
+        self.unreadable_rows = 0  # rows whose stored metadata or tags could not be parsed (served as empty)
+        self.read_only = read_only or _is_read_only(directory, self.path)
+        self._db = self._connect_read_only() if self.read_only else self._connect()
+        version = self.get_meta("schema_version")
+        if version is None and not self.read_only:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        elif version is not None and version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this lookalike reads version {SCHEMA_VERSION}")
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StoreError(f"the store {self.directory} is a file, not a store directory; name a directory (it is created if missing)")
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {self.directory}: {exc.strerror}") from exc
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable lookalike store: {exc}") from exc
-        version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema version {version}; this lookalike reads version {SCHEMA_VERSION}")
+        return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A store on a read-only mount: SQLite cannot create its WAL index there, so the file is
+        opened immutable (nobody can be writing it) and every write is refused with a clear error."""
+        if not self.path.is_file():
+            raise StoreError(f"no lookalike store at {self.directory} (and it is read-only, so none can be created)")
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False,
+                                 isolation_level=None)
+            db.execute("SELECT COUNT(*) FROM meta").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable lookalike store: {exc}") from exc
+        log.warning("store %s is read-only: searching works, writes are refused", self.directory)
+        return db
 
     def close(self) -> None:
         with self._lock:
@@ -140,6 +179,7 @@ class ProductStore:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
+        self._check_writable()
         with self._lock:
             self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
@@ -161,6 +201,10 @@ class ProductStore:
                 )
 
     # ---- writes ---------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(f"the store at {self.directory} is read-only; it can be searched but not changed")
+
     def _next_generation(self) -> int:
         gen = self.generation + 1
         self._db.execute("INSERT INTO meta(key, value) VALUES ('generation', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(gen),))
@@ -171,14 +215,23 @@ class ProductStore:
         """One atomic write: all of it is committed with a new generation number, or none of it.
         ``new_generation=False`` for writes that change no product (staged re-index vectors):
         the index need not catch up on them."""
+        self._check_writable()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._next_generation() if new_generation else self.generation
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    gen = self._next_generation() if new_generation else self.generation
+                    yield gen
+                    self._db.execute("COMMIT")
+                    self.last_write_generation = gen
+                except BaseException:
+                    # SQLite rolls back by itself after some errors (disk full); a second
+                    # ROLLBACK would then raise and hide the real cause.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise _storage_error(exc, self.directory) from exc
 
     def write(self, items: list[ProductWrite], encoder: str | None = None) -> list[int]:
         """Insert or update products in one transaction; returns their rowids in order.
@@ -233,9 +286,22 @@ class ProductStore:
         return removed
 
     # ---- reads ----------------------------------------------------------------------------------
-    @staticmethod
-    def _product(row: tuple) -> Product:
-        return Product(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], json.loads(row[6]) if row[6] else {})
+    def _product(self, row: tuple) -> Product:
+        return Product(row[0], row[1], row[2], row[3], self.parse_json(row[4], row[1]), row[5], self.parse_json(row[6], row[1]) if row[6] else {})
+
+    def parse_json(self, text: str, item: Any = None) -> dict[str, Any]:
+        """A stored JSON object, or {} when it cannot be parsed (a value written by an older or
+        foreign writer must never make the store unreadable); such rows are counted and logged."""
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            self.unreadable_rows += 1
+            log.warning("product %r: stored JSON is unreadable (%s); served as empty", item, type(exc).__name__)
+            return {}
+        if not isinstance(value, dict):
+            self.unreadable_rows += 1
+            return {}
+        return value
 
     _COLUMNS = "products.rowid, id, image, image_hash, metadata, products.updated_at, tags.tags"
     _FROM = "products LEFT JOIN tags ON tags.rowid = products.rowid"
@@ -271,18 +337,24 @@ class ProductStore:
         if not entries:
             return 0
         now, written = time.time(), 0
-        with self._write_transaction():
+        with self._write_transaction() as gen:
             for rowid, tags in entries:
                 if self._db.execute("SELECT 1 FROM products WHERE rowid = ?", (int(rowid),)).fetchone() is None:
                     continue
                 self._db.execute("INSERT OR REPLACE INTO tags(rowid, tags, tagger, updated_at) VALUES (?, ?, ?, ?)",
                                  (int(rowid), canonical_json(tags), tagger, now))
+                # Another process serving this store catches up on rows whose gen moved.
+                self._db.execute("UPDATE products SET gen = ? WHERE rowid = ?", (gen, int(rowid)))
                 written += 1
         return written
 
     def all_tags(self) -> dict[int, dict[str, dict[str, Any]]]:
         with self._lock:
-            return {row[0]: json.loads(row[1]) for row in self._db.execute("SELECT rowid, tags FROM tags")}
+            return {row[0]: self.parse_json(row[1], row[0]) for row in self._db.execute("SELECT rowid, tags FROM tags")}
+
+    def tags_for(self, rowids: list[int]) -> dict[int, dict[str, dict[str, Any]]]:
+        rows = self._select_in("SELECT rowid, tags FROM tags WHERE rowid IN ({marks})", [int(r) for r in rowids])
+        return {r[0]: self.parse_json(r[1], r[0]) for r in rows}
 
     def untagged_rowids(self) -> list[int]:
         with self._lock:
@@ -319,7 +391,7 @@ class ProductStore:
             last = rows[-1][0]
             rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-            yield rowids, vectors, [json.loads(r[2]) for r in rows]
+            yield rowids, vectors, [self.parse_json(r[2], r[0]) for r in rows]
 
     def tombstones_since(self, gen: int) -> np.ndarray:
         with self._lock:
@@ -330,6 +402,12 @@ class ProductStore:
         with self._lock:
             rows = self._db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} ORDER BY products.rowid LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [self._product(r) for r in rows]
+
+    def interrupt_running(self) -> None:
+        """Mark runs left 'running' as interrupted (a process shutting down mid-ingest)."""
+        if not self.read_only:
+            with self._lock:
+                self._db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'", (time.time(),))
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.glob(self.FILENAME + "*") if p.is_file())
@@ -383,6 +461,7 @@ class ProductStore:
 
     # ---- ingest runs ------------------------------------------------------------------------------
     def start_run(self, source: str) -> int:
+        self._check_writable()
         with self._lock:
             # A run left "running" by a killed process is recorded as interrupted.
             self._db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
@@ -422,3 +501,25 @@ class ProductStore:
                 return []
             rows = self._db.execute("SELECT item, source, kind, reason FROM skipped WHERE run_id = ? LIMIT ?", (run_id, limit)).fetchall()
         return [{"item": r[0], "source": r[1], "kind": r[2], "reason": r[3]} for r in rows]
+
+
+def _is_read_only(directory: Path, path: Path) -> bool:
+    """True when the store exists but cannot be written (a read-only mount or permissions)."""
+    if not path.is_file():
+        return False
+    if os.access(directory, os.W_OK) and os.access(path, os.W_OK):
+        return False
+    return True
+
+
+def _storage_error(exc: sqlite3.OperationalError, directory: Path) -> StoreError:
+    """Say what a failed write means for the user: a full disk, a read-only store, or a busy one."""
+    text = str(exc).lower()
+    if "full" in text:
+        return StoreFullError(f"disk full: the store at {directory} could not be written; nothing of this write was kept "
+                              "(free space, then retry)")
+    if "readonly" in text or "read-only" in text:
+        return ReadOnlyStoreError(f"the store at {directory} is read-only; it can be searched but not changed")
+    if "locked" in text or "busy" in text:
+        return StoreError(f"the store at {directory} is busy (another process holds the write lock); retry")
+    return StoreError(f"the store at {directory} could not be written: {exc}")

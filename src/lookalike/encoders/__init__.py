@@ -31,8 +31,9 @@ def available_encoders() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_encoder(name: str, settings: Settings | None = None) -> Encoder:
-    """A pretrained encoder by name, or a fine-tuned model (a name in the store's models folder, or a path)."""
+def get_encoder(name: str, settings: Settings | None = None, allow_paths: bool = True) -> Encoder:
+    """A pretrained encoder by name, or a fine-tuned model (a name in the store's models folder, or,
+    unless ``allow_paths`` is False as for remote requests, a folder path)."""
     settings = settings or Settings()
     if name in _FACTORIES:
         return _FACTORIES[name](settings)
@@ -40,7 +41,7 @@ def get_encoder(name: str, settings: Settings | None = None) -> Encoder:
 
     from ..training.models import ModelError, load_model, resolve_model_path
 
-    path = resolve_model_path(name, Path(settings.store).expanduser())
+    path = resolve_model_path(name, Path(settings.store).expanduser(), allow_paths)
     if path is None:
         raise EncoderError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}, or a model trained with 'lookalike train embedding'")
     try:

@@ -161,11 +161,16 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
     return target
 
 
-def resolve_model_path(name_or_path: str, store_dir: Path | None) -> Path | None:
-    """A model folder from a path or a model name in the store; None when neither exists."""
-    candidate = Path(name_or_path).expanduser()
-    if (candidate / "model.json").is_file():
-        return candidate
+def resolve_model_path(name_or_path: str, store_dir: Path | None, allow_paths: bool = True) -> Path | None:
+    """A model folder from a path or a model name in the store; None when neither exists.
+    ``allow_paths`` False (a remote client's request): names in the store only."""
+    if allow_paths:
+        try:
+            candidate = Path(name_or_path).expanduser()
+            if (candidate / "model.json").is_file():
+                return candidate
+        except (OSError, RuntimeError, ValueError):  # too long, no home directory, NUL byte: not a path
+            pass
     if store_dir is not None and _NAME.match(name_or_path) and (models_dir(store_dir) / name_or_path / "model.json").is_file():
         return models_dir(store_dir) / name_or_path
     return None

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from ..api_errors import IMAGE_STATUS, read_upload
 from ..engine import Engine, NotFoundError
 from ..filters import FilterError
 from ..images import ImageError
 from ..search import Hit
-from ..server import IMAGE_STATUS, read_upload
+from ..security.http import SESSION_COOKIE, AccessPolicy, AuthError
+from ..validation import InvalidProductError
 
 HERE = Path(__file__).parent
 KEY_COLUMNS = ("article_type", "category", "base_colour", "colour", "color", "brand", "gender", "price")
@@ -61,11 +63,65 @@ def tag_chips(tags: dict[str, dict[str, Any]] | None, limit: int | None = None) 
     return chips[:limit] if limit else chips
 
 
-def mount_web(app, engine: Engine) -> None:
+class LoginRequired(Exception):
+    """A page needs a key the browser has not given: show the sign-in form."""
+
+    def __init__(self, target: str, reason: str):
+        super().__init__(reason)
+        self.target, self.reason = target, reason
+
+
+def _page_access(policy: AccessPolicy, scope: str) -> Any:
+    def dependency(request: Request) -> None:
+        try:
+            policy.authorize(request.cookies.get(SESSION_COOKIE), scope)
+        except AuthError as exc:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise LoginRequired(target, str(exc)) from exc
+
+    return Depends(dependency)
+
+
+def _local_target(target: str) -> str:
+    """Only same-site paths are followed after sign-in (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
+def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
     """Add the pages and their static files to the API app."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["max_bytes"] = engine.settings.max_image_bytes
+    reader, administrator = _page_access(policy, "read"), _page_access(policy, "admin")
     router = APIRouter(include_in_schema=False)
+
+    async def login_required(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        if request.url.path.startswith("/ui/"):  # a fragment fetched by app.js: say it, do not redirect
+            return templates.TemplateResponse(request, "_error.html", {"message": "Sign in first.", "products": 0}, status_code=401)
+        return RedirectResponse(f"/login?next={quote(exc.target, safe='')}", status_code=303)
+
+    app.add_exception_handler(LoginRequired, login_required)
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page(request: Request, next_: str = Query("/", alias="next", max_length=2000)) -> HTMLResponse:
+        reason = "This page needs an API key." if policy.keys_configured() else "No API keys are configured on this server yet."
+        return templates.TemplateResponse(request, "login.html", {"next": _local_target(next_), "reason": reason, "products": 0})
+
+    @router.post("/login", response_class=HTMLResponse)
+    def login(request: Request, key: str = Form(..., max_length=200), next_: str = Form("/", alias="next", max_length=2000)) -> Response:
+        if policy.keys.verify(key) is None:
+            return templates.TemplateResponse(request, "login.html", {"next": _local_target(next_), "reason": "Sign in with an API key.",
+                                                                      "error": "That key is unknown or revoked.", "products": 0}, status_code=401)
+        response = RedirectResponse(_local_target(next_), status_code=303)
+        response.set_cookie(SESSION_COOKIE, key, max_age=8 * 3600, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+
+    @router.get("/logout")
+    def logout() -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"products": len(engine), **context}, status_code=status_code)
@@ -77,11 +133,11 @@ def mount_web(app, engine: Engine) -> None:
     def error(request: Request, message: str, status: int) -> HTMLResponse:
         return page(request, "_error.html", status_code=status, message=message)
 
-    @router.get("/", response_class=HTMLResponse)
+    @router.get("/", response_class=HTMLResponse, dependencies=[reader])
     def search_page(request: Request) -> HTMLResponse:
         return page(request, "search.html", facets=engine.facets())
 
-    @router.post("/ui/search", response_class=HTMLResponse)
+    @router.post("/ui/search", response_class=HTMLResponse, dependencies=[reader])
     async def ui_search(request: Request, image: UploadFile = File(...), k: int = Query(24, ge=1, le=200), where: list[str] = Query([])) -> HTMLResponse:
         started = time.perf_counter()
         if len(engine) == 0:
@@ -99,7 +155,7 @@ def mount_web(app, engine: Engine) -> None:
             return error(request, str(exc), 422)
         return results(request, hits, started, "Results")
 
-    @router.get("/ui/similar/{product_id:path}", response_class=HTMLResponse)
+    @router.get("/ui/similar/{product_id:path}", response_class=HTMLResponse, dependencies=[reader])
     def ui_similar(request: Request, product_id: str, k: int = Query(24, ge=1, le=200), where: list[str] = Query([])) -> HTMLResponse:
         started = time.perf_counter()
         try:
@@ -111,7 +167,7 @@ def mount_web(app, engine: Engine) -> None:
             return error(request, str(exc), 422)
         return results(request, hits, started, f"More like “{title}”")
 
-    @router.get("/product/{product_id:path}", response_class=HTMLResponse)
+    @router.get("/product/{product_id:path}", response_class=HTMLResponse, dependencies=[reader])
     def product_page(request: Request, product_id: str, exclude: Optional[str] = Query(None, description="hide similar items sharing this column's value")) -> HTMLResponse:
         try:
             product = engine.get(product_id)
@@ -126,8 +182,8 @@ def mount_web(app, engine: Engine) -> None:
                     tags=tag_chips(product.tags),
                     similar=similar, exclude=exclude, exclude_columns=columns, source=product.image)
 
-    @router.get("/browse", response_class=HTMLResponse)
-    def browse_page(request: Request, page_number: int = Query(1, ge=1, alias="page"), where: list[str] = Query([]), fragment: bool = False) -> HTMLResponse:
+    @router.get("/browse", response_class=HTMLResponse, dependencies=[reader])
+    def browse_page(request: Request, page_number: int = Query(1, ge=1, le=1_000_000, alias="page"), where: list[str] = Query([]), fragment: bool = False) -> HTMLResponse:
         per_page = 48
         try:
             total, products = engine.browse(where, (page_number - 1) * per_page, per_page)
@@ -139,11 +195,11 @@ def mount_web(app, engine: Engine) -> None:
             return page(request, "_grid.html", **context)
         return page(request, "browse.html", facets=engine.facets(), **context)
 
-    @router.get("/admin", response_class=HTMLResponse)
+    @router.get("/admin", response_class=HTMLResponse, dependencies=[administrator])
     def admin_page(request: Request) -> HTMLResponse:
         return page(request, "admin.html", **_admin_status(engine))
 
-    @router.get("/ui/admin/status", response_class=HTMLResponse)
+    @router.get("/ui/admin/status", response_class=HTMLResponse, dependencies=[administrator])
     def admin_status(request: Request) -> HTMLResponse:
         return page(request, "_status.html", **_admin_status(engine))
 

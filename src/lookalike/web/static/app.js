@@ -168,6 +168,11 @@
     onFacetsChange(() => load(1));
   }
 
+  // ---- selects that submit their form when changed (no inline handlers: the CSP forbids them) ------
+  document.querySelectorAll("select[data-autosubmit]").forEach((select) => {
+    select.addEventListener("change", () => select.form.submit());
+  });
+
   // ---- admin: refresh ingest status while something runs -----------------------------------------
   const status = $("#ingest-status");
   if (status) {
