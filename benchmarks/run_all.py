@@ -14,6 +14,7 @@ RUNS = [
     ["vector_search.py", "--n", "1000000"],
     ["http_search.py", "--products", "100000", "--clients", "4"],
     ["learned_codes.py"],
+    ["attack_resources.py"],
 ]
 
 if __name__ == "__main__":

@@ -338,3 +338,23 @@ def test_out_of_range_numbers_and_openapi_errors(server):
     assert {"400", "401", "403", "413", "415", "422"} <= set(put["responses"])
     assert "ErrorOut" in json.dumps(put["responses"]["413"])
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+def test_an_unexpected_error_is_a_json_500_with_an_incident_id():
+    """The last-resort answer: no traceback, no address, and the connection is not reset."""
+    import asyncio
+
+    from lookalike.security.http import HttpGuard
+
+    async def broken_app(scope, receive, send):
+        raise RuntimeError("secret detail at 0x7f00deadbeef")
+
+    async def call() -> httpx.Response:
+        guard = HttpGuard(broken_app, allowed_hosts=None, body_limit=1000)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://test") as client:
+            return await client.get("/anything")
+
+    response = asyncio.run(call())
+    assert response.status_code == 500 and response.json()["error"] == "internal"
+    assert "secret" not in response.text and "logged as" in response.json()["detail"]
+    assert response.headers.get("connection") != "close" and response.headers["x-content-type-options"] == "nosniff"

@@ -10,7 +10,6 @@ Everything the CLI and the HTTP server do goes through these methods.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -69,6 +68,7 @@ class Engine:
                                      slot_wait=0.5)
         set_decode_budget(settings.max_decode_pixels)
         self.closing = threading.Event()  # set by close(): a running ingest stops after its last batch
+        self._closed = False
         threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
         # The serving encoder and its index change together (re-index), so they are one attribute:
         # a query reads both at once and never embeds with one model and searches another's vectors.
@@ -219,8 +219,6 @@ class Engine:
             self.downloader.close()
             self.store.close()
             self._closed = True
-
-    _closed = False
 
     def __enter__(self) -> "Engine":
         return self
@@ -381,7 +379,7 @@ class Engine:
 
     def tag_image(self, image: ImageSource, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
         """Tags for an uploaded photo (and optional title), without storing anything."""
-        picture = load_image(image, self.limits, draft_size=self.encoder.input_size)
+        picture = load_image(image, self.limits, draft_size=self.encoder.input_size, downloader=self.downloader)
         return self._predictor().predict_picture(picture, self.embed(picture), text, threshold)
 
     def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int:
@@ -467,7 +465,7 @@ class Engine:
     def embed(self, image: ImageSource, encoder: Encoder | None = None) -> np.ndarray:
         """The unit vector of one image (path, URL, bytes or PIL image)."""
         encoder = encoder or self.encoder
-        picture = load_image(image, self.limits, draft_size=encoder.input_size)
+        picture = load_image(image, self.limits, draft_size=encoder.input_size, downloader=self.downloader)
         return encoder.embed(encoder.preprocess(picture)[None])[0]
 
     def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:

@@ -24,7 +24,6 @@ from ..filters import FilterError
 from ..images import ImageError
 from ..search import Hit
 from ..security.http import SESSION_COOKIE, AccessPolicy, AuthError
-from ..validation import InvalidProductError
 
 HERE = Path(__file__).parent
 KEY_COLUMNS = ("article_type", "category", "base_colour", "colour", "color", "brand", "gender", "price")
