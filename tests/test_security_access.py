@@ -97,6 +97,7 @@ def test_without_keys_reads_are_open_on_loopback_and_writes_refused(store_copy):
     srv = Server(store_copy, key_scope=None, public_read=False)
     try:
         assert httpx.get(srv.url + "/products/878ff7a3").status_code == 200
+        assert httpx.get(srv.url + "/stats").status_code == 200 and httpx.get(srv.url + "/admin").status_code == 200
         r = httpx.put(srv.url + "/products/878ff7a3", data={"metadata": "{}"})
         assert r.status_code == 401 and "lookalike keys create" in r.json()["detail"]
         assert httpx.post(srv.url + "/ingest", json={"source": "/etc"}).status_code == 401

@@ -209,6 +209,22 @@ def _scaled_to_8_bits(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
+def _shrink_for_use(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """With ``draft_size`` (the caller needs a model input and a thumbnail, nothing bigger), a
+    very large image is box-reduced while it is still inside the decode budget: a 40-megapixel
+    PNG then leaves the budget as ~3 MB instead of 120 MB, so the budget bounds memory for
+    real.  JPEGs get the same effect earlier from draft mode."""
+    if not draft_size:
+        return image
+    limit = max(1024, 4 * draft_size)
+    factor = max(image.size) // limit
+    if factor < 2:
+        return image
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):
+        image = _to_rgb(image)  # palette, 16/32-bit and float data: to 8-bit first (reduce takes 8-bit modes)
+    return image.reduce(factor)
+
+
 def _looks_truncated_jpeg(image: Image.Image, bytes_per_pixel: float) -> bool:
     """A JPEG whose header promises far more pixels than its data holds decodes without error:
     libjpeg fills the missing blocks with flat mid-grey.  Real photos are never that sparse (under
@@ -223,7 +239,8 @@ def _looks_truncated_jpeg(image: Image.Image, bytes_per_pixel: float) -> bool:
 def decode(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int | None = None, name: str = "image") -> Image.Image:
     """Decode bytes to an upright RGB image, refusing empty, corrupt, unsupported and oversized input.
 
-    ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding, which is
+    ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding (and very
+    large images of other formats be reduced right after), which is
     several times faster than decoding full size and resizing afterwards.
     """
     if not data:
@@ -247,6 +264,7 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int | N
                 if image.format == "JPEG" and _looks_truncated_jpeg(image, len(data) / (width * height)):
                     raise ImageError("corrupt", f"{name} is a truncated JPEG file (its header promises {width}x{height} pixels "
                                                 "but it holds far less image data)")
+                image = _shrink_for_use(image, draft_size)
                 image = ImageOps.exif_transpose(image) or image
                 return _to_rgb(image)
     except ImageError:

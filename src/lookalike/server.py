@@ -128,12 +128,13 @@ def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool =
                        body_limit=limit + 1024 * 1024, large_body_paths={"/ingest/upload": settings.max_catalogue_bytes + 1024 * 1024})
     jobs = _Jobs(engine)
     read, write, admin = (_requires(policy, scope) for scope in ("read", "write", "admin"))
+    admin_view = _requires(policy, "admin", view=True)  # reports and status: change nothing
 
     @app.get("/health", tags=["service"], summary="Liveness (no key needed)")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "products": await run_in_threadpool(len, engine), "version": __version__}
 
-    @app.get("/stats", tags=["service"], dependencies=[Depends(admin)])
+    @app.get("/stats", tags=["service"], dependencies=[Depends(admin_view)])
     def stats() -> dict[str, Any]:
         return engine.stats()
 
@@ -168,7 +169,7 @@ def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool =
         columns = {name: {k: v for k, v in col.items() if k != "review"} for name, col in taggers.report.get("columns", {}).items()}
         return {**taggers.summary(), "columns_report": columns}
 
-    @app.get("/tags/review", tags=["tagging"], summary="Products whose label the taggers confidently disagree with", dependencies=[Depends(admin)])
+    @app.get("/tags/review", tags=["tagging"], summary="Products whose label the taggers confidently disagree with", dependencies=[Depends(admin_view)])
     def tags_review(column: Optional[str] = Query(None, max_length=200), limit_: int = Query(100, ge=1, le=100_000, alias="limit")) -> Any:
         taggers = engine.taggers
         if taggers is None:
@@ -270,15 +271,15 @@ def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool =
         """Search keeps answering from the current index until the new one is complete."""
         return jobs.start_reindex(body.model)
 
-    @app.get("/reindex/status", tags=["models"], dependencies=[Depends(admin)])
+    @app.get("/reindex/status", tags=["models"], dependencies=[Depends(admin_view)])
     def reindex_status() -> dict[str, Any]:
         return {**jobs.reindex_state, "serving": engine.encoder.identity}
 
-    @app.get("/ingest/status", tags=["ingest"], dependencies=[Depends(admin)])
+    @app.get("/ingest/status", tags=["ingest"], dependencies=[Depends(admin_view)])
     def ingest_status() -> dict[str, Any]:
         return engine.ingest_status()
 
-    @app.get("/ingest/skipped", tags=["ingest"], summary="Items skipped by an ingest run and why", dependencies=[Depends(admin)])
+    @app.get("/ingest/skipped", tags=["ingest"], summary="Items skipped by an ingest run and why", dependencies=[Depends(admin_view)])
     def ingest_skipped(run_id: Optional[int] = Query(None, ge=1, le=MAX_RUN_ID),
                        limit_: int = Query(1000, ge=1, le=100_000, alias="limit")) -> dict[str, Any]:
         return {"run_id": run_id, "skipped": engine.store.skipped(run_id, limit_)}
@@ -302,9 +303,9 @@ def request_token(request: Request, credentials: HTTPAuthorizationCredentials | 
     return None
 
 
-def _requires(policy: AccessPolicy, scope: str) -> Callable[..., ApiKey | None]:
+def _requires(policy: AccessPolicy, scope: str, view: bool = False) -> Callable[..., ApiKey | None]:
     def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> ApiKey | None:
-        return policy.authorize(request_token(request, credentials, scope), scope)
+        return policy.authorize(request_token(request, credentials, scope), scope, view)
 
     dependency.__name__ = f"requires_{scope}"
     return dependency

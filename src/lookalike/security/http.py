@@ -56,8 +56,8 @@ class AccessPolicy:
     * Keys configured: writes need a key of scope ``write`` (products) or ``admin`` (ingest,
       re-index, tagging and training jobs, run reports); reads need a ``read`` key unless
       ``public_read``.
-    * No key configured (allowed only on loopback, see :func:`check_bind`): reads are open and
-      every write is refused with a message saying how to create a key.
+    * No key configured (allowed only on loopback, see :func:`check_bind`): reads and admin views
+      are open and every write is refused with a message saying how to create a key.
     """
 
     keys: KeyRing
@@ -72,14 +72,18 @@ class AccessPolicy:
             self._cache = (now, self.keys.has_keys())
         return self._cache[1]
 
-    def authorize(self, token: str | None, scope: str) -> ApiKey | None:
-        """The key that authorises ``scope``, None for an allowed anonymous read, or AuthError."""
+    def authorize(self, token: str | None, scope: str, view: bool = False) -> ApiKey | None:
+        """The key that authorises ``scope``, None for an allowed anonymous read, or AuthError.
+        ``view``: an admin page or report that changes nothing; open like reads while no key
+        exists (loopback only), so a local demo can show its admin page."""
         if scope not in SCOPES:
             raise ValueError(scope)
         key = self.keys.verify(token) if token else None
         if token and key is None:
             raise AuthError(401, "the API key is unknown or revoked")
-        if scope == "read" and key is None and (self.public_read or not self.keys_configured()):
+        if key is None and scope == "read" and self.public_read:
+            return None
+        if key is None and (scope == "read" or view) and not self.keys_configured():
             return None
         if key is None:
             if not self.keys_configured():

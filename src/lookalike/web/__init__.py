@@ -73,7 +73,7 @@ class LoginRequired(Exception):
 def _page_access(policy: AccessPolicy, scope: str) -> Any:
     def dependency(request: Request) -> None:
         try:
-            policy.authorize(request.cookies.get(SESSION_COOKIE), scope)
+            policy.authorize(request.cookies.get(SESSION_COOKIE), scope, view=True)  # pages change nothing
         except AuthError as exc:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             raise LoginRequired(target, str(exc)) from exc
