@@ -204,3 +204,45 @@ def test_concurrent_decodes_share_a_pixel_budget():
     assert peak[0] == 1 and budget.free == 100
     with budget.take(10_000):  # larger than the whole budget: takes all of it, does not deadlock
         assert budget.free == 0
+
+
+def _can_bind_mount_read_only(tmp_path) -> bool:
+    import shutil as sh
+
+    if sh.which("unshare") is None:
+        return False
+    (tmp_path / "probe-src").mkdir()
+    (tmp_path / "probe-dst").mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {tmp_path / 'probe-src'} {tmp_path / 'probe-dst'} && "
+                            f"mount -o remount,ro,bind {tmp_path / 'probe-dst'} && ! touch {tmp_path / 'probe-dst' / 'x'}"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def test_a_store_on_a_real_read_only_mount_with_writes_still_in_its_wal(demo_store, tmp_path):
+    """A copy taken while a writer had it open (the last delete only in the write-ahead log),
+    mounted read-only: it opens, shows that delete, searches, and refuses writes with a message."""
+    if not _can_bind_mount_read_only(tmp_path):
+        pytest.skip("needs `unshare -m` and bind mounts (root in a private mount namespace)")
+    import shutil as sh
+
+    live = tmp_path / "live"
+    sh.copytree(demo_store, live)
+    writer = sqlite3.connect(live / "catalogue.sqlite")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("DELETE FROM products WHERE id = '878ff7a3'")
+    writer.commit()
+    source, mount = tmp_path / "source", tmp_path / "mount"
+    mount.mkdir()
+    sh.copytree(live, source / "store")  # while the writer is still open: the WAL is not checkpointed
+    writer.close()
+    assert (source / "store" / "catalogue.sqlite-wal").stat().st_size > 0
+    lookalike = f"{sys.executable} -m lookalike.cli --store {mount / 'store'}"
+    script = (f"mount --bind -o ro {source} {mount} && mount -o remount,ro,bind {mount} && "
+              f"{lookalike} info --json && {lookalike} search {IMAGES / '0b0457d9.jpg'} -k 1 --json && "
+              f"! {lookalike} get 878ff7a3 && ! {lookalike} delete 0b0457d9")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"products": 304' in result.stdout and '"read_only": true' in result.stdout
+    assert '"id": "0b0457d9"' in result.stdout
+    assert "no product with id '878ff7a3'" in result.stderr and "is read-only; it can be searched but not changed" in result.stderr

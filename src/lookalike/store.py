@@ -159,12 +159,24 @@ class ProductStore:
         opened immutable (nobody can be writing it) and every write is refused with a clear error."""
         if not self.path.is_file():
             raise StoreError(f"no lookalike store at {self.directory} (and it is read-only, so none can be created)")
-        try:
-            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False,
-                                 isolation_level=None)
-            db.execute("SELECT COUNT(*) FROM meta").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable lookalike store: {exc}") from exc
+        uri = self.path.resolve().as_uri()
+        wal = self.path.with_name(self.path.name + "-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0
+        # Writes still in the WAL (a copy taken while a writer was open) are only seen by a
+        # non-immutable open, which SQLite allows read-only when the -shm file is there.
+        attempts = ([f"{uri}?mode=ro"] if pending else []) + [f"{uri}?mode=ro&immutable=1"]
+        for attempt in attempts:
+            try:
+                db = sqlite3.connect(attempt, uri=True, check_same_thread=False, isolation_level=None)
+                db.execute("SELECT COUNT(*) FROM meta").fetchone()
+                break
+            except sqlite3.DatabaseError as exc:
+                error = exc
+        else:
+            raise StoreError(f"{self.path} is not a usable lookalike store: {error}")
+        if pending and attempt.endswith("immutable=1"):
+            log.warning("store %s: its write-ahead log cannot be read on this read-only mount; the latest writes may be missing "
+                        "(checkpoint the store before mounting it read-only)", self.directory)
         log.warning("store %s is read-only: searching works, writes are refused", self.directory)
         return db
 
