@@ -246,3 +246,16 @@ def test_a_store_on_a_real_read_only_mount_with_writes_still_in_its_wal(demo_sto
     assert '"products": 304' in result.stdout and '"read_only": true' in result.stdout
     assert '"id": "0b0457d9"' in result.stdout
     assert "no product with id '878ff7a3'" in result.stderr and "is read-only; it can be searched but not changed" in result.stderr
+
+
+def test_large_images_are_shrunk_for_use_and_keep_their_orientation():
+    """Decoding for the model (draft_size) box-reduces very large images inside the decode budget,
+    after turning them upright by their EXIF orientation."""
+    image = Image.new("RGB", (6000, 2000), (200, 30, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise when shown
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", exif=exif.tobytes())
+    decoded = decode(buffer.getvalue(), draft_size=224)
+    assert decoded.size == (400, 1200) and decoded.getpixel((10, 10)) == (200, 30, 30)
+    assert decode(buffer.getvalue()).size == (2000, 6000)  # without draft_size: full size

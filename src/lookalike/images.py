@@ -264,9 +264,8 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits(), draft_size: int | N
                 if image.format == "JPEG" and _looks_truncated_jpeg(image, len(data) / (width * height)):
                     raise ImageError("corrupt", f"{name} is a truncated JPEG file (its header promises {width}x{height} pixels "
                                                 "but it holds far less image data)")
-                image = _shrink_for_use(image, draft_size)
-                image = ImageOps.exif_transpose(image) or image
-                return _to_rgb(image)
+                upright: Image.Image = ImageOps.exif_transpose(image) or image  # before shrinking: reduce() drops EXIF
+                return _to_rgb(_shrink_for_use(upright, draft_size))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -137,7 +137,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         return page(request, "search.html", facets=engine.facets())
 
     @router.post("/ui/search", response_class=HTMLResponse, dependencies=[reader])
-    async def ui_search(request: Request, image: UploadFile = File(...), k: int = Query(24, ge=1, le=200), where: list[str] = Query([])) -> HTMLResponse:
+    async def ui_search(request: Request, image: UploadFile = File(...), k: int = Query(24, ge=1, le=200), where: list[str] = Query([], max_length=50)) -> HTMLResponse:
         started = time.perf_counter()
         if len(engine) == 0:
             return error(request, "The catalogue is empty: ingest products first (lookalike ingest products.csv).", 409)
@@ -155,7 +155,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         return results(request, hits, started, "Results")
 
     @router.get("/ui/similar/{product_id:path}", response_class=HTMLResponse, dependencies=[reader])
-    def ui_similar(request: Request, product_id: str, k: int = Query(24, ge=1, le=200), where: list[str] = Query([])) -> HTMLResponse:
+    def ui_similar(request: Request, product_id: str, k: int = Query(24, ge=1, le=200), where: list[str] = Query([], max_length=50)) -> HTMLResponse:
         started = time.perf_counter()
         try:
             hits = engine.similar(product_id, k=k, where=where)
@@ -182,7 +182,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
                     similar=similar, exclude=exclude, exclude_columns=columns, source=product.image)
 
     @router.get("/browse", response_class=HTMLResponse, dependencies=[reader])
-    def browse_page(request: Request, page_number: int = Query(1, ge=1, le=1_000_000, alias="page"), where: list[str] = Query([]), fragment: bool = False) -> HTMLResponse:
+    def browse_page(request: Request, page_number: int = Query(1, ge=1, le=1_000_000, alias="page"), where: list[str] = Query([], max_length=50), fragment: bool = False) -> HTMLResponse:
         per_page = 48
         try:
             total, products = engine.browse(where, (page_number - 1) * per_page, per_page)
