@@ -11,9 +11,9 @@
   skips everything already committed.
 
 The executor is the seam for scale-out: anything with ``map(fn, items)`` that yields
-every result (in any order) can replace :class:`ThreadExecutor` (a process pool, Ray,
-Spark...).  Results come back as they complete, and URL rows load on their own threads, so
-a slow image host never holds back rows whose photos are on disk.
+every result can replace :class:`ThreadExecutor` (a process pool, Ray, Spark...).  URL rows
+load on their own threads and in their own order, so a slow image host never holds back rows
+whose photos are on disk; local rows keep the catalogue's order.
 """
 
 from __future__ import annotations
@@ -47,16 +47,17 @@ R = TypeVar("R")
 
 
 class Executor(Protocol):
-    """Runs a function over items, yielding every result (in any order); it may also yield None
-    while nothing is ready, so the consumer can commit a partial batch instead of waiting."""
+    """Runs a function over items, yielding every result; it may also yield None while nothing is
+    ready, so the consumer can commit a partial batch instead of waiting."""
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R | None]: ...
 
 
 class ThreadExecutor:
-    """Thread pools that yield results as they complete, with at most ``window`` items in flight
-    per lane.  ``lane(item)`` picks a lane: items of the ``"remote"`` lane (image URLs) run on
-    their own ``remote_workers`` threads, so waiting on the network never blocks local work."""
+    """Thread pools with one lane per kind of item: ``lane(item)`` picks it, and items of the
+    ``"remote"`` lane (image URLs) run on their own ``remote_workers`` threads.  Each lane yields
+    its results in input order (so ingest order, and the rowids it gives, stay reproducible), but
+    the lanes do not wait for each other: a slow image host holds back only other URL rows."""
 
     REMOTE_BACKLOG = 10_000  # queued URL rows hold no pixels, so many may wait while local rows flow
     HEARTBEAT = 0.5  # seconds without a result before yielding None
@@ -70,12 +71,13 @@ class ThreadExecutor:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="lookalike-load") as local, \
                 ThreadPoolExecutor(self.remote_workers, thread_name_prefix="lookalike-fetch") as remote:
             pools = {"local": local, "remote": remote}
-            running: dict[str, set[Future]] = {"local": set(), "remote": set()}
+            in_flight = {"local": self.window, "remote": 2 * self.remote_workers}
+            running: dict[str, deque[Future]] = {"local": deque(), "remote": deque()}
             waiting: dict[str, deque[T]] = {"local": deque(), "remote": deque()}
             source = iter(items)
             exhausted = False
             while True:
-                # Read ahead until a lane's window is full (URL rows queue without holding pixels).
+                # Read ahead until the local lane is full (URL rows queue without holding pixels).
                 while not exhausted and len(running["local"]) + len(waiting["local"]) < self.window \
                         and len(running["remote"]) + len(waiting["remote"]) < self.REMOTE_BACKLOG:
                     try:
@@ -83,23 +85,22 @@ class ThreadExecutor:
                     except StopIteration:
                         exhausted = True
                         break
-                    waiting[self.lane(item) if self.lane(item) in pools else "local"].append(item)
+                    name = self.lane(item)
+                    waiting[name if name in pools else "local"].append(item)
                 for name, pool in pools.items():
-                    limit = self.workers if name == "local" else self.remote_workers
-                    while waiting[name] and len(running[name]) < 2 * limit:
-                        running[name].add(pool.submit(fn, waiting[name].popleft()))
-                pending = running["local"] | running["remote"]
-                if not pending:
+                    while waiting[name] and len(running[name]) < in_flight[name]:
+                        running[name].append(pool.submit(fn, waiting[name].popleft()))
+                heads = [running[name][0] for name in pools if running[name]]
+                if not heads:
                     if exhausted and not waiting["local"] and not waiting["remote"]:
                         return
                     continue
-                done, _ = wait(pending, timeout=self.HEARTBEAT, return_when=FIRST_COMPLETED)
+                done, _ = wait(heads, timeout=self.HEARTBEAT, return_when=FIRST_COMPLETED)
                 if not done:
                     yield None  # nothing ready yet: the consumer may commit what it holds
-                for future in done:
-                    running["local"].discard(future)
-                    running["remote"].discard(future)
-                    yield future.result()
+                for name in pools:
+                    while running[name] and running[name][0].done():
+                        yield running[name].popleft().result()
 
 
 class SerialExecutor:
