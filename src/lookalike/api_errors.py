@@ -17,9 +17,7 @@ from .encoders import EncoderError
 from .engine import BusyError, NotFoundError
 from .filters import FilterError
 from .images import ImageError, clean_message
-from .ingest import PruneRefused
 from .security.http import AuthError
-from .security.keys import KeyRingError
 from .security.paths import PathRefused
 from .store import ReadOnlyStoreError, StoreError, StoreFullError
 from .tagging import TaggerError
@@ -41,8 +39,6 @@ ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
     (StoreError, 409, "store"),
     (PathRefused, 403, "forbidden_path"),
     (CatalogueError, 400, "bad_catalogue"),
-    (PruneRefused, 409, "prune_refused"),
-    (KeyRingError, 422, "bad_request"),
     (ValueError, 422, "bad_request"),
 ]
 

@@ -101,8 +101,6 @@ class Engine:
                 recorded = store.get_meta("encoder")
                 name = encoder or settings.encoder or (recorded.split("@")[0] if recorded else DEFAULT_ENCODER)
                 encoder = get_encoder(name, settings.replace(store=str(directory)))
-            if store.read_only and store.get_meta("encoder") is None:
-                store.bind_encoder = lambda *_: None  # type: ignore[method-assign]  # an empty read-only store: nothing to bind
             store.bind_encoder(encoder.identity, encoder.dim)
             return cls(directory, settings.replace(store=str(directory), encoder=encoder.name), encoder, store)
         except BaseException:
@@ -207,7 +205,7 @@ class Engine:
     def close(self, wait: float = 30.0) -> None:
         """Stop a running ingest after its last committed batch, snapshot, and close the store.
         Closing twice is harmless."""
-        if self.closing.is_set() and self._closed:
+        if self._closed:
             return
         self.closing.set()
         if self._ingest_lock.acquire(timeout=wait):

@@ -114,10 +114,6 @@ class IngestCancelled(RuntimeError):
     """The process is shutting down: the ingest stops after its last committed batch."""
 
 
-class PruneRefused(ValueError):
-    """Prune would delete more of the catalogue than the operator allows in one run."""
-
-
 @dataclass
 class Job:
     """A catalogue row on its way through the pipeline."""

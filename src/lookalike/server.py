@@ -30,7 +30,7 @@ from .config import split_list
 from .engine import BusyError, Engine
 from .images import is_url
 from .search import Hit
-from .security.http import SESSION_COOKIE, AccessPolicy, HttpGuard, allowed_hosts_for
+from .security.http import SESSION_COOKIE, AccessPolicy, AuthError, HttpGuard, allowed_hosts_for
 from .security.keys import ApiKey, KeyRing
 from .security.paths import PathPolicy
 from .validation import validate_id
@@ -99,11 +99,6 @@ def _hits(hits: list[Hit], started: float) -> SearchOut:
         results=[HitOut(id=h.id, score=h.score, metadata=h.metadata, tags=h.tags, thumbnail_url=_thumb_url(h.id)) for h in hits],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
     )
-
-
-def _path_id(product_id: str) -> str:
-    """A product id from the URL path, validated like every other way in (422 otherwise)."""
-    return validate_id(product_id)
 
 
 def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool = False) -> FastAPI:
@@ -213,7 +208,7 @@ def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool =
         metadata: Optional[str] = Form(None, max_length=settings.max_metadata_bytes * 2,
                                        description='JSON object of scalars, e.g. {"title": "Red dress", "price": 49.9}; omitted keeps the stored metadata'),
     ) -> ProductOut:
-        product_id = _path_id(product_id)
+        product_id = validate_id(product_id)  # before reading the upload: a bad id is a 422 at once
         parsed = parse_metadata_field(metadata)
         source: bytes | str | None = None
         if image is not None and (image.filename or image.size):
@@ -314,8 +309,6 @@ def _requires(policy: AccessPolicy, scope: str, view: bool = False) -> Callable[
 def _check_prune(policy: AccessPolicy, key: ApiKey | None, prune: bool) -> None:
     """Pruning deletes products in bulk: it takes an admin key."""
     if prune:
-        from .security.http import AuthError
-
         if key is None or not key.allows("admin"):
             raise AuthError(403, "prune deletes products in bulk and needs an API key with scope 'admin'")
 

@@ -203,6 +203,8 @@ class ProductStore:
         """Record the encoder on first use; refuse a different one afterwards (vectors must not mix)."""
         with self._lock:
             current = self.get_meta("encoder")
+            if current is None and self.read_only:
+                return  # an empty read-only store: nothing to bind, nothing to mix
             if current is None:
                 self.set_meta("encoder", identity)
                 self.set_meta("dim", str(dim))
