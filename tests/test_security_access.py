@@ -359,3 +359,33 @@ def test_an_unexpected_error_is_a_json_500_with_an_incident_id():
     assert response.status_code == 500 and response.json()["error"] == "internal"
     assert "secret" not in response.text and "logged as" in response.json()["detail"]
     assert response.headers.get("connection") != "close" and response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_catalogue_upload_refuses_oversize_no_key_and_hostile_names(store_copy):
+    srv = Server(store_copy, {"LOOKALIKE_MAX_CATALOGUE_BYTES": "2000"})
+    try:
+        def send(name: str, body: bytes, headers: dict | None = None) -> httpx.Response:
+            return httpx.post(srv.url + "/ingest/upload", headers=srv.auth if headers is None else headers,
+                              files={"catalogue": (name, body, "text/csv")})
+
+        row = f"a,{PHOTO}\n".encode()
+        assert send("big.csv", b"id,image\n" + row * 200).status_code == 413
+        assert send("c.csv", b"id,image\n" + row, headers={}).status_code == 401
+        _, read_key = __import__("lookalike.security", fromlist=["KeyRing"]).KeyRing(store_copy).create("reader", "read")
+        assert send("c.csv", b"id,image\n" + row, headers={"Authorization": f"Bearer {read_key}"}).status_code == 403
+        hostile = send("../../etc/cron.d/x.csv", b"id,image\n" + row)
+        assert hostile.status_code == 202  # the name is reduced to its last part; the file lands in the store's uploads
+        assert not (store_copy.parent / "etc").exists()
+        assert send("notes.exe", b"MZ").status_code == 422
+        assert send("empty.csv", b"").status_code == 400
+    finally:
+        srv.stop()
+
+
+def test_keys_cli_refuses_bad_scopes_and_names(store_copy):
+    bad = cli(store_copy, "keys", "create", "--scope", "root", "--name", "x")
+    assert bad.returncode == 1 and "unknown scope 'root'" in bad.stderr
+    blank = cli(store_copy, "keys", "create", "--scope", "read", "--name", " ")
+    assert blank.returncode == 1 and "1-100 printable characters" in blank.stderr
+    missing = cli(store_copy, "keys", "revoke", "nope")
+    assert missing.returncode == 1 and "no API key with id 'nope'" in missing.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -324,7 +324,7 @@ async def _save_upload(upload: UploadFile, directory: Path, suffix: str, limit: 
             while chunk := await upload.read(1024 * 1024):
                 written += len(chunk)
                 if written > limit:
-                    raise ValueError(f"the catalogue is larger than the limit of {limit} bytes (max_catalogue_bytes)")
+                    raise HTTPException(413, f"the catalogue is larger than the limit of {limit} bytes (max_catalogue_bytes)")
                 handle.write(chunk)
     except BaseException:
         path.unlink(missing_ok=True)
