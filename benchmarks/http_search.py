@@ -27,7 +27,7 @@ import numpy as np
 
 from _common import SHARED, need_shared, percentiles, report
 from lookalike import Engine
-from lookalike.store import ProductWrite
+from lookalike.storage import ProductWrite
 
 
 def build_store(path: Path, n_products: int, n_real: int) -> None:
@@ -48,11 +48,11 @@ def build_store(path: Path, n_products: int, n_real: int) -> None:
             base = real[rng.integers(0, len(real), m)]
             vectors = base + 0.6 * spread * rng.normal(size=base.shape).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            engine.apply_writes([
+            engine.searcher.serving.write([
                 ProductWrite(f"syn-{start + i}", None, None, {"article_type": types[(start + i) % len(types)], "price": float(rng.integers(5, 200))}, vectors[i])
                 for i in range(m)
             ])
-        engine._maintain_ann(save=True)
+        engine.searcher.serving.maintain(save=True)
 
 
 def free_port() -> int:
@@ -102,7 +102,7 @@ def main() -> None:
         build_store(store, args.products, args.real)
         build_s = time.perf_counter() - t
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "--store", str(store), "serve", "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "lookalike", "--store", str(store), "serve", "--port", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
         url = f"http://127.0.0.1:{port}"
         try:

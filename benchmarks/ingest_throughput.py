@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _common import SHARED, need_shared, percentiles, report
 from lookalike import Engine
-from lookalike.encoders.efficientnet import letterbox
+from lookalike.models.encoders.efficientnet import letterbox
 
 
 def subset_csv(n: int, directory: Path) -> tuple[Path, list[Path]]:

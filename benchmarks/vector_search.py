@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from _common import CatalogueLikeVectors, percentiles, report
-from lookalike.index import IndexSpec, VectorIndex
+from lookalike.vectors import FaissBackend, IndexSpec
 
 
 def exact_top(matrix: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = IndexSpec(args.index, ann_threshold=min(IndexSpec.ann_threshold, args.n))
-    index = VectorIndex(1280, spec, threads=2)
+    index = FaissBackend(1280, spec, threads=2)
     t = time.perf_counter()
     data = CatalogueLikeVectors(args.n, seed=1)
     start = 0

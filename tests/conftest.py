@@ -73,7 +73,7 @@ class Server:
             self.auth = {"Authorization": f"Bearer {self.key}"}
         env = {**os.environ, "LOOKALIKE_PUBLIC_READ": "true" if public_read else "false", **(extra_env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lookalike.cli", "--store", str(store), "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "lookalike", "--store", str(store), "serve", "--port", str(self.port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.time() + 60

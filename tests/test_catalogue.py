@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.catalogue import CatalogueError, CatalogueRow, RowError, read_catalogue
+from lookalike.ingest.catalogue import CatalogueError, CatalogueRow, RowError, read_catalogue
 
 from .conftest import DEMO_CSV, SHARED, requires_shared
 

@@ -17,7 +17,7 @@ COMMANDS = ["ingest", "search", "similar", "get", "upsert", "delete", "info", "s
 
 def run(*args: str, store=None) -> subprocess.CompletedProcess:
     prefix = ["--store", str(store)] if store else []
-    return subprocess.run([sys.executable, "-m", "lookalike.cli", *prefix, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "lookalike", *prefix, *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -65,7 +65,7 @@ def test_errors_are_one_clear_line(tmp_path, demo_store):
 
 
 def test_settings_from_environment_and_file(tmp_path, demo_store):
-    env_result = subprocess.run([sys.executable, "-m", "lookalike.cli", "info", "--json"], capture_output=True, text=True,
+    env_result = subprocess.run([sys.executable, "-m", "lookalike", "info", "--json"], capture_output=True, text=True,
                                 env={**__import__("os").environ, "LOOKALIKE_STORE": str(demo_store)})
     assert json.loads(env_result.stdout)["products"] == 305
     config = tmp_path / "lookalike.toml"

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from lookalike import Engine, NotFoundError
-from lookalike.encoders import EfficientNetLiteEncoder
-from lookalike.filters import FilterError
+from lookalike.models.encoders import EfficientNetLiteEncoder
+from lookalike.search.filters import FilterError
 from lookalike.images import ImageError
-from lookalike.store import StoreError
+from lookalike.storage import StoreError
 
 from .conftest import DEMO_CSV, ROOT
 

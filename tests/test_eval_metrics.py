@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from lookalike.evaluation.metrics import average_precision, bootstrap, classification_report, interpolated_precision, ranking_metrics
+from lookalike.common.metrics import average_precision, bootstrap, classification_report, interpolated_precision, ranking_metrics
 
 
 def test_plain_ranking():

@@ -73,7 +73,7 @@ def suite_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def report_dir(suite_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    result = subprocess.run([sys.executable, "-m", "lookalike.cli", "eval", str(suite_dir / "suite.yaml"), "--config", str(suite_dir / "exact.yaml"),
+    result = subprocess.run([sys.executable, "-m", "lookalike", "eval", str(suite_dir / "suite.yaml"), "--config", str(suite_dir / "exact.yaml"),
                              "--config", str(suite_dir / "ivf.yaml"), "--out", str(out), "--cache", str(suite_dir / "cache")],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

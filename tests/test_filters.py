@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.filters import FilterError, MetadataColumns, parse_clause, parse_where
+from lookalike.search.filters import FilterError, MetadataColumns, parse_clause, parse_where
 
 
 def columns() -> MetadataColumns:

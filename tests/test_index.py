@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.index import IndexSpec, VectorIndex, auto_nlist
+from lookalike.vectors import FaissBackend as VectorIndex, IndexSpec, auto_nlist
 
 
 def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -85,14 +85,14 @@ def test_snapshot_round_trip(tmp_path):
     index = VectorIndex(64, IndexSpec("auto", ann_threshold=1000))
     index.upsert(np.arange(3000), x)
     index.build_ann()
-    index.save_ann(tmp_path, generation=7)
+    index.snapshot(tmp_path, generation=7)
     again = VectorIndex(64, IndexSpec("auto", ann_threshold=1000))
-    assert again.load_ann(tmp_path) == 7
+    assert again.restore(tmp_path) == 7
     again.upsert(np.arange(3000), x)  # with the snapshot attached this re-adds: results must not duplicate
     found, _ = again.search(x[10], 5)
     assert len(set(found.tolist())) == 5 and found[0] == 10
     (tmp_path / "ann.faiss").write_bytes(b"damaged")
-    assert VectorIndex(64).load_ann(tmp_path) is None
+    assert VectorIndex(64).restore(tmp_path) is None
 
 
 def test_empty_and_bad_queries():

@@ -32,7 +32,7 @@ def upload(data: bytes = b"") -> dict:
 def cli(store, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", str(store), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lookalike", "--store", str(store), *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, **(env or {})})
 
 
@@ -106,7 +106,7 @@ def test_without_keys_reads_are_open_on_loopback_and_writes_refused(store_copy):
 
 
 def test_serving_beyond_loopback_without_a_key_refuses_to_start(store_copy):
-    result = subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", str(store_copy), "serve", "--host", "0.0.0.0", "--port", "1"],
+    result = subprocess.run([sys.executable, "-m", "lookalike", "--store", str(store_copy), "serve", "--host", "0.0.0.0", "--port", "1"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "no API key is configured" in result.stderr
 

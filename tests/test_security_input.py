@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from lookalike import Engine
-from lookalike.catalogue import read_catalogue
-from lookalike.filters import FilterError, MetadataColumns
+from lookalike.ingest.catalogue import read_catalogue
+from lookalike.search.filters import FilterError, MetadataColumns
 from lookalike.validation import InvalidProductError, validate_id, validate_metadata
 
 from .conftest import DEMO_CSV, ROOT
@@ -36,7 +36,7 @@ def put(server, product_id: str, metadata: object = None, raw: str | None = None
 
 
 def cli(store, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", str(store), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "lookalike", "--store", str(store), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_hostile_metadata_over_http_is_refused_and_stores_nothing(server):
@@ -137,7 +137,7 @@ def test_filter_columns_are_capped():
         columns.set(rowid, {f"k{rowid}": "v", "shared": rowid})
     assert len(columns.names()) == 3
     with pytest.raises(FilterError, match="not filterable"):
-        columns.mask([__import__("lookalike.filters", fromlist=["parse_clause"]).parse_clause("k4=v")])
+        columns.mask([__import__("lookalike.search.filters", fromlist=["parse_clause"]).parse_clause("k4=v")])
 
 
 def test_metadata_limits_name_the_key_and_reason():

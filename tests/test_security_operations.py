@@ -22,7 +22,7 @@ from PIL import Image
 
 from lookalike import Engine
 from lookalike.images import ImageError, ImageLimits, PixelBudget, decode
-from lookalike.store import ReadOnlyStoreError, StoreFullError
+from lookalike.storage import ReadOnlyStoreError, StoreFullError
 
 from .conftest import DEMO_CSV, Server
 
@@ -31,7 +31,7 @@ PHOTO = IMAGES / "878ff7a3.jpg"
 
 
 def cli(store, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", str(store), *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "lookalike", "--store", str(store), *args], capture_output=True, text=True, timeout=180)
 
 
 def twins_catalogue(tmp_path, count: int):
@@ -121,7 +121,7 @@ def test_disk_full_is_said_and_leaves_the_store_consistent(engine):
 
 
 def test_a_read_only_store_can_be_searched_not_changed(store_copy, monkeypatch):
-    import lookalike.store as store_module
+    import lookalike.storage.store as store_module
 
     with Engine.open(store_copy):
         pass  # leave a clean (checkpointed) database, as a read-only mount would hold
@@ -237,7 +237,7 @@ def test_a_store_on_a_real_read_only_mount_with_writes_still_in_its_wal(demo_sto
     sh.copytree(live, source / "store")  # while the writer is still open: the WAL is not checkpointed
     writer.close()
     assert (source / "store" / "catalogue.sqlite-wal").stat().st_size > 0
-    lookalike = f"{sys.executable} -m lookalike.cli --store {mount / 'store'}"
+    lookalike = f"{sys.executable} -m lookalike --store {mount / 'store'}"
     script = (f"mount --bind -o ro {source} {mount} && mount -o remount,ro,bind {mount} && "
               f"{lookalike} info --json && {lookalike} search {IMAGES / '0b0457d9.jpg'} -k 1 --json && "
               f"! {lookalike} get 878ff7a3 && ! {lookalike} delete 0b0457d9")

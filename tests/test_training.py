@@ -18,7 +18,7 @@ from lookalike.training.embedding import split_holdout  # noqa: E402
 from lookalike.training.losses import (  # noqa: E402
     ProxyAnchorLoss, hardest_negatives, multi_similarity_loss, semi_hard_negatives, triplet_loss,
 )
-from lookalike.training.models import models_dir  # noqa: E402
+from lookalike.models.artefacts import models_dir  # noqa: E402
 
 from .conftest import DEMO_CSV, SHARED, requires_shared  # noqa: E402
 
@@ -149,7 +149,7 @@ def test_adc_and_sdc_match_brute_force():
 
 
 def test_hamming_distances_count_differing_bits():
-    from lookalike.training.quantizer import hamming_distances, sign_codes
+    from lookalike.vectors.quantizer import hamming_distances, sign_codes
 
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(3, 16)), rng.normal(size=(7, 16))
@@ -303,10 +303,10 @@ def test_reindex_catches_up_products_changed_during_staging(trained_store, tmp_p
     store = tmp_path / "store"
     shutil.copytree(path, store)
     with Engine.open(store) as engine:
-        from lookalike.encoders import get_encoder
-        from lookalike.reindex import Reindexer
+        from lookalike.models import get_encoder
+        from lookalike.ingest.reindex import Reindexer
 
-        reindexer = Reindexer(engine, get_encoder(name, engine.settings.replace(store=str(store))))
+        reindexer = Reindexer(engine.store, engine.limits, get_encoder(name, engine.settings.replace(store=str(store))))
         reindexer.stage()
         engine.upsert("new-one", DEMO_CSV.parent / "images" / "878ff7a3.jpg", {"category": "Blazer"})
         assert reindexer.catch_up() == 1
@@ -314,7 +314,7 @@ def test_reindex_catches_up_products_changed_during_staging(trained_store, tmp_p
 
 
 def test_reindex_with_unknown_model_names_the_choices(engine):
-    from lookalike.encoders import EncoderError
+    from lookalike.models.encoders import EncoderError
 
     with pytest.raises(EncoderError, match="unknown encoder 'nope'.*lookalike train embedding"):
         engine.reindex("nope")
@@ -330,7 +330,7 @@ def test_cli_train_list_and_reindex(trained_store, tmp_path):
     shutil.copytree(path, store)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", str(store), *args], capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-m", "lookalike", "--store", str(store), *args], capture_output=True, text=True, timeout=300)
 
     listed = run("train", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -371,8 +371,8 @@ def test_serving_a_quantised_model_searches_codes_then_reranks(trained_store, tm
         # ADC proposes 10 x 10 candidates, exact scores re-rank them: nearly the exact top 10
         overlap = np.mean([len(a & b) / 10 for a, b in zip(exact_top, coded_top)])
         assert overlap > 0.8, overlap
-        index.spec = index.spec.__class__(index.spec.kind, index.spec.ann_threshold, index.spec.nprobe, 0)
-        index.use_codes(index.quantizer, "sdc")
+        index.rerank_factor = 0  # the code scores are the answer
+        index.set_mode("sdc")
         for rowid in rowids[:60]:
             ids, scores = index.search(index.vector(int(rowid)), 10)
             assert len(ids) == 10 and (np.diff(scores) <= 1e-6).all()
@@ -414,7 +414,7 @@ def test_http_reindex_switches_the_running_server(trained_store, tmp_path):
 
 
 def test_a_process_with_the_old_encoder_cannot_write_after_another_reindexed(trained_store, tmp_path):
-    from lookalike.store import StoreError
+    from lookalike.storage import StoreError
 
     path, name, _ = trained_store
     store = tmp_path / "store"

@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .engine import Engine, NotFoundError  # noqa: E402
-from .search import Hit  # noqa: E402
+from .catalog import Catalog  # noqa: E402
+from .engine import BusyError, Engine, NotFoundError  # noqa: E402
+from .search import Hit, ImageQuery, ProductQuery, VectorQuery  # noqa: E402
 
-__all__ = ["Engine", "Hit", "NotFoundError", "__version__"]
+__all__ = ["BusyError", "Catalog", "Engine", "Hit", "ImageQuery", "NotFoundError", "ProductQuery", "VectorQuery", "__version__"]

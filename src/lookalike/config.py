@@ -33,6 +33,9 @@ class Settings:
     # "auto" picks exact search for small catalogues and an IVF index above ann_threshold;
     # "flat" forces exact search; anything else is a FAISS index factory string.
     index: str = "auto"
+    # Where vectors live: "auto" (codes for a quantised model, exact for index="flat", else faiss),
+    # or a registered backend name (lookalike.vectors.registry).
+    vector_backend: str = "auto"
     ann_threshold: int = 20_000
     nprobe: int = 64
     rerank_factor: int = 10
@@ -62,10 +65,14 @@ class Settings:
     max_catalogue_bytes: int = 200 * 1024 * 1024  # an uploaded catalogue file
     max_prune_fraction: float = 0.5  # prune refuses to delete more than this share of the catalogue unless forced
 
-    def replace(self, **changes: Any) -> "Settings":
-        """A copy with some fields changed; unknown or ``None`` values are ignored."""
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed; ``None`` values are ignored (an option not given).
+        An unknown name is an error: ``replace(nprob=1)`` must not silently keep ``nprobe``."""
         known = {f.name for f in fields(self)}
-        clean = {k: v for k, v in changes.items() if k in known and v is not None}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        clean = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **_coerce_all(clean))
 
     def metadata_limits(self) -> MetadataLimits:

@@ -7,6 +7,8 @@ bad photo in a batch of ten thousand is one line in a report, never a crash.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import io
 import re
@@ -15,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,6 +51,10 @@ class ImageError(ValueError):
         self.kind = kind
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable with both fields (a process-pool ingest sends errors back to the driver)."""
+        return (type(self), (self.kind, self.message))
+
 
 _ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
 
@@ -67,6 +73,10 @@ class ImageLimits:
     url_timeout: float = 10.0
     allow_private_urls: bool = False
     paths: PathPolicy = field(default_factory=PathPolicy)
+
+    def confined(self, paths: PathPolicy) -> ImageLimits:
+        """The same limits, with server-side paths confined by ``paths``."""
+        return dataclasses.replace(self, paths=paths)
 
 
 class PixelBudget:

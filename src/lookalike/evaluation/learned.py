@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .metrics import bootstrap, ranking_metrics
+from ..common.metrics import bootstrap, ranking_metrics
 from .suite import Suite, SuiteError, TaskSpec
 from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops
-from .views import ALTERATIONS, alter
+from ..common.views import ALTERATIONS, alter
 
 RERANK_DEPTH = 100
 
@@ -73,8 +73,8 @@ def _rerank(coarse: np.ndarray, queries: np.ndarray, vectors: np.ndarray, depth:
 def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
     import faiss
 
-    from ..training import EmbeddingOptions, QuantizerOptions, train_embedding, train_quantizer
-    from ..training.quantizer import hamming_distances, sign_codes
+    from ..training import EmbeddingOptions, QuantizerOptions
+    from ..vectors.quantizer import hamming_distances, sign_codes
 
     engine = data.engine
     if task.options.get("backbones") not in (None, [engine.encoder.name]):
@@ -90,7 +90,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
                                steps=int(task.options.get("steps", 1500)), views=int(task.options.get("views", 4)),
                                loss=str(task.options.get("loss", "proxy-anchor")), keep_out=keep_out,
                                backbones=task.options.get("backbones"))
-    model = train_embedding(engine, options, save=False)
+    model = engine.train_embedding(options, save=False)
     held = set(model.holdout)
     gallery = [i for i, item in enumerate(data.ids) if item in held]
     if len(gallery) < 10:
@@ -113,11 +113,11 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     for loss in task.options.get("compare_losses") or []:
         if loss == options.loss:
             continue
-        other = train_embedding(engine, replace(options, loss=str(loss)), save=False).head
+        other = engine.train_embedding(replace(options, loss=str(loss)), save=False).head
         columns.append(_float_column(f"fine-tuned float ({loss} loss)", other, other(base_vectors)))
     top_bits = max(bits_list)
     for bits in bits_list:
-        coded = train_quantizer(engine, QuantizerOptions(model=model, bits=bits, seed=suite.seed, steps=int(task.options.get("quantizer_steps", 1000))), save=False)
+        coded = engine.train_quantizer(QuantizerOptions(model=model, bits=bits, seed=suite.seed, steps=int(task.options.get("quantizer_steps", 1000))), save=False)
         columns += _code_columns(coded, base_vectors, rerank=bits == top_bits)
     # baselines trained after the fact on the fine-tuned float vectors of the training products
     for label, factory in ((f"FAISS PQ {top_bits}-bit", f"PQ{top_bits // 8}x8"), (f"FAISS OPQ {top_bits}-bit", f"OPQ{top_bits // 8},PQ{top_bits // 8}x8")):

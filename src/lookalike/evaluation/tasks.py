@@ -13,12 +13,12 @@ import numpy as np
 from PIL import Image
 
 from ..engine import Engine
-from ..filters import MetadataColumns, parse_where
+from ..search.filters import MetadataColumns, parse_where
 from ..images import ImageError, load_image
-from ..index import IndexSpec, VectorIndex
-from .metrics import DEFAULT_KS, RECALL_LEVELS, bootstrap, classification_report, interpolated_precision, ranking_metrics
+from ..vectors import FaissBackend, IndexSpec
+from ..common.metrics import DEFAULT_KS, RECALL_LEVELS, bootstrap, classification_report, interpolated_precision, ranking_metrics
 from .suite import ALTERATIONS, DatasetSpec, Suite, SuiteError, TaskSpec
-from .views import alter
+from ..common.views import alter
 
 APPROXIMATE_DEPTH = 100  # how deep an approximate index's own ranking is used before exact scores take over
 
@@ -48,7 +48,7 @@ class DatasetEmbeddings:
 
 def load_dataset(spec: DatasetSpec, engine: Engine) -> DatasetEmbeddings:
     """Ingest (incrementally: cached stores re-embed nothing) and collect the rows the suite keeps."""
-    from ..catalogue import CatalogueRow, read_catalogue
+    from ..ingest.catalogue import CatalogueRow, read_catalogue
 
     report = engine.ingest(spec.catalogue, spec.id_column, spec.image_column)
     rows = [r for r in read_catalogue(spec.catalogue, spec.id_column, spec.image_column) if isinstance(r, CatalogueRow)]
@@ -70,24 +70,20 @@ def load_dataset(spec: DatasetSpec, engine: Engine) -> DatasetEmbeddings:
 class ConfigIndex:
     """The configuration's vector index over one data set (positions as ids), with its costs."""
 
-    index: VectorIndex
+    index: FaissBackend
     build_s: float
     bytes_per_item: float
 
     @classmethod
     def build(cls, data: DatasetEmbeddings, settings) -> "ConfigIndex":
         threshold = settings.ann_threshold if settings.index == "auto" else 0
-        index = VectorIndex(data.vectors.shape[1], IndexSpec(settings.index, threshold, settings.nprobe, settings.rerank_factor), threads=settings.threads)
+        index = FaissBackend(data.vectors.shape[1], IndexSpec(settings.index, threshold, settings.nprobe, settings.rerank_factor), threads=settings.threads)
         index.upsert(np.arange(len(data.ids)), data.vectors)
         start = time.perf_counter()
         index.build_ann()
         build_s = time.perf_counter() - start
         n = max(1, len(data.ids))
-        ann_bytes = 0
-        if index.ann is not None:
-            import faiss
-
-            ann_bytes = faiss.serialize_index(index.ann).nbytes
+        ann_bytes = index.ann_bytes()
         # Exact re-ranking keeps the float vectors in memory either way.
         return cls(index, build_s, (data.vectors.nbytes + ann_bytes) / n)
 

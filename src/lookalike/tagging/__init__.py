@@ -7,7 +7,7 @@ filterable as ``tag.<name>`` columns.
 
 from .hierarchy import CategoryTree, HierarchyError
 from .rules import RulesError, TextRules
-from ..engine import TAG_PREFIX
+from ..search.filters import TAG_PREFIX
 from .tagger import (
     TaggerError,
     TaggerSet,

@@ -1,9 +1,9 @@
 """Train, save, load and apply a store's taggers.
 
-    taggers = train_taggers(engine, TrainOptions(columns=["article_type", "base_colour"],
+    taggers = train_taggers(view, TrainOptions(columns=["article_type", "base_colour"],
                                                  hierarchy="tree.txt", path_columns=[...]))
-    taggers.save(engine)                    # STORE/taggers/taggers-v3.joblib, atomically current
-    predict_tags(engine, load_taggers(engine))
+    taggers.save(view)                    # STORE/taggers/taggers-v3.joblib, atomically current
+    predict_tags(view, load_taggers(view))
 
 A *tagger set* is one versioned file holding a :class:`ColumnTagger` per trained column (and
 per hierarchy), the text rules, the identities of the encoders whose features it was trained
@@ -21,29 +21,28 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import joblib
 import numpy as np
 from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from ..encoders import EncoderError, get_encoder
+from ..common.progress import Progress
+from ..models import EncoderError, get_encoder
 from ..images import thumbnail_jpeg
+from ..search.view import CatalogueView
 from .colour import colour_features
 from .hierarchy import CategoryTree, join_path, level_accuracy, split_path
 from .model import EXPERTS, TEXT, ColumnTagger, CrossFit, Evidence
 from .rules import TextRules
 from .zeroshot import ZeroShotGroups
 
-if TYPE_CHECKING:
-    from ..engine import Engine
 
 FORMAT = 1
 DEFAULT_TEXT_COLUMNS = ("title", "name", "product_name", "productdisplayname", "description", "product_description")
 HIERARCHY_TAG = "category"
 MISSING_LABELS = {"", "na", "n/a", "nan", "none", "null", "unknown", "skip", "not sure"}
-Progress = Callable[[str, int, int], None]
 
 
 class TaggerError(RuntimeError):
@@ -81,15 +80,15 @@ def _label(value: Any) -> str | None:
 class FeatureBuilder:
     """Evidence for products or uploads: store embedding (+ backbone), colour, text."""
 
-    def __init__(self, engine: "Engine", image_model: str, text_columns: list[str], text_model: str):
-        self.engine = engine
+    def __init__(self, view: CatalogueView, image_model: str, text_columns: list[str], text_model: str):
+        self.view = view
         self.text_columns = text_columns
         self.text_model = text_model
         self._backbone = None
         self._minilm = None
         if image_model and image_model != "none":
             try:
-                self._backbone = get_encoder(image_model, engine.settings)
+                self._backbone = get_encoder(image_model, view.settings)
             except EncoderError as exc:
                 raise TaggerError(f"tagger image model {image_model!r} is unavailable ({exc}); pass --image-model none to use only the store's embeddings") from exc
 
@@ -123,10 +122,10 @@ class FeatureBuilder:
 
     def load(self, rowids: list[int]) -> tuple[np.ndarray, list[Image.Image], list[str]]:
         """Stored products' embeddings, decoded thumbnails and text, read once."""
-        store = self.engine.store
+        store = self.view.store
         products = store.get_by_rowids(rowids)
         stored = store.thumbnails(rowids)
-        vectors = np.stack([self.engine.index.vector(r) for r in rowids])
+        vectors = np.stack([self.view.vector(r) for r in rowids])
         return vectors, [_open_thumbnail(stored.get(r)) for r in rowids], [self.text_of(products[r].metadata) for r in rowids]
 
     def for_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None, label: str = "features") -> Evidence:
@@ -143,7 +142,7 @@ class FeatureBuilder:
 
     def upload_thumbnail(self, picture: Image.Image) -> Image.Image:
         """An upload as stored products are seen: through the same JPEG thumbnail."""
-        return _open_thumbnail(thumbnail_jpeg(picture, self.engine.settings.thumbnail_size))
+        return _open_thumbnail(thumbnail_jpeg(picture, self.view.settings.thumbnail_size))
 
 
 def _open_thumbnail(data: bytes | None) -> Image.Image:
@@ -201,12 +200,12 @@ class TaggerSet:
 
     # -- files --
     @staticmethod
-    def directory(engine: "Engine") -> Path:
-        return engine.directory / "taggers"
+    def directory(view: CatalogueView) -> Path:
+        return view.directory / "taggers"
 
-    def save(self, engine: "Engine") -> Path:
+    def save(self, view: CatalogueView) -> Path:
         """Write the set as a new version and make it current, each step atomic."""
-        folder = self.directory(engine)
+        folder = self.directory(view)
         folder.mkdir(parents=True, exist_ok=True)
         existing = [int(m.group(1)) for p in folder.glob("taggers-v*.joblib") if (m := re.match(r"taggers-v(\d+)\.joblib$", p.name))]
         self.version = max(existing, default=0) + 1
@@ -226,20 +225,20 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp.name, path)
 
 
-def current_tagger_path(engine: "Engine") -> Path | None:
-    pointer = TaggerSet.directory(engine) / "CURRENT"
+def current_tagger_path(view: CatalogueView) -> Path | None:
+    pointer = TaggerSet.directory(view) / "CURRENT"
     if not pointer.exists():
         return None
     path = pointer.parent / pointer.read_text().strip()
     return path if path.exists() else None
 
 
-def load_taggers(engine: "Engine", path: str | Path | None = None) -> TaggerSet | None:
+def load_taggers(view: CatalogueView, path: str | Path | None = None) -> TaggerSet | None:
     """The store's current tagger set (or the file at ``path``); None when none was trained.
 
     Raises :class:`TaggerError` for a file that is not a tagger set or was trained on another
     encoder's embeddings."""
-    path = Path(path) if path else current_tagger_path(engine)
+    path = Path(path) if path else current_tagger_path(view)
     if path is None:
         return None
     try:
@@ -248,14 +247,14 @@ def load_taggers(engine: "Engine", path: str | Path | None = None) -> TaggerSet 
         raise TaggerError(f"{path} is not a readable tagger file: {exc}") from exc
     if not isinstance(taggers, TaggerSet) or getattr(taggers, "format", None) != FORMAT:
         raise TaggerError(f"{path} is not a lookalike tagger set of format {FORMAT}; retrain with `lookalike tag train`")
-    if taggers.encoder != engine.encoder.identity:
+    if taggers.encoder != view.encoder.identity:
         raise TaggerError(
             f"tagger file {path.name} was trained on embeddings of {taggers.encoder}, but this store's encoder is "
-            f"{engine.encoder.identity}; its classifiers would read meaningless features. Retrain with `lookalike tag train`."
+            f"{view.encoder.identity}; its classifiers would read meaningless features. Retrain with `lookalike tag train`."
         )
     if taggers.image_model:
         try:
-            identity = get_encoder(taggers.image_model_name, engine.settings).identity
+            identity = get_encoder(taggers.image_model_name, view.settings).identity
         except EncoderError as exc:
             raise TaggerError(f"tagger file {path.name} needs image model {taggers.image_model}: {exc}") from exc
         if identity != taggers.image_model:
@@ -308,12 +307,12 @@ def _column_report(column: str, fit: CrossFit, tagger: ColumnTagger, ids: list[s
     }
 
 
-def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = lambda _: None) -> TaggerSet:
+def train_taggers(view: CatalogueView, options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = lambda _: None) -> TaggerSet:
     """Train one tagger per column (and one for the hierarchy) from the store's own labels."""
-    rowids = _training_rowids(engine, options.where)
+    rowids = _training_rowids(view, options.where)
     if not rowids:
         raise TaggerError("the store has no products" + (" matching the filter" if options.where else "") + "; ingest a catalogue first")
-    products = engine.store.get_by_rowids(rowids)
+    products = view.store.get_by_rowids(rowids)
     metadata = [products[r].metadata for r in rowids]
     ids = [products[r].id for r in rowids]
     known = set().union(*(m.keys() for m in metadata))
@@ -334,7 +333,7 @@ def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | 
         targets[HIERARCHY_TAG] = _hierarchy_targets(tree, metadata, options.path_columns, log)
     if not targets:
         log("no label columns given: the tagger set holds text rules and zero-shot image groups only")
-    builder = FeatureBuilder(engine, options.image_model, text_columns, text_model)
+    builder = FeatureBuilder(view, options.image_model, text_columns, text_model)
     needed = sorted({i for values in targets.values() for i, v in enumerate(values) if v is not None})
     taggers: dict[str, ColumnTagger] = {}
     report: dict[str, Any] = {"columns": {}, "trained_at": _now(), "folds": options.folds, "products": len(rowids)}
@@ -361,19 +360,15 @@ def train_taggers(engine: "Engine", options: TrainOptions, progress: Progress | 
             if column == HIERARCHY_TAG and tree is not None:
                 report["columns"][column]["levels"] = _hierarchy_report(tree, fit, options.threshold)
     return TaggerSet(
-        version=0, created=_now(), encoder=engine.encoder.identity, image_model=builder.backbone_identity,
+        version=0, created=_now(), encoder=view.encoder.identity, image_model=builder.backbone_identity,
         text_model=text_model, text_columns=text_columns, taggers=taggers,
         rules=TextRules.from_file(options.rules) if options.rules else TextRules.default(),
         threshold=options.threshold, hierarchy=tree, report=report,
     )
 
 
-def _training_rowids(engine: "Engine", where: list[str] | None) -> list[int]:
-    from ..filters import parse_where
-
-    mask = engine.columns.mask(parse_where(where))
-    live = engine.index.live if mask is None else engine.index.allowed_mask(mask)
-    return np.flatnonzero(live).tolist()
+def _training_rowids(view: CatalogueView, where: list[str] | None) -> list[int]:
+    return view.matching_rowids(where).tolist()
 
 
 def _hierarchy_targets(tree: CategoryTree, metadata: list[dict[str, Any]], path_columns: list[str] | None, log: Callable[[str], None]) -> list[str | None]:
@@ -420,13 +415,13 @@ def _tag(value: str, confidence: float, source: str, **extra: Any) -> dict[str, 
 class TagPredictor:
     """Applies a tagger set to stored products or to an upload.
 
-    It holds the loaded models (backbone, ImageNet head), so the engine keeps one per tagger
+    It holds the loaded models (backbone, ImageNet head), so the tagging service keeps one per tagger
     set; the threshold and rules can still be chosen per call."""
 
-    def __init__(self, engine: "Engine", taggers: TaggerSet):
-        self.engine, self.taggers = engine, taggers
-        self.builder = FeatureBuilder(engine, taggers.image_model_name, taggers.text_columns, taggers.text_model)
-        self.zero_shot = ZeroShotGroups(engine.settings) if taggers.zero_shot else None
+    def __init__(self, view: CatalogueView, taggers: TaggerSet):
+        self.view, self.taggers = view, taggers
+        self.builder = FeatureBuilder(view, taggers.image_model_name, taggers.text_columns, taggers.text_model)
+        self.zero_shot = ZeroShotGroups(view.settings) if taggers.zero_shot else None
 
     def tags_for(self, evidence: Evidence, thumbnails: list[Image.Image], threshold: float | None = None,
                  rules: TextRules | None = None) -> list[dict[str, dict[str, Any]]]:
@@ -458,13 +453,13 @@ class TagPredictor:
                        progress: Progress | None = None) -> int:
         """Tag stored products and write the tags, one transaction per chunk."""
         done = 0
-        live_mask = self.engine.index.live
+        live_mask = self.view.live_mask()
         for start in range(0, len(rowids), chunk):
             live = [r for r in rowids[start : start + chunk] if r < len(live_mask) and live_mask[r]]
             if live:
                 vectors, thumbs, texts = self.builder.load(live)
                 tags = self.tags_for(self.builder.evidence(vectors, thumbs, texts), thumbs, threshold, rules)
-                done += self.engine.write_tags(list(zip(live, tags)), self.taggers.name)
+                done += self.view.write_tags(list(zip(live, tags)), self.taggers.name)
             if progress:
                 progress("tagging", min(start + chunk, len(rowids)), len(rowids))
         return done
@@ -474,11 +469,11 @@ class TagPredictor:
         return self.tags_for(self.builder.evidence(vector[None], [thumb], [text or ""]), [thumb], threshold)[0]
 
 
-def untrained_taggers(engine: "Engine", rules: TextRules | None = None, threshold: float = 0.5) -> TaggerSet:
+def untrained_taggers(view: CatalogueView, rules: TextRules | None = None, threshold: float = 0.5) -> TaggerSet:
     """A label-free tagger set: text rules plus zero-shot image groups and colour (lower confidence)."""
     known = set()
-    for product in engine.store.page(0, 200):
+    for product in view.store.page(0, 200):
         known.update(product.metadata)
-    return TaggerSet(version=0, created=_now(), encoder=engine.encoder.identity, image_model=None,
+    return TaggerSet(version=0, created=_now(), encoder=view.encoder.identity, image_model=None,
                      text_model="none", text_columns=guess_text_columns(known), taggers={}, rules=rules or TextRules.default(),
                      threshold=threshold)

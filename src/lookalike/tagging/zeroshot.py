@@ -44,7 +44,7 @@ def group_scores(probabilities: np.ndarray) -> tuple[list[str], np.ndarray]:
 
 class ZeroShotGroups:
     def __init__(self, settings: Settings, model_name: str = "efficientnet-lite0"):
-        from ..encoders.efficientnet import ImageNetClassifier
+        from ..models.encoders.efficientnet import ImageNetClassifier
 
         self.classifier = ImageNetClassifier(model_name, settings)
 

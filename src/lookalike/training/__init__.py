@@ -10,8 +10,8 @@
 
 from .embedding import EmbeddingOptions, QuantizerOptions, train_embedding, train_quantizer
 from .features import TrainingDataError
-from .models import ModelError, TrainedModel, list_models, load_model
-from .quantizer import AdditiveQuantizer
+from ..models.artefacts import ModelError, TrainedModel, list_models, load_model
+from ..vectors.quantizer import AdditiveQuantizer
 
 __all__ = ["AdditiveQuantizer", "EmbeddingOptions", "ModelError", "QuantizerOptions", "TrainedModel", "TrainingDataError",
            "list_models", "load_model", "train_embedding", "train_quantizer"]

@@ -1,7 +1,7 @@
 """Fine-tune an embedding head (and compact codebooks) on the shop's own catalogue.
 
-    model = train_embedding(engine, EmbeddingOptions(positives=["article_type"]))
-    coded = train_quantizer(engine, QuantizerOptions(model="article_type-v1", bits=64))
+    model = train_embedding(view, EmbeddingOptions(positives=["article_type"]))
+    coded = train_quantizer(view, QuantizerOptions(model="article_type-v1", bits=64))
 
 Both stages train only a small head on cached backbone features of several views per
 product (:mod:`lookalike.training.features`), so they run in minutes on two CPU cores.
@@ -20,17 +20,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..filters import parse_where
+from ..common.metrics import ranking_metrics
+from ..common.progress import Log, Progress
+from ..models import FEATURE_EXTRACTOR, IMAGE_EMBEDDER, get_encoder
+from ..models.artefacts import EmbeddingHead, ModelError, TrainedModel, load_model, next_name, resolve_model_path, save_model
+from ..search.view import CatalogueView
 from .features import ProductImage, TrainingDataError, ViewFeatureCache
-from .models import EmbeddingHead, TrainedModel, load_model, next_name, resolve_model_path, save_model, ModelError
 
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Engine
-
-Progress = Callable[[str, int, int], None]
-Log = Callable[[str], None]
 ID_POSITIVES = "id"  # --positives id: only views of the same product are positives
 MISSING = {"", "na", "n/a", "nan", "none", "null", "unknown"}
 
@@ -129,20 +128,18 @@ def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return holdout
 
 
-def load_training_set(engine: "Engine", positives: list[str], where: list[str] | None, cache: ViewFeatureCache,
+def load_training_set(view: CatalogueView, positives: list[str], where: list[str] | None, cache: ViewFeatureCache,
                       holdout: float, min_class_count: int, seed: int, progress: Progress | None, log: Log,
                       keep_out: list[str] | None = None) -> TrainingSet:
     if not positives:
         raise TrainingDataError("name at least one --positives column (or 'id' for views of the same product)")
-    known = set(engine.columns.names()) | {ID_POSITIVES}
+    known = set(view.column_names()) | {ID_POSITIVES}
     unknown = [c for c in positives if c not in known]
     if unknown:
-        raise TrainingDataError(f"unknown positives column(s) {', '.join(unknown)}; the catalogue has: {', '.join(sorted(engine.columns.names()))}")
-    mask = engine.columns.mask(parse_where(where))
-    live = engine.index.live if mask is None else engine.index.allowed_mask(mask)
-    rowids = np.flatnonzero(live).tolist()
-    products = engine.store.get_by_rowids(rowids)
-    thumbs = engine.store.thumbnails(rowids)
+        raise TrainingDataError(f"unknown positives column(s) {', '.join(unknown)}; the catalogue has: {', '.join(sorted(view.column_names()))}")
+    rowids = view.matching_rowids(where).tolist()
+    products = view.store.get_by_rowids(rowids)
+    thumbs = view.store.thumbnails(rowids)
     labelled = [(p, _label_of(p.metadata, p.id, positives)) for p in (products[r] for r in rowids if r in products)]
     labelled = [(p, label) for p, label in labelled if label is not None]
     counts: dict[str, int] = {}
@@ -171,11 +168,10 @@ def load_training_set(engine: "Engine", positives: list[str], where: list[str] |
                        held, skipped, [p.metadata for p, _ in kept])
 
 
-def open_cache(engine: "Engine", backbones: list[str], views: int, seed: int) -> ViewFeatureCache:
-    from ..encoders import get_encoder
-
-    encoders = [engine.encoder if name == engine.encoder.name else get_encoder(name, engine.settings) for name in backbones]
-    return ViewFeatureCache(engine.directory / "training" / "features", encoders, views, seed, engine.limits, engine.settings.loader_threads)
+def open_cache(view: CatalogueView, backbones: list[str], views: int, seed: int) -> ViewFeatureCache:
+    encoders = [view.encoder if name == view.encoder.name else get_encoder(name, view.settings, kinds=(IMAGE_EMBEDDER, FEATURE_EXTRACTOR))
+                for name in backbones]
+    return ViewFeatureCache(view.directory / "training" / "features", encoders, views, seed, view.limits, view.settings.loader_threads)
 
 
 # ---- batches and validation ---------------------------------------------------------------------
@@ -294,7 +290,7 @@ def _seed_everything(torch, seed: int) -> None:
 
 
 # ---- stage 1: the float embedding ---------------------------------------------------------------------
-def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progress | None = None, log: Log = lambda _: None,
+def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Progress | None = None, log: Log = lambda _: None,
                     save: bool = True) -> TrainedModel:
     """Learn a head from the catalogue's labels and views; saved as a new model in the store."""
     from .losses import ranking_loss
@@ -302,13 +298,13 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
     torch = _torch()
     _check_embedding_options(options)
     if options.name:
-        _check_new_name(engine, options.name)
-    backbones = options.backbones or [engine.encoder.name]
+        _check_new_name(view, options.name)
+    backbones = options.backbones or [view.encoder.name]
     conv = None
     if options.unfreeze_head:
         conv, backbones = _unfrozen_start(backbones)
-    cache = open_cache(engine, backbones, options.views, options.seed)
-    data = load_training_set(engine, options.positives, options.where, cache, options.holdout, options.min_class_count, options.seed, progress, log,
+    cache = open_cache(view, backbones, options.views, options.seed)
+    data = load_training_set(view, options.positives, options.where, cache, options.holdout, options.min_class_count, options.seed, progress, log,
                              options.keep_out)
     log(f"training on {int((~data.holdout).sum())} products in {len(data.classes)} classes, {int(data.holdout.sum())} held out")
     _seed_everything(torch, options.seed)
@@ -331,10 +327,10 @@ def train_embedding(engine: "Engine", options: EmbeddingOptions, progress: Progr
         "validation": metrics, "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
     }
-    name = options.name or next_name(engine.directory, "-".join(options.positives))
+    name = options.name or next_name(view.directory, "-".join(options.positives))
     holdout_ids = [data.ids[i] for i in np.flatnonzero(data.holdout)]
-    model = TrainedModel(name, engine.directory, info, trained, None, holdout_ids) if not save else \
-        load_model(save_model(engine.directory, name, info, trained, holdout=holdout_ids))
+    model = TrainedModel(name, view.directory, info, trained, None, holdout_ids) if not save else \
+        load_model(save_model(view.directory, name, info, trained, holdout=holdout_ids))
     model.training_set = data
     return model
 
@@ -367,20 +363,20 @@ def _fit_head(torch, head, loss_fn, features, labels, sampler: BatchSampler, opt
 
 def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """The pretrained last convolution of the (single) backbone, and its feature-map encoder's name."""
-    from ..encoders.efficientnet import pretrained_conv_head
+    from ..models.encoders.efficientnet import pretrained_conv_head
 
     if len(backbones) != 1 or not backbones[0].startswith("efficientnet-lite"):
         raise TrainingDataError(f"--unfreeze-head works with one EfficientNet-Lite backbone, not {', '.join(backbones)}")
     return pretrained_conv_head(backbones[0]), [f"{backbones[0]}-maps"]
 
 
-def _check_new_name(engine: "Engine", name: str) -> None:
+def _check_new_name(view: CatalogueView, name: str) -> None:
     """Refuse a bad or taken model name before minutes of training, not after."""
-    from .models import check_name, models_dir
+    from ..models.artefacts import check_name, models_dir
 
     check_name(name)
-    if (models_dir(engine.directory) / name).exists():
-        raise ModelError(f"a model named {name!r} already exists in {models_dir(engine.directory)}; choose another --name")
+    if (models_dir(view.directory) / name).exists():
+        raise ModelError(f"a model named {name!r} already exists in {models_dir(view.directory)}; choose another --name")
 
 
 def _check_embedding_options(options: EmbeddingOptions) -> None:
@@ -404,32 +400,32 @@ def _check_embedding_options(options: EmbeddingOptions) -> None:
 
 
 # ---- stage 2: codebooks trained with the ranking loss -------------------------------------------------
-def load_base_model(engine: "Engine", name: str) -> TrainedModel:
-    path = resolve_model_path(name, engine.directory)
+def load_base_model(view: CatalogueView, name: str) -> TrainedModel:
+    path = resolve_model_path(name, view.directory)
     if path is None:
-        raise ModelError(f"no model {name!r} in {engine.directory / 'models'}; train one with: lookalike train embedding")
+        raise ModelError(f"no model {name!r} in {view.directory / 'models'}; train one with: lookalike train embedding")
     return load_model(path)
 
 
-def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progress | None = None, log: Log = lambda _: None,
+def train_quantizer(view: CatalogueView, options: QuantizerOptions, progress: Progress | None = None, log: Log = lambda _: None,
                     save: bool = True) -> TrainedModel:
     """Learn ``bits/8`` additive codebooks jointly with the head: an asymmetric triplet loss
     (float anchor, coded positive and negative) + the float triplet loss + quantisation error +
     weak orthogonality between codebooks."""
     from .losses import triplet_loss
-    from .quantizer import AdditiveQuantizer, init_codebooks
+    from ..vectors.quantizer import AdditiveQuantizer, init_codebooks
 
     torch = _torch()
     if options.bits % 8 or not 8 <= options.bits <= 256:
         raise TrainingDataError(f"bits must be a multiple of 8 from 8 to 256 (one byte per codebook), got {options.bits}")
     if options.name:
-        _check_new_name(engine, options.name)
-    base = options.model if isinstance(options.model, TrainedModel) else load_base_model(engine, options.model)
+        _check_new_name(view, options.name)
+    base = options.model if isinstance(options.model, TrainedModel) else load_base_model(view, options.model)
     params = base.info["parameters"]
-    cache = open_cache(engine, base.backbones, int(params["views"]), int(params["seed"]))
+    cache = open_cache(view, base.backbones, int(params["views"]), int(params["seed"]))
     if [e.identity for e in cache.backbones] != base.info["backbones"]:
         raise ModelError(f"model {base.name!r} was trained on backbones {base.info['backbones']}, which this installation no longer provides")
-    data = base.training_set or load_training_set(engine, list(base.info["positives"]), params.get("where"), cache, float(params["holdout"]),
+    data = base.training_set or load_training_set(view, list(base.info["positives"]), params.get("where"), cache, float(params["holdout"]),
                                                   int(params["min_class_count"]), int(params["seed"]), progress, log, params.get("keep_out"))
     _seed_everything(torch, options.seed)
     train_rows = np.flatnonzero(~data.holdout)
@@ -474,11 +470,11 @@ def train_quantizer(engine: "Engine", options: QuantizerOptions, progress: Progr
         "parameters": {**params, "quantizer": {f.name: getattr(options, f.name) for f in fields(options) if f.name not in ("name", "model")}},
         "training_data": data.summary(), "validation": metrics, "train_seconds": round(time.perf_counter() - started, 1),
     }
-    name = options.name or next_name(engine.directory, f"{base.name}-{options.bits}bit")
+    name = options.name or next_name(view.directory, f"{base.name}-{options.bits}bit")
     holdout_ids = [data.ids[i] for i in np.flatnonzero(data.holdout)]
     if not save:
-        return TrainedModel(name, engine.directory, info, trained, quantizer, holdout_ids)
-    return load_model(save_model(engine.directory, name, info, trained, quantizer, holdout_ids))
+        return TrainedModel(name, view.directory, info, trained, quantizer, holdout_ids)
+    return load_model(save_model(view.directory, name, info, trained, quantizer, holdout_ids))
 
 
 def _cross_codebook_energy(torch, codebooks: "torch.Tensor") -> "torch.Tensor":
@@ -523,8 +519,6 @@ def ranked_metrics(sims: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Leave-one-out NN accuracy and mAP from a precomputed (n, n) similarity matrix, with the
     evaluation's tie-aware metrics (codes often tie); a query with no other member of its class
     counts as a miss for NN accuracy and is left out of mAP."""
-    from ..evaluation.metrics import ranking_metrics
-
     sims = np.asarray(sims, dtype=np.float64)
     nn, aps = [], []
     for i in range(len(sims)):

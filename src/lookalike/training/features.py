@@ -25,11 +25,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..encoders import Encoder
+from ..common.progress import Progress
+from ..models.encoders import Encoder
 from ..images import ImageError, ImageLimits, load_source_or_thumbnail
-from .augment import AUGMENT_VERSION, street_view
+from ..common.augment import AUGMENT_VERSION, street_view
 
-Progress = Callable[[str, int, int], None]
 SHARD_SIZE = 256
 EMBED_PRODUCTS = 8  # products whose views go through a backbone in one batch
 

@@ -1,0 +1,131 @@
+"""A store opened without its vectors: products, thumbnails, deletes and store facts.
+
+``lookalike get``, ``delete`` and ``info`` need none of the in-memory index, the model or
+the filter columns, so they open a :class:`Catalog`: one SQLite connection, in milliseconds
+whatever the catalogue size.  :class:`~lookalike.engine.Engine` extends it with the serving
+model and its index.  Deletes are tombstoned in the store, so a server serving the same store
+catches up on its next request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import Settings, load_settings
+from .images import ImageLimits, ImageSource, content_hash, decode, display_name, load_image, read_bytes, thumbnail_jpeg
+from .models import Encoder
+from .models.artefacts import ModelError, load_model, resolve_model_path
+from .search.searcher import NotFoundError
+from .security.urls import Downloader
+from .storage import Product, ProductStore, ProductWrite
+from .validation import validate_id, validate_metadata
+
+
+class Catalog:
+    """Products of one store, without vectors."""
+
+    def __init__(self, directory: Path, settings: Settings, read_only: bool = False):
+        self.directory, self.settings = directory, settings
+        self.store = ProductStore(directory, read_only=read_only)
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.url_timeout, settings.allow_private_urls)
+        # One download pool for requests served here (uploads by URL, search by URL); ingest
+        # runs get their own, so neither can starve the other.
+        self.downloader = Downloader(settings.max_image_bytes, settings.url_timeout, settings.allow_private_urls, settings.max_downloads,
+                                     slot_wait=0.5)
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, settings: Settings | None = None, read_only: bool = False, **overrides: Any) -> Catalog:
+        settings = (settings or load_settings()).replace(**overrides)
+        directory = Path(path or settings.store).expanduser()
+        return cls(directory, settings.replace(store=str(directory)), read_only=read_only)
+
+    def close(self, wait: float = 30.0) -> None:
+        if self._closed:
+            return
+        self.downloader.close()
+        self.store.close()
+        self._closed = True
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- reading --------------------------------------------------------------------------------
+    def get(self, product_id: str) -> Product:
+        product = self.store.get(str(product_id))
+        if product is None:
+            raise NotFoundError(str(product_id))
+        return product
+
+    def thumbnail(self, product_id: str) -> bytes:
+        data = self.store.thumbnail(self.get(product_id).rowid)
+        if data is None:
+            raise NotFoundError(product_id)
+        return data
+
+    def stats(self) -> dict[str, Any]:
+        """Store facts read from the database and model files, without loading vectors."""
+        encoder = self.store.get_meta("encoder")
+        model = self._trained_model(encoder)
+        return {
+            "store": str(self.directory), "products": self.store.count(), "vectors": self.store.count_vectors(),
+            "encoder": encoder, "dim": int(self.store.get_meta("dim") or 0) or None,
+            "quantized_bits": None if model is None else model.info.get("bits"),
+            "kept_vectors": self.store.kept_encoders(), "reindexing": None, "index": self._index_description(model),
+            "generation": self.store.generation, "store_bytes": self.store.size_bytes(), "read_only": self.store.read_only,
+            "unreadable_rows": self.store.unreadable_rows,
+        }
+
+    def _trained_model(self, identity: str | None) -> Any:
+        if not identity:
+            return None
+        path = resolve_model_path(identity.split("@")[0], self.directory, allow_paths=False)
+        try:
+            return None if path is None else load_model(path)
+        except ModelError:
+            return None
+
+    def _index_description(self, model: Any) -> str:
+        """What the engine will search with, as :meth:`VectorBackend.describe` says it."""
+        if model is not None and model.quantizer is not None and self.settings.code_search != "off":
+            return f"{model.quantizer.bytes_per_code}-byte codes, {self.settings.code_search.upper()}"
+        try:
+            return str(json.loads((self.directory / "index" / "ann.json").read_text())["factory"])
+        except (OSError, ValueError, KeyError):
+            return "flat (exact)"
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def delete_many(self, product_ids: Iterable[str]) -> int:
+        """Delete products; unknown ids are ignored. Returns how many were deleted."""
+        return len(self.store.delete(product_ids))
+
+    def delete(self, product_id: str) -> None:
+        if self.delete_many([product_id]) == 0:
+            raise NotFoundError(product_id)
+
+    def product_write(self, product_id: str, image: ImageSource | None, metadata: dict[str, Any] | None, encoder: Encoder) -> ProductWrite:
+        """One product's write, validated before anything is read: a refused product changes nothing.
+        A new product needs an image; ``metadata`` None keeps the stored metadata."""
+        product_id = validate_id(product_id)
+        if metadata is not None:
+            metadata = validate_metadata(metadata, self.settings.metadata_limits())
+        existing = self.store.get(product_id)
+        if image is None and existing is None:
+            raise ValueError(f"product {product_id!r} is new, so it needs an image")
+        new_metadata = dict(existing.metadata if existing and metadata is None else metadata or {})
+        if image is None:
+            return ProductWrite(product_id, existing.image if existing else None, None, new_metadata)
+        if isinstance(image, (bytes, str, Path)):
+            data = read_bytes(image, self.limits, self.downloader)
+            picture = decode(data, self.limits, draft_size=encoder.input_size, name=f"image of {product_id!r}")
+            image_hash, reference = content_hash(data), (None if isinstance(image, bytes) else display_name(image))
+        else:
+            picture, image_hash, reference = load_image(image), None, None
+        vector = encoder.embed(encoder.preprocess(picture)[None])[0]
+        return ProductWrite(product_id, reference, image_hash, new_metadata, vector, thumbnail_jpeg(picture, self.settings.thumbnail_size))
+

@@ -1,0 +1,16 @@
+"""Getting catalogues in: read rows → map (fetch, decode, embed) → write, on a swappable distributor.
+
+* :mod:`.catalogue` — reading CSV, TSV, JSONL, Parquet or a folder of photos into validated rows;
+* :mod:`.reader`, :mod:`.mapper`, :mod:`.writer` — the three stages;
+* :mod:`.distributors` — serial, threads (default) and a process pool;
+* :mod:`.pipeline` — one run, with prune and the run report;
+* :mod:`.reindex` — re-embedding a store with another model, resumably.
+"""
+
+from .distributors import Distributor, ProcessDistributor, SerialDistributor, ThreadDistributor
+from .mapper import MapperFactory
+from .pipeline import IngestCancelled, IngestPipeline, IngestRequest
+from .report import IngestReport, Skipped
+
+__all__ = ["Distributor", "IngestCancelled", "IngestPipeline", "IngestReport", "IngestRequest", "MapperFactory", "ProcessDistributor",
+           "SerialDistributor", "Skipped", "ThreadDistributor"]

@@ -1,0 +1,133 @@
+"""Distributors: where the map stage runs.  Swap one for another; the vectors are the same.
+
+* :class:`SerialDistributor` — on the calling thread (debugging, tiny catalogues);
+* :class:`ThreadDistributor` — thread pools, the default: decoding and ONNX Runtime release
+  the GIL, so one worker embeds while the others fetch and decode.  Local and URL partitions
+  run on separate lanes; each lane returns results in input order (so rowids are reproducible),
+  and a slow image host holds back only other URL rows;
+* :class:`ProcessDistributor` — a process pool: the proof that the mapper crosses a process
+  boundary, and the shape a cluster distributor (Ray, Spark) follows: ship the picklable
+  :class:`~lookalike.ingest.mapper.MapperFactory` once per worker, then partitions.
+
+A distributor's ``map`` yields mapped partitions, and may yield ``None`` while nothing is ready,
+so the caller can check for cancellation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from typing import Iterable, Iterator, Protocol
+
+from .mapper import Mapper, MapperFactory
+from .reader import LOCAL, REMOTE, Partition
+
+
+class Distributor(Protocol):
+    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]: ...
+
+
+class SerialDistributor:
+    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
+        with factory() as mapper:
+            for partition in partitions:
+                yield mapper(partition)
+
+
+class _Lanes:
+    """Feeds partitions to one pool per lane, keeping a bounded number in flight, and yields
+    each lane's results in input order without making the lanes wait for each other."""
+
+    HEARTBEAT = 0.5  # seconds without a result before yielding None
+
+    def __init__(self, pools: dict[str, Executor], in_flight: dict[str, int], backlog: int = 10_000):
+        self.pools, self.in_flight, self.backlog = pools, in_flight, backlog
+
+    def run(self, task: object, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
+        running: dict[str, deque[Future[Partition]]] = {lane: deque() for lane in self.pools}
+        waiting: dict[str, deque[Partition]] = {lane: deque() for lane in self.pools}
+        source = iter(partitions)
+        exhausted = False
+        while True:
+            # Read ahead until the local lane is full (URL partitions queue without holding pixels).
+            while not exhausted and len(running[LOCAL]) + len(waiting[LOCAL]) < self.in_flight[LOCAL] \
+                    and sum(len(w) for w in waiting.values()) < self.backlog:
+                partition = next(source, None)
+                if partition is None:
+                    exhausted = True
+                    break
+                waiting[partition.lane if partition.lane in self.pools else LOCAL].append(partition)
+            for lane, pool in self.pools.items():
+                while waiting[lane] and len(running[lane]) < self.in_flight[lane]:
+                    running[lane].append(pool.submit(task, waiting[lane].popleft()))  # type: ignore[arg-type]
+            heads = [running[lane][0] for lane in self.pools if running[lane]]
+            if not heads:
+                if exhausted and not any(waiting.values()):
+                    return
+                continue
+            done, _ = wait(heads, timeout=self.HEARTBEAT, return_when=FIRST_COMPLETED)
+            if not done:
+                yield None
+            for lane in self.pools:
+                while running[lane] and running[lane][0].done():
+                    yield running[lane].popleft().result()
+
+
+class ThreadDistributor:
+    """``workers`` threads for local partitions, ``remote_workers`` for URL partitions; each
+    thread builds its own mapper once."""
+
+    def __init__(self, workers: int = 3, remote_workers: int = 4):
+        self.workers, self.remote_workers = max(1, workers), max(1, remote_workers)
+
+    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
+        local_state = threading.local()
+        mappers: list[Mapper] = []
+        lock = threading.Lock()
+
+        def task(partition: Partition) -> Partition:
+            mapper = getattr(local_state, "mapper", None)
+            if mapper is None:
+                mapper = local_state.mapper = factory()
+                with lock:
+                    mappers.append(mapper)
+            return mapper(partition)
+
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="lookalike-map") as local, \
+                    ThreadPoolExecutor(self.remote_workers, thread_name_prefix="lookalike-fetch") as remote:
+                lanes = _Lanes({LOCAL: local, REMOTE: remote}, {LOCAL: 2 * self.workers, REMOTE: self.remote_workers})
+                yield from lanes.run(task, partitions)
+        finally:
+            for mapper in mappers:
+                mapper.close()
+
+
+_worker_mapper: Mapper | None = None
+
+
+def _init_worker(factory: MapperFactory) -> None:
+    global _worker_mapper
+    _worker_mapper = factory()
+
+
+def _map_in_worker(partition: Partition) -> Partition:
+    assert _worker_mapper is not None, "worker not initialised"
+    return _worker_mapper(partition)
+
+
+class ProcessDistributor:
+    """A pool of ``workers`` processes, each with its own mapper (and its own model session),
+    built from the pickled factory by the pool's initializer."""
+
+    def __init__(self, workers: int = 2, threads_per_worker: int = 1):
+        self.workers, self.threads_per_worker = max(1, workers), threads_per_worker
+
+    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
+        with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(factory,)) as pool:
+            lanes = _Lanes({LOCAL: pool, REMOTE: pool}, {LOCAL: 2 * self.workers, REMOTE: self.workers})
+            yield from lanes.run(_map_in_worker, partitions)
+
+
+DISTRIBUTORS = {"serial": SerialDistributor, "threads": ThreadDistributor, "processes": ProcessDistributor}

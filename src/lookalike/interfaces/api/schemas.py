@@ -1,0 +1,74 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+
+from ...search import Hit
+
+MAX_OFFSET = 10**9
+MAX_RUN_ID = 2**62
+
+
+class TagOut(BaseModel):
+    value: str
+    confidence: float = Field(description="0..1; tags below the tagger's threshold are left out")
+    source: str = Field(description="Evidence: image, colour, text (fused as image+colour+text...), rule or zero-shot")
+
+    model_config = {"extra": "allow"}
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity to the query, -1..1")
+    metadata: dict[str, Any]
+    tags: dict[str, TagOut] = Field(default_factory=dict, description="Predicted tags, kept apart from the shop's metadata")
+    thumbnail_url: str
+
+
+class SearchOut(BaseModel):
+    results: list[HitOut]
+    took_ms: float
+
+
+class ProductOut(BaseModel):
+    id: str
+    image: Optional[str]
+    metadata: dict[str, Any]
+    tags: dict[str, TagOut] = Field(default_factory=dict, description="Predicted tags, kept apart from the shop's metadata")
+    updated_at: float
+    thumbnail_url: str
+
+
+class TagsOut(BaseModel):
+    tags: dict[str, TagOut]
+    tagger: Optional[str] = Field(description="The tagger set used; null when untrained (rules and zero-shot only)")
+    took_ms: float
+
+
+class ReindexIn(BaseModel):
+    model: str = Field(max_length=200, description="Trained model name (GET /models) or pretrained encoder name")
+
+
+class IngestIn(BaseModel):
+    source: str = Field(max_length=4096, description="Catalogue path on the server, inside one of the ingest_roots: "
+                                                     ".csv, .tsv, .jsonl, .parquet or a folder")
+    id_column: Optional[str] = Field(None, max_length=200)
+    image_column: Optional[str] = Field(None, max_length=200)
+    prune: bool = Field(False, description="Delete products the catalogue no longer lists (needs an admin key)")
+    force_prune: bool = Field(False, description="Prune even beyond max_prune_fraction of the catalogue")
+
+
+def thumb_url(product_id: str) -> str:
+    return f"/products/{quote(product_id, safe='')}/thumbnail"
+
+
+def hits_out(hits: list[Hit], started: float) -> SearchOut:
+    return SearchOut(
+        results=[HitOut(id=h.id, score=h.score, metadata=h.metadata, tags=h.tags, thumbnail_url=thumb_url(h.id)) for h in hits],  # type: ignore[arg-type]
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )

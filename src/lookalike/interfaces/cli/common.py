@@ -1,0 +1,118 @@
+"""What every command group shares: the root app, global options, consoles, error handling, output helpers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ... import __version__
+from ...catalog import Catalog
+from ...config import ConfigError, Settings, load_settings
+from ...engine import BusyError, Engine, NotFoundError
+from ...evaluation.suite import SuiteError
+from ...images import ImageError
+from ...ingest.catalogue import CatalogueError
+from ...models import EncoderError, ModelError
+from ...search import Hit
+from ...search.filters import FilterError
+from ...storage import StoreError
+from ...tagging import HierarchyError, RulesError, TaggerError
+from ...training.features import TrainingDataError
+from ...vectors import BackendError
+
+app = typer.Typer(help="lookalike: visual search and tagging for fashion catalogues.", no_args_is_help=True, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+USER_ERRORS = (PermissionError, ModelError, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError, EncoderError, FilterError, ImageError, BackendError, StoreError, NotFoundError, BusyError, ValueError)
+
+
+class State:
+    store: Optional[str] = None
+    config: Optional[str] = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        return load_settings(self.config, store=self.store, **overrides)
+
+    def engine(self, **overrides: Any) -> Engine:
+        """The store with its serving model and vectors loaded (search, ingest, training)."""
+        return Engine.open(settings=self.settings(**overrides))
+
+    def catalog(self) -> Catalog:
+        """The store without vectors (get, delete, info): opens in milliseconds at any size."""
+        return Catalog.open(settings=self.settings())
+
+
+state = State()
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run a command body, turning expected errors into one clear line and a non-zero exit."""
+    try:
+        return fn()
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; everything committed so far is kept and the next ingest resumes", 130)
+
+
+@app.callback()
+def main_options(
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="Store directory (default: $LOOKALIKE_STORE or ./lookalike-store)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML settings file (default: $LOOKALIKE_CONFIG or ./lookalike.toml)."),
+) -> None:
+    """Global options, before the command: lookalike --store DIR COMMAND ..."""
+    state.store, state.config = store, config
+
+
+def print_hits(hits: list[Hit], as_json: bool, show: list[str]) -> None:
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in hits]))
+        return
+    if not hits:
+        out.print("no results")
+        return
+    table = Table("#", "id", "score", *show)
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", *[str(hit.metadata.get(c, "")) for c in show])
+    out.print(table)
+
+
+def default_columns(hits: list[Hit]) -> list[str]:
+    preferred = ["title", "article_type", "category", "base_colour", "colour", "brand", "price"]
+    present = {k for h in hits for k in h.metadata}
+    return [c for c in preferred if c in present][:4]
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def progress_bar(quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err, disable=quiet)
+
+
+def bar_progress(bar: Progress) -> Callable[[str, int, int | None], None]:
+    """A progress callable (:mod:`lookalike.common.progress`) drawing one bar per stage."""
+    tasks: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return progress

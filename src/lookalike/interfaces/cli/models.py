@@ -1,0 +1,143 @@
+"""Models: train embeddings and quantisers, list and import models, re-index the store with one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.table import Table
+
+from ...engine import Engine
+from .common import app, bar_progress, err, guarded, out, progress_bar, state
+
+
+train_app = typer.Typer(help="Learn from the shop's own catalogue: fine-tuned embeddings and compact quantised codes.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _print_validation(info: dict[str, Any]) -> None:
+    table = Table("held-out products", "NN accuracy", "mAP", "street-like view R@1", title=f"{info['name']}: validation on {info['training_data']['holdout_products']} held-out products")
+    for label, metrics in info.get("validation", {}).items():
+        if isinstance(metrics, dict) and metrics:
+            table.add_row(label.replace("_", " "), f"{metrics.get('nn_accuracy', float('nan')):.3f}", f"{metrics.get('map', float('nan')):.3f}",
+                          f"{metrics['view_recall_at_1']:.3f}" if "view_recall_at_1" in metrics else "-")
+    out.print(table)
+
+
+def _run_training(train: Callable[[Engine], Callable[..., Any]], options: Any, as_json: bool) -> None:
+    """Run ``train(engine)(options, progress=..., log=...)`` with a progress bar, then print the model."""
+    quiet = as_json or not sys.stderr.isatty()
+    with state.engine() as engine:
+        with progress_bar(quiet) as bar:
+            model = train(engine)(options, progress=bar_progress(bar), log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+        _train_output(model, as_json)
+
+
+def _train_output(model: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(model.info, default=str))
+        return
+    _print_validation(model.info)
+    out.print(f"saved model {model.name} in {model.path}; switch search to it with: lookalike reindex --model {model.name}", highlight=False)
+
+
+@train_app.command("embedding")
+def train_embedding_cmd(
+    positives: List[str] = typer.Option(["article_type"], "--positives", help="Column(s) whose shared value makes two products positives (several: all must match); 'id' for views of the same product only."),
+    where: List[str] = typer.Option([], "--where", "-w", help="Train only on products matching this filter (repeatable)."),
+    backbone: List[str] = typer.Option([], "--backbone", help="Backbone encoder(s) whose features the head learns from (default: the store's encoder); several are concatenated."),
+    unfreeze_head: bool = typer.Option(False, "--unfreeze-head", help="Also train the backbone's last 1x1 convolution, from cached feature maps (a longer run: more disk and minutes)."),
+    views: int = typer.Option(4, min=1, max=32, help="Views cached per product: the clean photo plus street-like augmentations."),
+    holdout: float = typer.Option(0.2, min=0.0, max=0.89, help="Share of each class kept out of training and used for validation."),
+    loss: str = typer.Option("proxy-anchor", help="Ranking loss: triplet (batch-hard), triplet-semihard, multi-similarity or proxy-anchor."),
+    instance_weight: float = typer.Option(0.5, min=0.0, help="Weight of the same-product (view against view) loss next to the class loss."),
+    dim: int = typer.Option(128, min=8, max=4096, help="Embedding size."),
+    steps: int = typer.Option(1500, min=1, help="Training steps (batches)."),
+    seed: int = typer.Option(0, help="Random seed: same data + seed = same model."),
+    name: Optional[str] = typer.Option(None, help="Model name (default: <positives>-vN)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model description as JSON."),
+) -> None:
+    """Fine-tune an embedding on the catalogue (cached backbone features of augmented views, then a small head)."""
+
+    def body() -> None:
+        from ...training import EmbeddingOptions
+
+        options = EmbeddingOptions(positives=list(positives), where=list(where) or None, backbones=list(backbone) or None, unfreeze_head=unfreeze_head, views=views, holdout=holdout,
+                                   loss=loss, instance_weight=instance_weight, dim=dim, steps=steps, seed=seed, name=name)
+        _run_training(lambda engine: engine.train_embedding, options, as_json)
+
+    guarded(body)
+
+
+@train_app.command("quantizer")
+def train_quantizer_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="The fine-tuned model to add codes to (a name from `lookalike train list`)."),
+    bits: int = typer.Option(64, help="Code size in bits: a multiple of 8 (32, 48, 64, 128 …), 8 bits per codebook."),
+    steps: int = typer.Option(1000, min=1, help="Training steps (batches)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    name: Optional[str] = typer.Option(None, help="Name of the quantised model (default: <model>-<bits>bit-vN)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model description as JSON."),
+) -> None:
+    """Learn compact codes jointly with the ranking loss (triplet + quantisation error + orthogonality)."""
+
+    def body() -> None:
+        from ...training import QuantizerOptions
+
+        _run_training(lambda engine: engine.train_quantizer, QuantizerOptions(model=model, bits=bits, steps=steps, seed=seed, name=name), as_json)
+
+    guarded(body)
+
+
+@train_app.command("list")
+def train_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The trained models in this store, with their held-out scores."""
+
+    def body() -> None:
+        from ...training import list_models
+
+        with state.engine() as engine:
+            models = list_models(engine.directory)
+            serving = engine.encoder.identity
+            if as_json:
+                out.print_json(json.dumps([{**m, "serving": f"{m['name']}@{m['weights_sha'][:12]}" == serving} for m in models], default=str))
+                return
+            if not models:
+                out.print("no trained models; run `lookalike train embedding`")
+                return
+            table = Table("name", "kind", "positives", "bits", "dim", "held-out NN", "held-out mAP", "created", "serving")
+            for m in models:
+                score = m.get("validation", {}).get("adc") or m.get("validation", {}).get("fine_tuned") or {}
+                table.add_row(m["name"], m.get("kind", ""), " + ".join(m.get("positives", [])), str(m.get("bits") or "-"), str(m.get("dim")),
+                              f"{score.get('nn_accuracy', float('nan')):.3f}", f"{score.get('map', float('nan')):.3f}", m.get("created", ""),
+                              "yes" if f"{m['name']}@{m['weights_sha'][:12]}" == serving else "")
+            out.print(table)
+
+    guarded(body)
+
+
+@app.command()
+def reindex(
+    model: str = typer.Option(..., "--model", "-m", help="Trained model name (see `lookalike train list`), model folder, or pretrained encoder name."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Re-embed the catalogue with another model and switch to it atomically (search keeps serving the old index meanwhile)."""
+
+    def body() -> None:
+        with state.engine() as engine:
+            with progress_bar(quiet or as_json or not sys.stderr.isatty()) as bar:
+                outcome = engine.reindex(model, progress=bar_progress(bar))
+            if as_json:
+                out.print_json(json.dumps(outcome))
+            elif not outcome["switched"]:
+                out.print(f"nothing to do: {outcome['reason']} ({outcome['model']})", highlight=False)
+            else:
+                out.print(f"now serving {outcome['model']} (was {outcome['previous']}): {outcome['products']} products; "
+                          f"{outcome['reused']} reused, {outcome['from_backbone_vectors']} from stored backbone vectors, "
+                          f"{outcome['from_images']} from images, {outcome['from_thumbnails']} from thumbnails, {outcome['caught_up']} caught up", highlight=False)
+
+    guarded(body)
+
+

@@ -1,0 +1,46 @@
+"""The HTTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ...engine import Engine
+from ...security.keys import KeyRing
+from .common import app, err, guarded, state
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+
+    def body() -> None:
+        import uvicorn
+
+        from ...security.http import AccessPolicy, check_bind
+        from ..api import create_app
+
+        settings = state.settings(host=host, port=port)
+        keys = KeyRing(Path(settings.store).expanduser())
+        policy = AccessPolicy(keys, public_read=settings.public_read)
+        check_bind(settings.host, policy)  # before loading anything: beyond loopback only with keys
+        engine = Engine.open(settings=settings)
+        access = ("API keys required for writes" + ("" if settings.public_read else " and reads")) if policy.keys_configured() \
+            else "no API keys configured: reads open on loopback, writes refused (lookalike keys create)"
+        err.print(f"lookalike serving {engine.stats()['products']} products from {engine.directory} at "
+                  f"http://{settings.host}:{settings.port}  (API docs: /docs; {access})", highlight=False)
+        # The app closes the engine on shutdown (SIGTERM and Ctrl-C alike): snapshot saved, runs closed.
+        app_ = create_app(engine, keys, close_engine=True)
+        try:
+            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+        finally:
+            engine.close()  # idempotent; covers a failure before the app started
+
+    guarded(body)
+
+

@@ -1,0 +1,201 @@
+"""Trained embedding models as versioned artefacts in the store: ``STORE/models/NAME/``.
+
+A model folder holds ``model.json`` (what it was trained on, with which parameters, and its
+validation metrics), ``weights.npz`` (the head, and the codebooks when it is quantised) and
+``holdout.json`` (the products kept out of training, so evaluation can stay on unseen data).
+Folders are written under a temporary name and renamed into place, so a crash never leaves a
+half-written model; a model is never overwritten, a retrain gets the next version number.
+
+At inference the head is two small matrix products in NumPy after the ONNX backbone(s), so
+a fine-tuned model needs no PyTorch to serve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODELS_DIR = "models"
+FORMAT = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+class ModelError(RuntimeError):
+    """A trained model is missing, damaged or does not fit the store."""
+
+
+@dataclass
+class EmbeddingHead:
+    """unit backbone features -> [ReLU hidden layer] -> linear -> unit vector.
+
+    With ``conv`` (an unfrozen head) the input is the backbone's last feature map, flattened
+    position-major; the trained 1×1 convolution, ReLU6, average pooling and L2 normalisation
+    turn it into pooled features first, exactly as the frozen backbone's own head does."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    conv: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.layers[0][0].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.layers[-1][0].shape[1])
+
+    def pooled(self, maps: np.ndarray) -> np.ndarray:
+        weight, bias = self.conv
+        x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1, weight.shape[0]) @ weight + bias
+        x = np.clip(x, 0.0, 6.0).mean(axis=1)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        x = self.pooled(features) if self.conv is not None else np.asarray(features, dtype=np.float32)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = x @ weight + bias
+            if i < len(self.layers) - 1:
+                np.maximum(x, 0, out=x)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+@dataclass
+class TrainedModel:
+    """A loaded model folder: head, optional quantiser and the description in model.json."""
+
+    name: str
+    path: Path
+    info: dict[str, Any]
+    head: EmbeddingHead
+    quantizer: Any = None  # AdditiveQuantizer when the model was trained with codes
+    holdout: list[str] = field(default_factory=list)
+    training_set: Any = None  # the TrainingSet it was just trained on (in memory only), so a quantiser can reuse it
+
+    @property
+    def backbones(self) -> list[str]:
+        """Backbone encoder names, in feature order."""
+        return [b.split("@")[0] for b in self.info["backbones"]]
+
+    @property
+    def version(self) -> str:
+        return self.info["weights_sha"][:12]
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def models_dir(store_dir: Path) -> Path:
+    return Path(store_dir) / MODELS_DIR
+
+
+def list_models(store_dir: Path) -> list[dict[str, Any]]:
+    """model.json of every model in the store, oldest first."""
+    found = []
+    for path in sorted(models_dir(store_dir).glob("*/model.json")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        found.append(info)
+    return sorted(found, key=lambda i: i.get("created", ""))
+
+
+def next_name(store_dir: Path, stem: str) -> str:
+    """``stem-vN`` with the first unused N."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
+    taken = {p.name for p in models_dir(store_dir).glob("*")}
+    n = 1
+    while f"{stem}-v{n}" in taken:
+        n += 1
+    return f"{stem}-v{n}"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ModelError(f"model name {name!r} must be 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def save_model(store_dir: Path, name: str, info: dict[str, Any], head: EmbeddingHead, quantizer: Any = None,
+               holdout: list[str] | None = None) -> Path:
+    """Write a new model folder atomically; refuses to overwrite an existing model."""
+    check_name(name)
+    target = models_dir(store_dir) / name
+    if target.exists():
+        raise ModelError(f"a model named {name!r} already exists in {models_dir(store_dir)}; choose another --name")
+    arrays: dict[str, np.ndarray] = {}
+    for i, (weight, bias) in enumerate(head.layers):
+        arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"] = weight.astype(np.float32), bias.astype(np.float32)
+    if head.conv is not None:
+        arrays["conv_weight"], arrays["conv_bias"] = head.conv[0].astype(np.float32), head.conv[1].astype(np.float32)
+    if quantizer is not None:
+        arrays["codebooks"] = quantizer.codebooks.astype(np.float32)
+        arrays["norm_range"] = np.array(quantizer.norm_range, dtype=np.float64)
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    info = {**info, "name": name, "format": FORMAT, "weights_sha": digest.hexdigest(), "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "dim": head.dim, "layers": len(head.layers), "bits": None if quantizer is None else quantizer.bits}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    try:
+        np.savez(tmp / "weights.npz", **arrays)
+        (tmp / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
+        (tmp / "model.json").write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_path(name_or_path: str, store_dir: Path | None, allow_paths: bool = True) -> Path | None:
+    """A model folder from a path or a model name in the store; None when neither exists.
+    ``allow_paths`` False (a remote client's request): names in the store only."""
+    if allow_paths:
+        try:
+            candidate = Path(name_or_path).expanduser()
+            if (candidate / "model.json").is_file():
+                return candidate
+        except (OSError, RuntimeError, ValueError):  # too long, no home directory, NUL byte: not a path
+            pass
+    if store_dir is not None and _NAME.match(name_or_path) and (models_dir(store_dir) / name_or_path / "model.json").is_file():
+        return models_dir(store_dir) / name_or_path
+    return None
+
+
+def load_model(path: Path) -> TrainedModel:
+    """Read a model folder, checking that it is complete and that its weights match model.json."""
+    from ..vectors.quantizer import AdditiveQuantizer
+
+    try:
+        info = json.loads((path / "model.json").read_text())
+        with np.load(path / "weights.npz", allow_pickle=False) as weights:
+            arrays = {k: weights[k] for k in weights.files}
+        holdout = json.loads((path / "holdout.json").read_text()) if (path / "holdout.json").exists() else []
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model at {path} cannot be read ({exc}); train it again") from exc
+    if info.get("format") != FORMAT:
+        raise ModelError(f"model at {path} has format {info.get('format')}; this lookalike reads format {FORMAT}")
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    if digest.hexdigest() != info.get("weights_sha"):
+        raise ModelError(f"model at {path}: weights.npz does not match model.json (damaged or edited); train it again")
+    layers = [(arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"]) for i in range(int(info["layers"]))]
+    quantizer = AdditiveQuantizer(arrays["codebooks"], tuple(arrays["norm_range"].tolist())) if "codebooks" in arrays else None
+    conv = (arrays["conv_weight"], arrays["conv_bias"]) if "conv_weight" in arrays else None
+    return TrainedModel(info["name"], path, info, EmbeddingHead(layers, conv), quantizer, holdout)

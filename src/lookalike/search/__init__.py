@@ -1,0 +1,15 @@
+"""Search: query objects, the searcher that answers them, metadata filters, and the serving index.
+
+* :mod:`.queries` — :class:`ImageQuery`, :class:`ProductQuery` (with modifiers), :class:`VectorQuery`;
+* :mod:`.searcher` — :class:`Searcher`: one serving model's recipe from query to hits;
+* :mod:`.filters` — ``where`` clauses and the in-memory filter columns;
+* :mod:`.live` — :class:`ServingIndex`: the store's vectors and columns in memory, kept in step.
+"""
+
+from .filters import FilterError, parse_where
+from .live import ServingIndex
+from .queries import ImageQuery, ProductQuery, Query, VectorQuery
+from .searcher import Hit, NotFoundError, Searcher
+
+__all__ = ["FilterError", "Hit", "ImageQuery", "NotFoundError", "ProductQuery", "Query", "Searcher", "ServingIndex", "VectorQuery",
+           "parse_where"]

@@ -1,0 +1,264 @@
+"""Metadata filters: ``--where "article_type=Shirts" --where "price<50"``.
+
+A clause is ``column OP value`` with OP one of ``= != < <= > >=``; ``=`` and ``!=`` accept
+alternatives separated by ``|`` (``colour=Red|Navy Blue``).  Text matches ignore case.
+Clauses are ANDed.
+
+Filtering runs in memory on columnar arrays indexed by the store's rowid: text columns are
+dictionary-encoded (one int32 code per product), numeric values are float64 (NaN where a
+product has none).  One clause over a million products is one vectorised comparison, so a
+filter costs well under the time of the vector search it restricts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..validation import RESERVED_PREFIX
+
+_CLAUSE = re.compile(r"^\s*(?P<column>[^<>=!]+?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>.*?)\s*$")
+NUMERIC_OPS = ("<", "<=", ">", ">=")
+
+
+class FilterError(ValueError):
+    """A where-clause is malformed or names a column the catalogue does not have."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    column: str
+    op: str
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.column}{self.op}{'|'.join(self.values)}"
+
+
+def parse_number(value: Any) -> float | None:
+    """A finite float from a number or numeric text ("49.90", "1e3"), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range is no usable bound or price
+            return None
+        return number if math.isfinite(number) else None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            return None
+        try:
+            number = float(text)
+        except (ValueError, OverflowError):
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def parse_clause(text: str) -> Clause:
+    match = _CLAUSE.match(text or "")
+    if not match:
+        raise FilterError(f"cannot parse filter {text!r}: expected COLUMN OP VALUE with OP one of = != < <= > >=")
+    column, op, value = match["column"].strip(), match["op"], match["value"]
+    if value == "":
+        raise FilterError(f"filter {text!r} has no value after {op!r}")
+    values = tuple(v.strip() for v in value.split("|")) if op in ("=", "!=") else (value,)
+    if op in NUMERIC_OPS and parse_number(value) is None:
+        raise FilterError(f"filter {text!r}: {op!r} needs a number, got {value!r}")
+    return Clause(column, op, values)
+
+
+def parse_where(clauses: Iterable[str] | str | None) -> list[Clause]:
+    if clauses is None:
+        return []
+    if isinstance(clauses, str):
+        clauses = [clauses]
+    return [parse_clause(c) for c in clauses if c is not None and str(c).strip() != ""]
+
+
+def clauses_expression(clauses: list[Clause]) -> str:
+    """The clauses as one boolean expression over a JSON ``metadata`` field, in the syntax of
+    vector databases' scalar filters (``metadata["colour"] in ["red", "navy"] and metadata["price"] < 50``),
+    for backends that filter server-side.  Values are JSON-quoted, so no value can break out."""
+    parts = []
+    for clause in clauses:
+        field = f"metadata[{json.dumps(clause.column)}]"
+        if clause.op in NUMERIC_OPS:
+            parts.append(f"{field} {clause.op} {parse_number(clause.values[0])!r}")
+        else:
+            listed = ", ".join(json.dumps(v) for v in clause.values)
+            parts.append(f"{field} {'in' if clause.op == '=' else 'not in'} [{listed}]")
+    return " and ".join(parts)
+
+
+def _text(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+class _Column:
+    """One metadata column as dictionary codes (text) plus floats (numeric view)."""
+
+    def __init__(self, capacity: int):
+        self.codes = np.full(capacity, -1, dtype=np.int32)
+        self.numbers = np.full(capacity, np.nan, dtype=np.float64)
+        self.vocab: dict[str, int] = {}
+        self.labels: list[str] = []  # first spelling seen for each code, for facets
+
+    def grow(self, capacity: int) -> None:
+        old = len(self.codes)
+        if capacity <= old:
+            return
+        self.codes = np.concatenate([self.codes, np.full(capacity - old, -1, np.int32)])
+        self.numbers = np.concatenate([self.numbers, np.full(capacity - old, np.nan)])
+
+    def set(self, rowid: int, value: Any) -> None:
+        if value is None or (isinstance(value, str) and value.strip() == "") or isinstance(value, (list, dict)):
+            self.clear(rowid)
+            return
+        key = _text(value)
+        code = self.vocab.get(key)
+        if code is None:
+            code = self.vocab[key] = len(self.labels)
+            self.labels.append(str(value).strip())
+        self.codes[rowid] = code
+        number = parse_number(value)
+        self.numbers[rowid] = np.nan if number is None else number
+
+    def clear(self, rowid: int) -> None:
+        self.codes[rowid] = -1
+        self.numbers[rowid] = np.nan
+
+    def has_numbers(self) -> bool:
+        return bool(np.any(~np.isnan(self.numbers)))
+
+
+class MetadataColumns:
+    """Filterable copies of every product's metadata, indexed by rowid.
+
+    Each column costs 12 bytes per product whether a product uses it or not, so the number of
+    columns is capped (``max_columns``): keys first seen after the cap are stored with the
+    product but are not filterable, and a filter on one says so."""
+
+    def __init__(self, max_columns: int = 128) -> None:
+        self.capacity = 0
+        self.max_columns = max_columns
+        self.columns: dict[str, _Column] = {}
+        self.unfiltered: set[str] = set()  # keys seen beyond the cap (bounded in size too)
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        self.capacity = max(needed, int(self.capacity * 1.5) + 1024)
+        for column in self.columns.values():
+            column.grow(self.capacity)
+
+    def set(self, rowid: int, metadata: Mapping[str, Any]) -> None:
+        """Replace everything known about one product."""
+        self._grow(rowid + 1)
+        for name, column in self.columns.items():
+            if name not in metadata:
+                column.clear(rowid)
+        for name, value in metadata.items():
+            column = self.columns.get(name)
+            if column is None:
+                if len(self.columns) >= self.max_columns:
+                    if len(self.unfiltered) < 1000:
+                        self.unfiltered.add(name)
+                    continue
+                column = self.columns[name] = _Column(self.capacity)
+            column.set(rowid, value)
+
+    def remove(self, rowid: int) -> None:
+        if rowid < self.capacity:
+            for column in self.columns.values():
+                column.clear(rowid)
+
+    def names(self) -> list[str]:
+        return sorted(self.columns)
+
+    def mask(self, clauses: list[Clause]) -> np.ndarray | None:
+        """Boolean mask over rowids of products matching every clause (None when there are no clauses)."""
+        if not clauses:
+            return None
+        result = np.ones(self.capacity, dtype=bool)
+        for clause in clauses:
+            result &= self._clause_mask(clause)
+        return result
+
+    def _clause_mask(self, clause: Clause) -> np.ndarray:
+        column = self.columns.get(clause.column)
+        if column is None:
+            if clause.column in self.unfiltered:
+                raise FilterError(f"column {clause.column!r} is not filterable: the catalogue has more than {self.max_columns} "
+                                  "metadata columns (raise max_filter_columns)")
+            known = ", ".join(self.names()) or "none"
+            raise FilterError(f"unknown filter column {clause.column!r}; the catalogue has: {known}")
+        if clause.op in NUMERIC_OPS:
+            if not column.has_numbers():
+                raise FilterError(f"filter {clause}: column {clause.column!r} has no numeric values")
+            bound = parse_number(clause.values[0])
+            with np.errstate(invalid="ignore"):
+                return {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[clause.op](column.numbers, bound)
+        hit = np.zeros(self.capacity, dtype=bool)
+        for value in clause.values:
+            code = column.vocab.get(_text(value))
+            if code is not None:
+                hit |= column.codes == code
+            number = parse_number(value)
+            if number is not None:  # "price=50" also matches a stored 50.0
+                hit |= column.numbers == number
+        if clause.op == "!=":
+            return ~hit & (column.codes >= 0)
+        return hit
+
+    def facet_counts(self, name: str, mask: np.ndarray | None = None, limit: int = 50) -> list[tuple[str, int]]:
+        """The most common values of a text column (optionally among ``mask``), for facet lists."""
+        column = self.columns.get(name)
+        if column is None:
+            return []
+        codes = column.codes if mask is None else column.codes[: len(mask)][mask[: self.capacity]]
+        codes = codes[codes >= 0]
+        if len(codes) == 0:
+            return []
+        counts = np.bincount(codes, minlength=len(column.labels))
+        top = np.argsort(-counts, kind="stable")[:limit]
+        return [(column.labels[i], int(counts[i])) for i in top if counts[i] > 0]
+
+    def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
+        """Columns worth filtering on, for facet lists: few distinct values -> value counts;
+        many numeric values -> a range; many distinct texts (titles, ids) or a single value -> none."""
+        out = []
+        for name in self.names():
+            column = self.columns[name]
+            present = column.codes >= 0
+            distinct = int(np.count_nonzero(np.bincount(column.codes[present], minlength=len(column.labels)))) if present.any() else 0
+            if distinct < 2:
+                continue
+            if distinct <= max_values:
+                out.append({"name": name, "kind": "values", "values": self.facet_counts(name, limit=max_values)})
+                continue
+            numbers = column.numbers[present]
+            finite = numbers[~np.isnan(numbers)]
+            if len(finite) >= 0.9 * np.count_nonzero(present):
+                out.append({"name": name, "kind": "range", "min": float(finite.min()), "max": float(finite.max())})
+        return out
+
+
+TAG_PREFIX = RESERVED_PREFIX  # predicted tags are filterable as tag.<name>, apart from the shop's own columns
+
+
+def with_tag_columns(metadata: dict[str, Any], tags: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The shop's metadata plus predicted tags as ``tag.<name>`` columns (kept apart from the shop's labels).
+    A stored key that spells a tag column (from before such keys were refused) is not one."""
+    if any(k.lower().startswith(TAG_PREFIX) for k in metadata):
+        metadata = {k: v for k, v in metadata.items() if not k.lower().startswith(TAG_PREFIX)}
+    if not tags:
+        return metadata
+    return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in tags.items() if tag.get("value") is not None}}

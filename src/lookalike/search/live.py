@@ -1,0 +1,184 @@
+"""The serving side of a store: the database plus one model's in-memory index, kept in step.
+
+SQLite is the source of truth; the vector backend and the filter columns are derived from it
+and tagged with the store generation they reflect.  Writes go through here (the ingest writer,
+tagging and the CRUD calls use it), so a committed product is visible to the next query; writes
+committed by another process are caught up by :meth:`ServingIndex.sync`, called before reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from ..models.encoders import Encoder
+from ..vectors import VectorBackend
+from .filters import MetadataColumns, with_tag_columns
+
+log = logging.getLogger("lookalike.serving")
+
+
+class ServingStore(Protocol):
+    """What the serving index reads and writes in the store (:class:`lookalike.storage.ProductStore`)."""
+
+    read_only: bool
+    last_write_generation: int
+
+    @property
+    def generation(self) -> int: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def iter_vectors(self, since_gen: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]: ...
+
+    def tombstones_since(self, gen: int) -> np.ndarray: ...
+
+    def all_tags(self) -> dict[int, dict[str, dict[str, Any]]]: ...
+
+    def tags_for(self, rowids: list[int]) -> dict[int, dict[str, dict[str, Any]]]: ...
+
+    def write(self, items: list[Any], encoder: str | None = None) -> list[int]: ...
+
+    def delete(self, ids: Iterable[str]) -> list[int]: ...
+
+    def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int: ...
+
+    def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Any]: ...
+
+
+class ServingIndex:
+    """One model's vectors and the filter columns, over one store.  Thread-safe; writes serialised."""
+
+    def __init__(self, store: ServingStore, encoder: Encoder, backend: VectorBackend, snapshot_dir: Path, max_columns: int = 128):
+        self.store, self.encoder, self.backend = store, encoder, backend
+        self.snapshot_dir = snapshot_dir
+        self.columns = MetadataColumns(max_columns)
+        self.synced_gen = 0  # the store generation the backend and columns reflect
+        self.lock = threading.RLock()
+        self._dirty = False  # the backend's snapshot lags what it holds
+
+    # ---- loading and catching up -------------------------------------------------------------
+    def load(self, restore: bool = True) -> None:
+        """Fill the backend and filter columns from the store, then catch the snapshot up.
+
+        The generation is read *before* the rows: whatever another process commits meanwhile is
+        then caught up by :meth:`sync` (applying a row twice is harmless), never missed."""
+        store, backend = self.store, self.backend
+        generation = store.generation
+        snapshot_gen = backend.restore(self.snapshot_dir, self.encoder.identity) if restore else None
+        tags = store.all_tags()
+        for rowids, vectors, metadata in store.iter_vectors():
+            backend.load(rowids, vectors)
+            for rowid, meta in zip(rowids.tolist(), metadata):
+                self.set_columns(rowid, meta, tags.get(rowid))
+        if snapshot_gen is not None and snapshot_gen > generation:
+            backend.discard_snapshot()  # a snapshot from the future belongs to another database
+        elif snapshot_gen is not None and snapshot_gen < generation:
+            changed = [r for r, _, _ in store.iter_vectors(since_gen=snapshot_gen)]
+            backend.refresh(np.concatenate(changed + [store.tombstones_since(snapshot_gen)]))
+            self._dirty = True
+        self.synced_gen = generation
+        self.maintain(save=not store.read_only)
+
+    def set_columns(self, rowid: int, metadata: dict[str, Any], tags: dict[str, dict[str, Any]] | None) -> None:
+        """Make one product filterable; a cell the filters cannot take is logged and left out,
+        so no stored value can stop the store from opening."""
+        try:
+            self.columns.set(rowid, with_tag_columns(metadata, tags))
+        except Exception as exc:  # noqa: BLE001 - one bad cell must not make the store unopenable
+            self.columns.remove(rowid)
+            log.warning("product rowid %s: metadata not filterable (%s: %s)", rowid, type(exc).__name__, exc)
+
+    def sync(self) -> bool:
+        """Catch up with writes other processes committed (a CLI ingest while the server runs).
+        One cheap read of the generation counter when nothing changed."""
+        if self.store.generation == self.synced_gen:
+            return False
+        with self.lock:
+            generation = self.store.generation
+            if generation <= self.synced_gen:
+                return False
+            if self.store.get_meta("encoder") != self.encoder.identity:
+                log.warning("another process re-indexed this store with %s; restart to serve it", self.store.get_meta("encoder"))
+                self.synced_gen = generation  # keep serving the old, consistent index
+                return False
+            since = self.synced_gen
+            for rowids, vectors, metadata in self.store.iter_vectors(since_gen=since):
+                self.backend.upsert(rowids, vectors)
+                tags = self.store.tags_for(rowids.tolist())
+                for rowid, meta in zip(rowids.tolist(), metadata):
+                    self.set_columns(rowid, meta, tags.get(rowid))
+            deleted = self.store.tombstones_since(since)
+            if len(deleted):
+                self.backend.remove(deleted)
+                for rowid in deleted.tolist():
+                    self.columns.remove(rowid)
+            self._dirty = True
+            self.synced_gen = generation
+            return True
+
+    def _advance(self, generation: int) -> None:
+        """After this process's own write: current only if nobody else wrote in between;
+        otherwise :meth:`sync` catches up (re-applying ours too)."""
+        if generation == self.synced_gen + 1:
+            self.synced_gen = generation
+
+    # ---- writes (the ingest writer, tagging and CRUD go through these) ---------------------------
+    def write(self, writes: list[Any]) -> list[int]:
+        """Commit products (:class:`lookalike.storage.ProductWrite`), then make them visible."""
+        with self.lock:
+            rowids = self.store.write(writes, encoder=self.encoder.identity)
+            self._advance(self.store.last_write_generation)
+            with_vectors = [(r, w) for r, w in zip(rowids, writes) if w.vector is not None]
+            if with_vectors:
+                self.backend.upsert(np.array([r for r, _ in with_vectors]), np.stack([w.vector for _, w in with_vectors]))
+                self._dirty = True
+            for rowid, write in zip(rowids, writes):
+                self.set_columns(rowid, write.metadata, None)
+        return rowids
+
+    def delete(self, product_ids: Iterable[str]) -> list[int]:
+        """Delete products by id; returns the rowids that existed."""
+        with self.lock:
+            rowids = self.store.delete(product_ids)
+            self._advance(self.store.last_write_generation)
+            if rowids:
+                self.backend.remove(np.array(rowids))
+                for rowid in rowids:
+                    self.columns.remove(rowid)
+                self._dirty = True
+            return rowids
+
+    def write_tags(self, entries: list[tuple[int, dict[str, dict[str, Any]]]], tagger: str) -> int:
+        """Store predicted tags and make them filterable as ``tag.<name>`` columns."""
+        with self.lock:
+            written = self.store.write_tags(entries, tagger)
+            self._advance(self.store.last_write_generation)
+            for rowid, product in self.store.get_by_rowids([r for r, _ in entries]).items():
+                self.set_columns(rowid, product.metadata, product.tags)
+        return written
+
+    # ---- the snapshot ---------------------------------------------------------------------------
+    def maintain(self, save: bool) -> None:
+        """Rebuild the backend's derived structure when outgrown, and snapshot it if asked."""
+        with self.lock:
+            if self.backend.maintain():
+                self._dirty = True
+            if save and self._dirty:
+                self.save()
+
+    def save(self) -> None:
+        """Snapshot tagged with the generation it reflects (never a newer one, so a reopened
+        store catches up on every write this process did not see)."""
+        with self.lock:
+            if not self.store.read_only:
+                self.backend.snapshot(self.snapshot_dir, self.synced_gen, self.encoder.identity)
+            self._dirty = False
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty

@@ -1,0 +1,135 @@
+"""Answering queries: one recipe for the CLI, the API and the web pages.
+
+A :class:`Searcher` serves one model: it embeds the query with that model's encoder, builds a
+:class:`~lookalike.vectors.VectorFilter` from the ``where`` clauses, the exclusions and the
+query's modifiers, asks the vector backend, and joins the hits with the products' metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+from PIL import Image
+
+from ..vectors import VectorFilter
+from .filters import Clause, clauses_expression, parse_where
+from .live import ServingIndex
+from .queries import ImageQuery, ProductQuery, Query, VectorQuery
+
+ImageReader = Callable[[Any, int], Image.Image]  # (path, URL, bytes or PIL image; draft size) -> RGB picture
+
+
+class NotFoundError(KeyError):
+    """No product has the given id."""
+
+    def __init__(self, product_id: str):
+        super().__init__(product_id)
+        self.product_id = product_id
+
+    def __str__(self) -> str:
+        return f"no product with id {self.product_id!r}"
+
+
+@dataclass
+class Hit:
+    """One search result: the product, its cosine similarity to the query, and its metadata."""
+
+    id: str
+    score: float
+    metadata: dict[str, Any]
+    image: str | None = None
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(self.score, 6), "metadata": self.metadata, "tags": self.tags, "image": self.image}
+
+
+class ProductLookup(Protocol):
+    """Products by id or rowid (:class:`lookalike.storage.ProductStore`)."""
+
+    def get(self, item_id: str) -> Any: ...
+
+    def get_by_rowids(self, rowids: Iterable[int]) -> dict[int, Any]: ...
+
+
+class Searcher:
+    """Queries against one serving model."""
+
+    def __init__(self, serving: ServingIndex, products: ProductLookup, read_image: ImageReader, pinned_facets: list[str] | None = None):
+        self.serving, self.products, self.read_image = serving, products, read_image
+        self.pinned_facets = pinned_facets or []
+
+    @property
+    def dim(self) -> int:
+        return self.serving.encoder.dim
+
+    def embed(self, image: Any) -> np.ndarray:
+        """The unit vector of one image with the serving model."""
+        encoder = self.serving.encoder
+        picture = self.read_image(image, encoder.input_size)
+        return encoder.embed(encoder.preprocess(picture)[None])[0]
+
+    def product(self, product_id: str) -> Any:
+        product = self.products.get(str(product_id))
+        if product is None:
+            raise NotFoundError(str(product_id))
+        return product
+
+    def search(self, query: Query) -> list[Hit]:
+        """The query's k best products, best first, among those its filters allow."""
+        clauses = parse_where(query.where)
+        columns = self.serving.columns
+        columns.mask(clauses)  # reject a bad filter before spending time on an image
+        exclude = self._rowids(query.exclude)
+        if isinstance(query, ImageQuery):
+            vector = self.embed(query.image)
+        elif isinstance(query, ProductQuery):
+            product = self.product(query.product_id)
+            clauses += query.modifier_clauses(product.metadata)
+            vector = self.serving.backend.vector(product.rowid)
+            exclude.append(product.rowid)
+        elif isinstance(query, VectorQuery):
+            vector = np.asarray(query.vector, dtype=np.float32)
+            if vector.shape != (self.dim,):
+                raise ValueError(f"expected a vector of {self.dim} numbers (the encoder {self.serving.encoder.identity}), "
+                                 f"got shape {vector.shape}")
+        else:
+            raise TypeError(f"not a query: {type(query).__name__}")
+        return self._find(vector, query.k, clauses, exclude)
+
+    def _rowids(self, product_ids: tuple[str, ...]) -> list[int]:
+        return [p.rowid for p in (self.products.get(i) for i in product_ids) if p is not None]
+
+    def _find(self, vector: np.ndarray, k: int, clauses: list[Clause], exclude: list[int]) -> list[Hit]:
+        where = VectorFilter(self.serving.columns.mask(clauses), clauses_expression(clauses), tuple(exclude))
+        ids, scores = self.serving.backend.search(vector, k, where)
+        products = self.products.get_by_rowids(ids.tolist())
+        hits = []
+        for rowid, score in zip(ids.tolist(), scores.tolist()):
+            product = products.get(rowid)
+            if product is not None:  # deleted between search and lookup
+                hits.append(Hit(product.id, float(score), product.metadata, product.image, product.tags))
+        return hits
+
+    def matching_rowids(self, where: Iterable[str] | str | None = None) -> np.ndarray:
+        """Rowids of products with a vector that match ``where``, ascending (catalogue order)."""
+        mask = self.serving.columns.mask(parse_where(where))
+        return np.flatnonzero(VectorFilter(mask).bitmap(self.serving.backend.live_mask()) if mask is not None
+                              else self.serving.backend.live_mask())
+
+    def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Any]]:
+        """A page of the catalogue (in ingest order) among products matching ``where``; returns (total, page)."""
+        live = self.matching_rowids(where)
+        page = live[offset : offset + limit].tolist()
+        products = self.products.get_by_rowids(page)
+        return len(live), [products[r] for r in page if r in products]
+
+    def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
+        """Filterable columns with their values and counts (or numeric ranges), pinned ones first."""
+        found = self.serving.columns.facets(max_values)
+        if not self.pinned_facets:
+            return found
+        by_name = {f["name"]: f for f in found}
+        return [by_name[c] for c in self.pinned_facets if c in by_name]

@@ -1,0 +1,84 @@
+"""The tagging capability of one store: its current tagger set, kept loaded, and the calls that apply it.
+
+Loading a tagger set means loading its models (a backbone, the ImageNet head), so the set and
+its predictor are cached until a new set is saved; without a trained set the label-free set
+(text rules, zero-shot groups) is used, rebuilt when the catalogue changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..common.progress import Log, Progress, no_log
+from ..search.view import CatalogueView
+from .rules import TextRules
+from .tagger import TaggerError, TaggerSet, TagPredictor, TrainOptions, current_tagger_path, load_taggers, train_taggers, untrained_taggers
+
+
+class TaggingService:
+    def __init__(self, view: Callable[[], CatalogueView]):
+        self._view = view  # a callable: a re-index swaps the serving model the view reads
+        self._taggers: tuple[Path, TaggerSet | None] | None = None
+        self._predictor: tuple[Any, TagPredictor] | None = None
+
+    @property
+    def taggers(self) -> TaggerSet | None:
+        """The store's current tagger set; None when never trained."""
+        view = self._view()
+        path = current_tagger_path(view)
+        if path is None:
+            return None
+        if self._taggers is None or self._taggers[0] != path:
+            self._taggers = (path, load_taggers(view, path))
+        return self._taggers[1]
+
+    def train(self, options: TrainOptions, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> TaggerSet:
+        """Train taggers from the catalogue's labelled columns; saved as the store's next version."""
+        view = self._view()
+        taggers = train_taggers(view, options, progress=progress, log=log)
+        if save:
+            taggers.save(view)
+        return taggers
+
+    def predictor(self, taggers: TaggerSet | None = None) -> TagPredictor:
+        """The predictor of ``taggers`` (default: the current set, else the label-free set)."""
+        view = self._view()
+        if taggers is not None:
+            return TagPredictor(view, taggers)
+        current = self.taggers
+        key = current if current is not None else ("untrained", view.store.generation)  # sets compare by identity
+        if self._predictor is None or self._predictor[0] != key:
+            self._predictor = (key, TagPredictor(view, current or untrained_taggers(view)))
+        return self._predictor[1]
+
+    def tag(self, only_untagged: bool = False, threshold: float | None = None, rules: TextRules | None = None,
+            progress: Progress | None = None, taggers: TaggerSet | None = None) -> int:
+        """Write predicted tags for every product (or those without tags); returns how many were tagged."""
+        view = self._view()
+        rowids = view.store.untagged_rowids() if only_untagged else view.matching_rowids().tolist()
+        return self.predictor(taggers).predict_rowids(rowids, threshold=threshold, rules=rules, progress=progress)
+
+    def tag_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
+        """Tags for an uploaded photo (and optional title), without storing anything."""
+        return self.predictor().predict_picture(picture, vector, text, threshold)
+
+    def auto_tag(self) -> None:
+        """Once taggers exist, ingest tags what it added or changed (not with taggers of an
+        encoder the store no longer serves: those need retraining, which ``tag info`` says)."""
+        try:
+            taggers = self.taggers
+        except TaggerError:
+            return
+        if taggers is not None:
+            self.tag(only_untagged=True)
+
+    def load_file(self, path: str | Path) -> TaggerSet:
+        """A tagger set from a file anywhere (trained in another store), checked against this store's encoder."""
+        taggers = load_taggers(self._view(), path)
+        if taggers is None:
+            raise TaggerError(f"{path} holds no tagger set")
+        return taggers

@@ -1,0 +1,270 @@
+"""Approximate search with FAISS above a size threshold, exact below it.
+
+Above ``ann_threshold`` an index built from a FAISS index-factory string (IVF by default)
+proposes ``k * rerank_factor`` candidates that are re-scored exactly, so scores are true
+cosine similarities whichever structure found them.  A filter becomes an
+``IDSelectorBitmap`` with ``nprobe`` raised as it gets more selective; if the approximate pass
+still finds fewer than ``k`` matches the allowed set is scanned exactly, so a filtered query
+returns ``k`` results whenever ``k`` products match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .base import BackendError, Neighbours, no_neighbours
+from .exact import ExactBackend
+
+# Filtered queries probe enough lists to meet this fraction of an unfiltered query's candidates.
+FILTER_PROBE_FRACTION = 0.5
+
+
+class IndexBuildError(BackendError):
+    """The FAISS index cannot be built as asked (a bad factory string)."""
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How to index: ``auto``, ``flat`` (exact) or a FAISS index factory string."""
+
+    kind: str = "auto"
+    ann_threshold: int = 20_000
+    nprobe: int = 64
+    rerank_factor: int = 10
+
+    def factory_for(self, n: int, dim: int) -> str | None:
+        """The FAISS factory string to use for ``n`` vectors, or None for exact search."""
+        if self.kind == "flat" or (self.kind == "auto" and n < self.ann_threshold):
+            return None
+        if self.kind != "auto":
+            return self.kind
+        nlist = auto_nlist(n)
+        reduced = min(dim, 256)
+        prefix = f"PCA{reduced}," if reduced < dim else ""
+        return f"{prefix}IVF{nlist},SQ8"
+
+
+def auto_nlist(n: int) -> int:
+    """About 4*sqrt(n) inverted lists (a power of two), the usual FAISS guidance."""
+    target = 4 * math.sqrt(max(n, 1))
+    return int(min(65536, max(64, 2 ** round(math.log2(target)))))
+
+
+def bitmap_selector(mask: np.ndarray) -> tuple[faiss.IDSelectorBitmap, np.ndarray]:
+    """A FAISS selector for the ids where ``mask`` is true (keep the bits alive while searching)."""
+    bits = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits
+
+
+class FaissBackend(ExactBackend):
+    """Exact search for small collections, a FAISS index (IVF by default) with exact re-ranking above."""
+
+    name = "faiss"
+
+    def __init__(self, dim: int, spec: IndexSpec = IndexSpec(), threads: int = 1):
+        super().__init__(dim)
+        self.spec = spec
+        self.ann: faiss.Index | None = None
+        self.ann_factory: str | None = None
+        faiss.omp_set_num_threads(max(1, threads))
+
+    # ---- keeping the ANN index in step ------------------------------------------------------
+    def _added(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        # Remove every id, not only known ones: a restored snapshot may already hold it.
+        self._ann_remove(ids)
+        if self.ann is not None:
+            self.ann.add_with_ids(vectors, ids)
+
+    def _removed(self, ids: np.ndarray) -> None:
+        self._ann_remove(ids)
+
+    def _ann_remove(self, ids: np.ndarray) -> None:
+        """An index type that cannot remove (HNSW) is dropped and searches fall back to exact
+        until the next rebuild, so a deleted product is never returned."""
+        if self.ann is None:
+            return
+        try:
+            self.ann.remove_ids(ids)
+        except RuntimeError:
+            self.ann, self.ann_factory = None, None
+
+    def refresh(self, ids: np.ndarray) -> None:
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if self.ann is None or len(ids) == 0:
+            return
+        with self._lock:
+            self._ann_remove(ids)
+            live = ids[ids < self.capacity]
+            live = live[self.live[live]]
+            if self.ann is not None and len(live):
+                self.ann.add_with_ids(self.matrix[live], live)
+
+    def discard_snapshot(self) -> None:
+        with self._lock:
+            self.ann, self.ann_factory = None, None
+
+    # ---- building ---------------------------------------------------------------------------
+    def wanted_factory(self) -> str | None:
+        return self.spec.factory_for(self.count, self.dim)
+
+    def needs_rebuild(self) -> bool:
+        """True when the ANN index is missing, of the wrong kind, or sized for a much smaller collection."""
+        wanted = self.wanted_factory()
+        if wanted is None:
+            return self.ann is not None
+        if self.ann is None or self.ann_factory is None:
+            return True
+        if self.spec.kind == "auto":
+            built_nlist = faiss.extract_index_ivf(self.ann).nlist
+            return built_nlist * 4 <= auto_nlist(self.count) or built_nlist >= auto_nlist(self.count) * 4
+        return wanted != self.ann_factory
+
+    def maintain(self) -> bool:
+        if not self.needs_rebuild():
+            return False
+        self.build_ann()
+        return True
+
+    def build_ann(self, seed: int = 1234) -> None:
+        """(Re)build the ANN index from the stored vectors, or drop it for small collections."""
+        factory = self.wanted_factory()
+        with self._lock:
+            if factory is None:
+                self.ann, self.ann_factory = None, None
+                return
+            ids = self.ids()
+            try:
+                index = faiss.index_factory(self.dim, factory, faiss.METRIC_L2)
+            except RuntimeError as exc:
+                raise IndexBuildError(f"FAISS cannot build index {factory!r}: {exc}") from exc
+            if not index.is_trained:
+                # k-means needs ~30-40 points per list; more only costs time.
+                n_train = min(len(ids), max(50_000, 32 * _nlist_of(index)))
+                sample = np.sort(np.random.default_rng(seed).choice(len(ids), n_train, replace=False))
+                _seed_clustering(index, seed)
+                index.train(self.matrix[ids[sample]])
+            index = _with_ids(index)
+            for start in range(0, len(ids), 65_536):  # gather in chunks: no second copy of a large matrix
+                chunk = ids[start : start + 65_536]
+                index.add_with_ids(self.matrix[chunk], chunk)
+            self.ann, self.ann_factory = index, factory
+
+    # ---- snapshots --------------------------------------------------------------------------
+    def snapshot(self, directory: Path, generation: int, model: str = "") -> None:
+        """Write the ANN index atomically, tagged with the store generation it reflects."""
+        index_path, info_path = directory / "ann.faiss", directory / "ann.json"
+        with self._lock:
+            if self.ann is None:
+                for p in (index_path, info_path):
+                    p.unlink(missing_ok=True)
+                return
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = directory / "ann.faiss.tmp"
+            faiss.write_index(self.ann, str(tmp))
+            info = {"factory": self.ann_factory, "generation": generation, "dim": self.dim, "ntotal": int(self.ann.ntotal), "model": model}
+        os.replace(tmp, index_path)
+        tmp_info = directory / "ann.json.tmp"
+        tmp_info.write_text(json.dumps(info))
+        os.replace(tmp_info, info_path)
+
+    def restore(self, directory: Path, model: str = "") -> int | None:
+        """Load a saved ANN index; returns the generation it reflects, or None if unusable
+        (a snapshot written before models were recorded is trusted when its dimension fits)."""
+        index_path, info_path = directory / "ann.faiss", directory / "ann.json"
+        if not (index_path.exists() and info_path.exists()):
+            return None
+        try:
+            info = json.loads(info_path.read_text())
+            if info.get("dim") != self.dim or info.get("model", model) != model:
+                return None
+            index = faiss.read_index(str(index_path))
+        except (OSError, ValueError, RuntimeError):
+            return None  # a damaged snapshot is rebuilt from the store, never trusted
+        with self._lock:
+            self.ann, self.ann_factory = index, info["factory"]
+        return int(info["generation"])
+
+    def describe(self) -> str:
+        return self.ann_factory or "flat (exact)"
+
+    def ann_bytes(self) -> int:
+        """The serialised size of the ANN index (0 without one)."""
+        return 0 if self.ann is None else int(faiss.serialize_index(self.ann).nbytes)
+
+    def memory_bytes(self) -> int:
+        return super().memory_bytes() + self.ann_bytes()
+
+    # ---- search -----------------------------------------------------------------------------
+    def _search(self, query: np.ndarray, k: int, mask: np.ndarray, filtered: bool, n_allowed: int) -> Neighbours:
+        if self.ann is None:
+            return self._exact_masked(query, mask, k)
+        ids, scores = self._approximate(query, k, mask if filtered else None, n_allowed)
+        if len(ids) < k:
+            return self._exact_masked(query, mask, k)
+        return ids, scores
+
+    def _approximate(self, query: np.ndarray, k: int, mask: np.ndarray | None, n_allowed: int) -> Neighbours:
+        assert self.ann is not None
+        fetch = min(self.count, k * max(1, self.spec.rerank_factor))
+        params, keep_alive = self._search_params(mask, n_allowed)
+        _, found = self.ann.search(query.reshape(1, -1), fetch, params=params)
+        del keep_alive
+        candidates = np.unique(found[0][found[0] >= 0])
+        candidates = candidates[self.live[candidates]]
+        if len(candidates) == 0:
+            return no_neighbours()
+        return self._exact_subset(query, candidates, min(k, len(candidates)))
+
+    def _search_params(self, mask: np.ndarray | None, n_allowed: int) -> tuple[Any, Any]:
+        """Search parameters for the ANN index: nprobe scaled up by the filter's selectivity."""
+        nprobe = self.spec.nprobe
+        selector, bits = (None, None)
+        if mask is not None:
+            selector, bits = bitmap_selector(mask)
+            # Probe more lists the more selective the filter, aiming at half the candidate volume of
+            # an unfiltered query: measured at 1M vectors, that keeps recall@10 at 0.999 for a 5 %
+            # filter, while the full 1/selectivity scaling doubled latency for no gain.
+            selectivity = max(n_allowed, 1) / self.count
+            nprobe = max(nprobe, math.ceil(nprobe * FILTER_PROBE_FRACTION / selectivity))
+        try:
+            ivf = faiss.extract_index_ivf(self.ann)
+            nprobe = min(nprobe, ivf.nlist)
+            inner = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector) if selector else faiss.SearchParametersIVF(nprobe=nprobe)
+        except RuntimeError:  # not an IVF index (e.g. HNSW from a custom factory string)
+            inner = faiss.SearchParameters(sel=selector) if selector else None
+        params = inner
+        if isinstance(self.ann, faiss.IndexPreTransform) and inner is not None:
+            params = faiss.SearchParametersPreTransform(index_params=inner)
+        return params, (bits, selector, inner)
+
+
+def _nlist_of(index: faiss.Index) -> int:
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:
+        return 1
+
+
+def _seed_clustering(index: faiss.Index, seed: int) -> None:
+    """Make k-means deterministic so rebuilding the same collection gives the same index."""
+    try:
+        faiss.extract_index_ivf(index).cp.seed = seed
+    except RuntimeError:
+        pass
+
+
+def _with_ids(index: faiss.Index) -> faiss.Index:
+    """Indexes that cannot store our ids themselves (flat, HNSW) are wrapped in an id map."""
+    try:
+        faiss.extract_index_ivf(index)
+        return index
+    except RuntimeError:
+        return faiss.IndexIDMap2(index)
