@@ -14,6 +14,12 @@ import httpx
 import pytest
 
 from lookalike import Engine
+from lookalike.models import register_encoder
+from lookalike.models.encoders import FakeEncoder
+
+# A model-free encoder (pixel hash -> vector) so seams are tested in milliseconds; the real
+# model stays in the end-to-end tests.
+register_encoder("fake", FakeEncoder.factory)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CSV = ROOT / "examples" / "demo" / "products.csv"

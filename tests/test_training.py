@@ -446,3 +446,51 @@ def test_unfrozen_head_starts_from_the_backbone_and_serves(trained_store, tmp_pa
     with pytest.raises(TrainingDataError, match="one EfficientNet-Lite backbone"):
         with Engine.open(store) as engine:
             engine.train_embedding(EmbeddingOptions(positives=["category"], backbones=["efficientnet-lite0", "efficientnet-lite2"], unfreeze_head=True))
+
+
+def test_models_are_portable_between_stores(trained_store, demo_store, tmp_path):
+    """Trained in one store, applied to another by folder path (re-index imports it) or after `models import`."""
+    import json
+    import subprocess
+    import sys
+
+    path, name, coded_name = trained_store
+    other = tmp_path / "other"
+    shutil.copytree(demo_store, other)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lookalike", "--store", str(other), *args], capture_output=True, text=True, timeout=300)
+
+    switched = run("reindex", "--model", str(models_dir(path) / name), "--json")
+    assert switched.returncode == 0, switched.stderr
+    assert (models_dir(other) / name / "model.json").is_file()  # imported, so the store reopens with it by name
+    info = json.loads(run("info", "--json").stdout)
+    assert info["encoder"].startswith(name + "@") and info["dim"] == 64
+    hits = json.loads(run("search", str(DEMO_CSV.parent / "images" / "878ff7a3.jpg"), "--json", "-k", "1").stdout)
+    assert hits[0]["id"] == "878ff7a3"
+    imported = run("models", "import", str(models_dir(path) / coded_name))
+    assert imported.returncode == 0 and coded_name in imported.stdout
+    assert run("models", "import", str(models_dir(path) / coded_name)).returncode == 0  # the same model again: a no-op
+    listed = {m["name"]: m for m in json.loads(run("models", "list", "--json").stdout)}
+    assert set(listed) == {name, coded_name} and listed[name]["serving"]
+    assert run("models", "import", str(tmp_path)).returncode == 1  # not a model folder: refused with a reason
+    damaged = tmp_path / "damaged"
+    shutil.copytree(models_dir(path) / name, damaged)
+    (damaged / "weights.npz").write_bytes(b"x")
+    refused = run("models", "import", str(damaged))
+    assert refused.returncode == 1 and "cannot be read" in refused.stderr
+
+
+def test_a_tagger_file_from_another_store_tags_this_one(engine, tmp_path, demo_store):
+    from lookalike.tagging import TrainOptions
+    from lookalike.tagging.tagger import current_tagger_path
+
+    engine.train_taggers(TrainOptions(columns=["category"], image_model="none", folds=2))
+    taggers_file = current_tagger_path(engine)
+    other = tmp_path / "other"
+    shutil.copytree(demo_store, other)
+    with Engine.open(other) as second:
+        assert second.taggers is None
+        chosen = second.tagging.load_file(taggers_file)
+        assert second.tagging.tag(taggers=chosen) == 305
+        assert second.get("878ff7a3").tags["category"]["value"] == "Blazer"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 from typing import Any, Callable, List, Optional
 
@@ -92,27 +93,51 @@ def train_quantizer_cmd(
 
 @train_app.command("list")
 def train_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The trained models in this store, with their held-out scores (same as ``models list``)."""
+    guarded(lambda: _print_models(as_json))
+
+
+def _print_models(as_json: bool) -> None:
+    from ...models import list_models
+
+    with state.catalog() as catalog:  # no vectors needed: model files and the store's record
+        models = list_models(catalog.directory)
+        serving = catalog.store.get_meta("encoder")
+    if as_json:
+        out.print_json(json.dumps([{**m, "serving": f"{m['name']}@{m['weights_sha'][:12]}" == serving} for m in models], default=str))
+        return
+    if not models:
+        out.print("no trained models; run `lookalike train embedding`, or copy one in with `lookalike models import`")
+        return
+    table = Table("name", "kind", "positives", "bits", "dim", "held-out NN", "held-out mAP", "created", "serving")
+    for m in models:
+        score = m.get("validation", {}).get("adc") or m.get("validation", {}).get("fine_tuned") or {}
+        table.add_row(m["name"], m.get("kind", ""), " + ".join(m.get("positives", [])), str(m.get("bits") or "-"), str(m.get("dim")),
+                      f"{score.get('nn_accuracy', float('nan')):.3f}", f"{score.get('map', float('nan')):.3f}", m.get("created", ""),
+                      "yes" if f"{m['name']}@{m['weights_sha'][:12]}" == serving else "")
+    out.print(table)
+
+
+models_app = typer.Typer(help="Models in this store: list them, import one trained elsewhere.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The trained models in this store, with their held-out scores."""
+    guarded(lambda: _print_models(as_json))
+
+
+@models_app.command("import")
+def models_import(source: Path = typer.Argument(..., help="A model folder (STORE/models/NAME of another store).")) -> None:
+    """Copy a trained model into this store, checked; then reindex --model NAME, or name it in an eval config."""
 
     def body() -> None:
-        from ...training import list_models
+        from ...models import import_model
 
-        with state.engine() as engine:
-            models = list_models(engine.directory)
-            serving = engine.encoder.identity
-            if as_json:
-                out.print_json(json.dumps([{**m, "serving": f"{m['name']}@{m['weights_sha'][:12]}" == serving} for m in models], default=str))
-                return
-            if not models:
-                out.print("no trained models; run `lookalike train embedding`")
-                return
-            table = Table("name", "kind", "positives", "bits", "dim", "held-out NN", "held-out mAP", "created", "serving")
-            for m in models:
-                score = m.get("validation", {}).get("adc") or m.get("validation", {}).get("fine_tuned") or {}
-                table.add_row(m["name"], m.get("kind", ""), " + ".join(m.get("positives", [])), str(m.get("bits") or "-"), str(m.get("dim")),
-                              f"{score.get('nn_accuracy', float('nan')):.3f}", f"{score.get('map', float('nan')):.3f}", m.get("created", ""),
-                              "yes" if f"{m['name']}@{m['weights_sha'][:12]}" == serving else "")
-            out.print(table)
+        with state.catalog() as catalog:
+            target = import_model(source, catalog.directory)
+        out.print(f"imported {target.name} into {target.parent}", highlight=False)
 
     guarded(body)
 

@@ -77,6 +77,8 @@ def tag_predict(
     only_new: bool = typer.Option(False, "--only-new", help="Tag only products without tags (ingest does this automatically)."),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Override the tagger's confidence threshold."),
     rules: Optional[Path] = typer.Option(None, help="Text rules file (YAML) to use instead of the tagger set's."),
+    taggers: Optional[Path] = typer.Option(None, help="A tagger file to use instead of the store's current set (e.g. trained "
+                                                      "in another store on the same encoder)."),
 ) -> None:
     """Tag products with the current taggers (or, untrained, with text rules and zero-shot image groups)."""
 
@@ -84,11 +86,12 @@ def tag_predict(
         from ...tagging import TextRules
 
         with state.engine() as engine:
-            if engine.taggers is None:
+            chosen = engine.tagging.load_file(taggers) if taggers else None
+            if chosen is None and engine.taggers is None:
                 err.print("no trained taggers: using text rules and zero-shot image groups (lower confidence)", highlight=False)
             with progress_bar(not sys.stderr.isatty()) as bar:
-                done = engine.tag(only_untagged=only_new, threshold=threshold, rules=TextRules.from_file(rules) if rules else None,
-                                  progress=bar_progress(bar))
+                done = engine.tagging.tag(only_untagged=only_new, threshold=threshold, rules=TextRules.from_file(rules) if rules else None,
+                                          progress=bar_progress(bar), taggers=chosen)
             out.print(f"tagged {done} products", highlight=False)
 
     guarded(body)
