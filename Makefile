@@ -24,6 +24,8 @@ demo: setup
 	$(VENV)/bin/lookalike --store $(STORE) serve --host $(HOST) --port $(PORT)
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(PY) scripts/check_imports.py
 	$(PY) -m pytest
 
 bench: setup

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from _common import SHARED, need_shared, percentiles, report
 from lookalike import Engine
 from lookalike.models.encoders.efficientnet import letterbox
@@ -60,14 +59,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         catalogue, images = subset_csv(args.n, Path(tmp))
         with Engine.open(Path(tmp) / "store", threads=args.threads) as engine:
-            engine.embed(images[0])  # load the model outside the timing
+            engine.searcher.embed(images[0])  # load the model outside the timing
             report_ = engine.ingest(catalogue)
             ingest_rate = report_.embedded / report_.seconds
             single = []
             for path in images[:200]:
                 data = path.read_bytes()
                 t = time.perf_counter()
-                engine.embed(data)
+                engine.searcher.embed(data)
                 single.append((time.perf_counter() - t) * 1000)
         baseline_rate = naive_baseline(images[: args.baseline_n], args.threads)
     report("ingest_throughput", {

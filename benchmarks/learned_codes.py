@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from _common import ROOT, need_shared, report
-
 from lookalike.evaluation import evaluate, load_suite
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 def _handler(files: Path | None, trickle_every: float, redirect_to: str | None) -> type[_Quiet]:
     class Handler(_Quiet):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if redirect_to is not None:
                 self.send_response(302)
                 self.send_header("Location", redirect_to)

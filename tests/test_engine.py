@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from lookalike import Engine, NotFoundError
+from lookalike.images import ImageError
 from lookalike.models.encoders import EfficientNetLiteEncoder
 from lookalike.search.filters import FilterError
-from lookalike.images import ImageError
 from lookalike.storage import StoreError
 
 from .conftest import DEMO_CSV, ROOT

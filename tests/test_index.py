@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.vectors import FaissBackend as VectorIndex, IndexSpec, auto_nlist
+from lookalike.vectors import FaissBackend as VectorIndex
+from lookalike.vectors import IndexSpec, auto_nlist
 
 
 def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:

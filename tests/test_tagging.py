@@ -82,8 +82,8 @@ def test_tree_places_at_the_deepest_confident_node():
     assert tree.depth == 4 and len(leaves) == 4
     index = {leaf[-1]: i for i, leaf in enumerate(leaves)}
     proba = np.zeros((3, 4))
-    proba[0, index["Tops"]] = 0.9; proba[0, index["Tshirts"]] = 0.1                                # sure: a leaf
-    proba[1, index["Tops"]] = 0.45; proba[1, index["Tshirts"]] = 0.45; proba[1, index["Skirts"]] = 0.1  # Topwear, not which
+    proba[0, [index["Tops"], index["Tshirts"]]] = 0.9, 0.1                                          # sure: a leaf
+    proba[1, [index["Tops"], index["Tshirts"], index["Skirts"]]] = 0.45, 0.45, 0.1                   # Topwear, not which
     proba[2, :] = 0.25                                                                            # nothing reaches 0.6
     placed = tree.place(leaves, proba, threshold=0.6)
     assert placed[0].path == ("Women", "Apparel", "Topwear", "Tops") and placed[0].confidence == pytest.approx(0.9)

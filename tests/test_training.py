@@ -13,12 +13,16 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs PyTorch (pip install torch==2.13.0)")
 
 from lookalike import Engine  # noqa: E402
+from lookalike.models.artefacts import models_dir  # noqa: E402
 from lookalike.training import AdditiveQuantizer, EmbeddingOptions, ModelError, QuantizerOptions, TrainingDataError, load_model  # noqa: E402
 from lookalike.training.embedding import split_holdout  # noqa: E402
 from lookalike.training.losses import (  # noqa: E402
-    ProxyAnchorLoss, hardest_negatives, multi_similarity_loss, semi_hard_negatives, triplet_loss,
+    ProxyAnchorLoss,
+    hardest_negatives,
+    multi_similarity_loss,
+    semi_hard_negatives,
+    triplet_loss,
 )
-from lookalike.models.artefacts import models_dir  # noqa: E402
 
 from .conftest import DEMO_CSV, SHARED, requires_shared  # noqa: E402
 
@@ -303,8 +307,8 @@ def test_reindex_catches_up_products_changed_during_staging(trained_store, tmp_p
     store = tmp_path / "store"
     shutil.copytree(path, store)
     with Engine.open(store) as engine:
-        from lookalike.models import get_encoder
         from lookalike.ingest.reindex import Reindexer
+        from lookalike.models import get_encoder
 
         reindexer = Reindexer(engine.store, engine.limits, get_encoder(name, engine.settings.replace(store=str(store))))
         reindexer.stage()
@@ -443,9 +447,8 @@ def test_unfrozen_head_starts_from_the_backbone_and_serves(trained_store, tmp_pa
         outcome = engine.reindex(model.name)
         assert outcome["from_images"] == 305 and outcome["from_backbone_vectors"] == 0  # no stored feature maps to reuse
         assert engine.search(DEMO_CSV.parent / "images" / "878ff7a3.jpg", k=1)[0].id == "878ff7a3"
-    with pytest.raises(TrainingDataError, match="one EfficientNet-Lite backbone"):
-        with Engine.open(store) as engine:
-            engine.train_embedding(EmbeddingOptions(positives=["category"], backbones=["efficientnet-lite0", "efficientnet-lite2"], unfreeze_head=True))
+    with pytest.raises(TrainingDataError, match="one EfficientNet-Lite backbone"), Engine.open(store) as engine:
+        engine.train_embedding(EmbeddingOptions(positives=["category"], backbones=["efficientnet-lite0", "efficientnet-lite2"], unfreeze_head=True))
 
 
 def test_models_are_portable_between_stores(trained_store, demo_store, tmp_path):

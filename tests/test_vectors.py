@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.vectors import (BackendConfig, CodesBackend, ExactBackend, FaissBackend, IndexSpec, VectorBackend, VectorFilter,
-                               available_backends, create_backend)
+from lookalike.vectors import BackendConfig, CodesBackend, ExactBackend, FaissBackend, IndexSpec, VectorBackend, VectorFilter, available_backends, create_backend
 from lookalike.vectors.quantizer import AdditiveQuantizer, init_codebooks
 
 DIM = 32

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .catalog import Catalog  # noqa: E402
-from .engine import BusyError, Engine, NotFoundError  # noqa: E402
-from .search import Hit, ImageQuery, ProductQuery, VectorQuery  # noqa: E402
+from .catalog import Catalog
+from .engine import BusyError, Engine, NotFoundError
+from .search import Hit, ImageQuery, ProductQuery, VectorQuery
 
 __all__ = ["BusyError", "Catalog", "Engine", "Hit", "ImageQuery", "NotFoundError", "ProductQuery", "VectorQuery", "__version__"]

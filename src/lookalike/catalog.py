@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Self
 
 from .config import Settings, load_settings
 from .images import ImageLimits, ImageSource, content_hash, decode, display_name, load_image, read_bytes, thumbnail_jpeg
@@ -37,7 +37,7 @@ class Catalog:
         self._closed = False
 
     @classmethod
-    def open(cls, path: str | Path | None = None, settings: Settings | None = None, read_only: bool = False, **overrides: Any) -> Catalog:
+    def open(cls, path: str | Path | None = None, settings: Settings | None = None, *, read_only: bool = False, **overrides: Any) -> Catalog:
         settings = (settings or load_settings()).replace(**overrides)
         directory = Path(path or settings.store).expanduser()
         return cls(directory, settings.replace(store=str(directory)), read_only=read_only)
@@ -49,11 +49,20 @@ class Catalog:
         self.store.close()
         self._closed = True
 
-    def __enter__(self) -> Catalog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def encoder_name(self, asked: str | None, default: str) -> str:
+        """The encoder to serve: ``asked``, else the ``encoder`` setting, else the store's own, else ``default``."""
+        recorded = self.store.get_meta("encoder")
+        return asked or self.settings.encoder or (recorded.split("@")[0] if recorded else default)
+
+    def read_image(self, image: ImageSource, draft_size: int | None = None) -> Any:
+        """A request's image (path, URL, bytes or PIL image) within the limits, on this store's download pool."""
+        return load_image(image, self.limits, draft_size=draft_size, downloader=self.downloader)
 
     # ---- reading --------------------------------------------------------------------------------
     def get(self, product_id: str) -> Product:

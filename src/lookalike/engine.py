@@ -1,13 +1,8 @@
 """The engine: a thin facade that opens a store and composes the capabilities over it.
 
-    engine = Engine.open("my-store")
-    engine.ingest("products.csv", id_column="item_id", image_column="image_file")
-    hits = engine.search("photo.jpg", k=20, where=["article_type=Shirts", "price<50"])
-    engine.similar("10184", k=10)
-
 Each capability lives in its own package and gets only what it needs: ingest a product sink
 and a mapper factory, search a :class:`~lookalike.search.Searcher`, training and tagging a
-:class:`~lookalike.search.view.CatalogueView`.  The engine holds them and routes calls.
+:class:`~lookalike.search.view.CatalogueView` (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -16,19 +11,18 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
-from .config import Settings, load_settings
-from .images import ImageSource, load_image, set_decode_budget
+from .config import Settings, load_settings, split_list
+from .images import ImageSource, set_decode_budget
 from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory
 from .ingest.catalogue import count_rows
 from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
 from .models import Encoder, adopt_model, get_encoder
-from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex, VectorQuery
+from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex
 from .search.view import CatalogueView
 from .security.paths import PathPolicy
 from .storage import Product
@@ -50,7 +44,7 @@ class Engine(Catalog):
             self.closing = threading.Event()  # set by close(): a running ingest stops after its last batch
             self.jobs = JobBoard()
             self.tagging = TaggingService(self.view)
-            model = encoder if isinstance(encoder, Encoder) else get_encoder(self._encoder_name(encoder), self.settings)
+            model = encoder if isinstance(encoder, Encoder) else get_encoder(self.encoder_name(encoder, DEFAULT_ENCODER), self.settings)
             self.settings = self.settings.replace(encoder=model.name)
             # The serving encoder and its index change together (re-index): a query reads one
             # searcher and never embeds with one model and searches another's vectors.
@@ -60,7 +54,7 @@ class Engine(Catalog):
             raise
 
     @classmethod
-    def open(cls, path: str | Path | None = None, settings: Settings | None = None, encoder: str | Encoder | None = None,
+    def open(cls, path: str | Path | None = None, settings: Settings | None = None, encoder: str | Encoder | None = None,  # type: ignore[override]
              **overrides: Any) -> Engine:
         """Open (or create) the store at ``path``.  The encoder is, in order: the ``encoder``
         argument, ``settings.encoder``, the one the store was built with, ``efficientnet-lite0``.
@@ -69,21 +63,14 @@ class Engine(Catalog):
         directory = Path(path or settings.store).expanduser()
         return cls(directory, settings.replace(store=str(directory)), encoder)
 
-    def _encoder_name(self, asked: str | None) -> str:
-        recorded = self.store.get_meta("encoder")
-        return asked or self.settings.encoder or (recorded.split("@")[0] if recorded else DEFAULT_ENCODER)
-
     def _serve(self, encoder: Encoder) -> Searcher:
         self.store.bind_encoder(encoder.identity, encoder.dim)
         serving = ServingIndex(self.store, encoder, self._backend(encoder), self.directory / "index", self.settings.max_filter_columns)
         serving.load()
-        return Searcher(serving, self.store, self._read_image, [c.strip() for c in self.settings.facets.split(",") if c.strip()])
+        return Searcher(serving, self.store, self.read_image, split_list(self.settings.facets))
 
     def _backend(self, encoder: Encoder) -> VectorBackend:
         return create_backend(encoder.dim, BackendConfig.from_settings(self.settings), getattr(encoder, "quantizer", None))
-
-    def _read_image(self, image: ImageSource, draft_size: int) -> Any:
-        return load_image(image, self.limits, draft_size=draft_size, downloader=self.downloader)
 
     @property
     def encoder(self) -> Encoder:
@@ -93,12 +80,10 @@ class Engine(Catalog):
     def index(self) -> VectorBackend:
         return self.searcher.serving.backend
 
-    def view(self) -> CatalogueView:
-        """What training and tagging may read (and, for tags, write)."""
+    def view(self) -> CatalogueView:  # what training and tagging may read (and, for tags, write)
         return CatalogueView(self.directory, self.settings, self.limits, self.store, self.searcher)
 
-    def sync(self) -> bool:
-        """Catch up with writes other processes committed to the store."""
+    def sync(self) -> bool:  # catch up with writes other processes committed to the store
         return self.searcher.serving.sync()
 
     def close(self, wait: float = 30.0) -> None:
@@ -143,22 +128,20 @@ class Engine(Catalog):
 
     def _switch(self, serving: ServingIndex) -> None:
         """Called by re-index under the serving lock: the new model serves the next query."""
-        self.searcher = Searcher(serving, self.store, self._read_image, self.searcher.pinned_facets)
+        self.searcher = Searcher(serving, self.store, self.read_image, self.searcher.pinned_facets)
         self.settings = self.settings.replace(encoder=serving.encoder.name)
 
     def train_embedding(self, options: Any, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> Any:
         """Fine-tune an embedding on this catalogue; saved as a new model (see :mod:`lookalike.training`)."""
         from .training import train_embedding  # PyTorch is imported only by who trains
-
         return train_embedding(self.view(), options, progress=progress, log=log, save=save)
 
     def train_quantizer(self, options: Any, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> Any:
         """Learn compact codes for a fine-tuned model; saved as a new model."""
         from .training import train_quantizer
-
         return train_quantizer(self.view(), options, progress=progress, log=log, save=save)
 
-    # ---- tagging ------------------------------------------------------------------------------
+    # ---- tagging (the service does the work: engine.tagging) -------------------------------------
     @property
     def taggers(self) -> Any:
         return self.tagging.taggers
@@ -170,7 +153,7 @@ class Engine(Catalog):
         return self.tagging.tag(only_untagged, threshold, rules, progress)
 
     def tag_image(self, image: ImageSource, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
-        picture = self._read_image(image, self.encoder.input_size)
+        picture = self.read_image(image, self.encoder.input_size)
         return self.tagging.tag_picture(picture, self.searcher.embed(picture), text, threshold)
 
     # ---- products -------------------------------------------------------------------------------
@@ -180,26 +163,16 @@ class Engine(Catalog):
         self.searcher.serving.write([write])
         return self.get(product_id)
 
-    def delete_many(self, product_ids: Iterable[str]) -> int:
-        """Delete products; unknown ids are ignored. Returns how many were deleted."""
+    def delete_many(self, product_ids: Iterable[str]) -> int:  # unknown ids are ignored
         return len(self.searcher.serving.delete(product_ids))
 
-    def embed(self, image: ImageSource) -> np.ndarray:
-        """The unit vector of one image (path, URL, bytes or PIL image) with the serving model."""
-        return self.searcher.embed(image)
-
-    # ---- search -----------------------------------------------------------------------------------
-    def query(self, query: Query) -> list[Hit]:
-        """Answer a query object (:mod:`lookalike.search.queries`)."""
-        self.sync()
+    # ---- search (the searcher catches up with other processes' writes first) ----------------------
+    def query(self, query: Query) -> list[Hit]:  # a query object (lookalike.search.queries)
         return self.searcher.search(query)
 
     def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
         """Products most similar to a photo, best first, among those matching every ``where`` clause."""
         return self.query(ImageQuery(image, k=k, where=where))  # type: ignore[arg-type]
-
-    def search_vector(self, vector: np.ndarray, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
-        return self.query(VectorQuery(vector, k=k, where=where))  # type: ignore[arg-type]
 
     def similar(self, product_id: str, k: int = 10, where: Iterable[str] | str | None = None, hide_sharing: Iterable[str] = ()) -> list[Hit]:
         """Products most similar to a catalogue product (itself excluded); ``hide_sharing``: columns
@@ -207,29 +180,20 @@ class Engine(Catalog):
         return self.query(ProductQuery(str(product_id), k=k, where=where, hide_sharing=hide_sharing))  # type: ignore[arg-type]
 
     def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
-        self.sync()
         return self.searcher.browse(where, offset, limit)
 
     def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
-        self.sync()
         return self.searcher.facets(max_values)
 
     def __len__(self) -> int:
-        self.sync()
-        return self.index.count
+        return self.searcher.count()
 
     def stats(self) -> dict[str, Any]:
-        self.sync()
         reindex = self.jobs.latest.get("reindex")
-        return {**super().stats(), "vectors": self.index.count, "encoder": self.encoder.identity, "dim": self.encoder.dim,
+        return {**super().stats(), "vectors": self.searcher.count(), "encoder": self.encoder.identity, "dim": self.encoder.dim,
                 "quantized_bits": getattr(getattr(self.encoder, "quantizer", None), "bits", None),
-                "reindexing": reindex.stage and getattr(reindex, "target", None) if reindex and reindex.running else None,
+                "reindexing": reindex.label if reindex and reindex.running else None,
                 "index": self.index.describe(), "columns": self.searcher.serving.columns.names()}
 
-    def ingest_running(self) -> bool:
-        return self.jobs.running()
-
     def ingest_status(self) -> dict[str, Any]:
-        job = self.jobs.latest.get("ingest")
-        current = None if job is None or job.outcome is None else {**job.outcome.to_dict(), "total": job.total}
-        return {"running": self.jobs.running(), "current": current, "recent_runs": self.store.runs(10)}
+        return self.jobs.ingest_status(self.store.runs(10))

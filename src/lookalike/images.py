@@ -8,7 +8,6 @@ bad photo in a batch of ten thousand is one line in a report, never a crash.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import io
 import re

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
-
 log = logging.getLogger("lookalike.jobs")
 
 
@@ -96,6 +95,13 @@ class JobBoard:
 
         threading.Thread(target=body, name=f"lookalike-{kind}", daemon=True).start()
         return {"started": True, "status_url": f"/{kind}/status"}
+
+    def ingest_status(self, recent_runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The shape of ``GET /ingest/status``: whether a job runs, the current (or last) ingest's
+        live report with its total, and the store's recent runs."""
+        job = self.latest.get("ingest")
+        current = None if job is None or job.outcome is None else {**job.outcome.to_dict(), "total": job.total}
+        return {"running": self.running(), "current": current, "recent_runs": recent_runs}
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job holds the slot (closing a store); False on timeout."""

@@ -31,7 +31,7 @@ class TieGroups:
     relevant_before: np.ndarray  # relevant items in all earlier groups
 
     @classmethod
-    def of(cls, scores: np.ndarray, relevant: np.ndarray) -> "TieGroups":
+    def of(cls, scores: np.ndarray, relevant: np.ndarray) -> TieGroups:
         order = np.argsort(-scores, kind="stable")
         s = scores[order]
         rel = relevant[order].astype(np.float64)

@@ -25,9 +25,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..common.metrics import bootstrap, ranking_metrics
+from ..common.views import ALTERATIONS, alter
 from .suite import Suite, SuiteError, TaskSpec
 from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops
-from ..common.views import ALTERATIONS, alter
 
 RERANK_DEPTH = 100
 

@@ -16,13 +16,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..common.progress import Log
 from ..config import Settings, load_settings
 from ..engine import DEFAULT_ENCODER, Engine
 from ..images import ImageError, load_image
-from .suite import EvalConfig, Suite
-from .tasks import RUNNERS, ConfigIndex, DatasetEmbeddings, TaskResult, load_dataset
+from .learned import run_learned_codes
+from .suite import EvalConfig, Suite, TaskSpec
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, load_dataset, run_classification, run_pairs, run_retrieval, run_street_to_shop, run_tagging, run_views
 
-Progress = Callable[[str], None]
+RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
+    "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "classification": run_classification,
+    "tagging": run_tagging, "learned_codes": run_learned_codes,
+}
 
 
 @dataclass
@@ -101,7 +106,7 @@ def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> di
             **{k: round(v, 4) for k, v in index.latency(queries).items()}, "embed_ms_per_image": round(embed_ms, 2)}
 
 
-def evaluate(suite: Suite, configs: list[EvalConfig], cache_dir: Path, base: Settings | None = None, progress: Progress = lambda _: None) -> Evaluation:
+def evaluate(suite: Suite, configs: list[EvalConfig], cache_dir: Path, base: Settings | None = None, progress: Log = lambda _: None) -> Evaluation:
     """Run every task of ``suite`` for every configuration."""
     base = base or load_settings()
     configs = configs or [EvalConfig("default")]

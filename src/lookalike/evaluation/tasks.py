@@ -7,18 +7,18 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..engine import Engine
-from ..search.filters import MetadataColumns, parse_where
-from ..images import ImageError, load_image
-from ..vectors import FaissBackend, IndexSpec
 from ..common.metrics import DEFAULT_KS, RECALL_LEVELS, bootstrap, classification_report, interpolated_precision, ranking_metrics
-from .suite import ALTERATIONS, DatasetSpec, Suite, SuiteError, TaskSpec
 from ..common.views import alter
+from ..engine import Engine
+from ..images import ImageError, load_image
+from ..search.filters import MetadataColumns, parse_where
+from ..vectors import FaissBackend, IndexSpec
+from .suite import ALTERATIONS, DatasetSpec, Suite, SuiteError, TaskSpec
 
 APPROXIMATE_DEPTH = 100  # how deep an approximate index's own ranking is used before exact scores take over
 
@@ -75,7 +75,7 @@ class ConfigIndex:
     bytes_per_item: float
 
     @classmethod
-    def build(cls, data: DatasetEmbeddings, settings) -> "ConfigIndex":
+    def build(cls, data: DatasetEmbeddings, settings) -> ConfigIndex:
         threshold = settings.ann_threshold if settings.index == "auto" else 0
         index = FaissBackend(data.vectors.shape[1], IndexSpec(settings.index, threshold, settings.nprobe, settings.rerank_factor), threads=settings.threads)
         index.upsert(np.arange(len(data.ids)), data.vectors)
@@ -106,8 +106,7 @@ class ConfigIndex:
         """(position, full-ranking scores) for items of the data set used as queries, block by block."""
         for start in range(0, len(positions), block):
             chunk = positions[start : start + block]
-            for pos, row in zip(chunk, self.score_block(vectors, vectors[chunk])):
-                yield pos, row
+            yield from zip(chunk, self.score_block(vectors, vectors[chunk]))
 
     def latency(self, queries: np.ndarray) -> dict[str, float]:
         import faiss
@@ -447,16 +446,4 @@ def run_tagging(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, sui
             notes.append(f"{name}: {len(col['dropped_rare_classes'])} classes with too few products left out")
         notes.append(f"{name}: expert accuracies {col['experts']}, fusion weights {col['weights']}")
     return TaskResult(metrics, baseline, notes=notes, plots={"tagging": per_class})
-
-
-RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
-    "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "classification": run_classification,
-    "tagging": run_tagging, "learned_codes": lambda *args: _learned_codes(*args),
-}
-
-
-def _learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
-    from .learned import run_learned_codes  # imports the training code (and PyTorch) only when used
-
-    return run_learned_codes(task, data, index, suite)
 

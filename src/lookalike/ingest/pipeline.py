@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from ..common.progress import Progress
 from ..config import Settings
 from ..storage import StoreError
 from .catalogue import read_catalogue
 from .distributors import Distributor, ThreadDistributor
 from .mapper import MapperFactory
 from .reader import read_partitions
-from ..common.progress import Progress
 from .report import IngestReport, write_skip_report
 from .writer import BatchWriter, ProductSink
 

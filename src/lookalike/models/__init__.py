@@ -8,8 +8,7 @@
 
 from .artefacts import ModelError, TrainedModel, list_models, load_model
 from .encoders import Encoder, EncoderError, FineTunedEncoder
-from .registry import (FEATURE_EXTRACTOR, IMAGE_EMBEDDER, adopt_model, available_encoders, get_encoder, import_model, model_kind,
-                       register_encoder, register_model)
+from .registry import FEATURE_EXTRACTOR, IMAGE_EMBEDDER, adopt_model, available_encoders, get_encoder, import_model, model_kind, register_encoder, register_model
 
 __all__ = ["FEATURE_EXTRACTOR", "IMAGE_EMBEDDER", "Encoder", "adopt_model", "EncoderError", "FineTunedEncoder", "ModelError", "TrainedModel",
            "available_encoders", "get_encoder", "import_model", "list_models", "load_model", "model_kind", "register_encoder",

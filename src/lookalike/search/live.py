@@ -89,7 +89,7 @@ class ServingIndex:
         so no stored value can stop the store from opening."""
         try:
             self.columns.set(rowid, with_tag_columns(metadata, tags))
-        except Exception as exc:  # noqa: BLE001 - one bad cell must not make the store unopenable
+        except Exception as exc:
             self.columns.remove(rowid)
             log.warning("product rowid %s: metadata not filterable (%s: %s)", rowid, type(exc).__name__, exc)
 

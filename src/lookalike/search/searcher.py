@@ -77,8 +77,15 @@ class Searcher:
             raise NotFoundError(str(product_id))
         return product
 
+    def count(self) -> int:
+        """Products with a vector (after catching up with other processes' writes)."""
+        self.serving.sync()
+        return self.serving.backend.count
+
     def search(self, query: Query) -> list[Hit]:
-        """The query's k best products, best first, among those its filters allow."""
+        """The query's k best products, best first, among those its filters allow (after catching
+        up with writes other processes committed, so a CLI ingest shows in a running server)."""
+        self.serving.sync()
         clauses = parse_where(query.where)
         columns = self.serving.columns
         columns.mask(clauses)  # reject a bad filter before spending time on an image
@@ -121,6 +128,7 @@ class Searcher:
 
     def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Any]]:
         """A page of the catalogue (in ingest order) among products matching ``where``; returns (total, page)."""
+        self.serving.sync()
         live = self.matching_rowids(where)
         page = live[offset : offset + limit].tolist()
         products = self.products.get_by_rowids(page)
@@ -128,6 +136,7 @@ class Searcher:
 
     def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
         """Filterable columns with their values and counts (or numeric ranges), pinned ones first."""
+        self.serving.sync()
         found = self.serving.columns.facets(max_values)
         if not self.pinned_facets:
             return found

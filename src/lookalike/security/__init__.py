@@ -2,7 +2,7 @@
 image downloads, confinement of server-side paths, and the HTTP guards (Host check, body
 limits, security headers).  Each part is small and has no knowledge of the engine."""
 
-from .keys import SCOPES, ApiKey, KeyRingError, KeyRing
+from .keys import SCOPES, ApiKey, KeyRing, KeyRingError
 from .paths import PathPolicy, PathRefused
 from .urls import Downloader, UrlRefused, strip_credentials
 

@@ -24,7 +24,7 @@ class PathPolicy:
     roots: tuple[Path, ...] | None = None
 
     @classmethod
-    def confined(cls, roots: list[str]) -> "PathPolicy":
+    def confined(cls, roots: list[str]) -> PathPolicy:
         return cls(tuple(Path(r).expanduser().resolve() for r in roots))
 
     def check(self, path: str | Path, what: str = "path") -> Path:

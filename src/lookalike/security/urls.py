@@ -127,7 +127,7 @@ class Downloader:
                                      "this server fetches public addresses only (setting allow_private_urls)")
         return addresses[0]
 
-    def _open(self, url: httpx.URL, address: str, deadline: float, shown: str) -> "_Stream":
+    def _open(self, url: httpx.URL, address: str, deadline: float, shown: str) -> _Stream:
         remaining = max(0.05, deadline - time.monotonic())
         timeout = httpx.Timeout(remaining, read=min(remaining, max(0.5, self.timeout / 4)))
         host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]

@@ -525,9 +525,7 @@ def _is_read_only(directory: Path, path: Path) -> bool:
     """True when the store exists but cannot be written (a read-only mount or permissions)."""
     if not path.is_file():
         return False
-    if os.access(directory, os.W_OK) and os.access(path, os.W_OK):
-        return False
-    return True
+    return not (os.access(directory, os.W_OK) and os.access(path, os.W_OK))
 
 
 def _storage_error(exc: sqlite3.OperationalError, directory: Path) -> StoreError:

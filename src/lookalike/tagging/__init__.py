@@ -5,9 +5,9 @@ confidence and a source (``image``, ``colour``, ``text``, ``rule``, ``zero-shot`
 filterable as ``tag.<name>`` columns.
 """
 
+from ..search.filters import TAG_PREFIX
 from .hierarchy import CategoryTree, HierarchyError
 from .rules import RulesError, TextRules
-from ..search.filters import TAG_PREFIX
 from .tagger import (
     TaggerError,
     TaggerSet,

@@ -61,7 +61,7 @@ class CategoryTree:
         self._by_leaf_name = by_name
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "CategoryTree":
+    def from_file(cls, path: str | Path) -> CategoryTree:
         path = Path(path)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -70,7 +70,7 @@ class CategoryTree:
         return cls.from_lines(lines, source=str(path))
 
     @classmethod
-    def from_lines(cls, lines: list[str], source: str = "category tree") -> "CategoryTree":
+    def from_lines(cls, lines: list[str], source: str = "category tree") -> CategoryTree:
         leaves = []
         for number, line in enumerate(lines, start=1):
             text = line.strip()

@@ -45,7 +45,7 @@ class Evidence:
     def __len__(self) -> int:
         return len(self.image)
 
-    def subset(self, index: np.ndarray) -> "Evidence":
+    def subset(self, index: np.ndarray) -> Evidence:
         return Evidence(self.image[index], self.colour[index], [self.text[i] for i in index],
                         None if self.text_vectors is None else self.text_vectors[index])
 
@@ -87,7 +87,7 @@ class Expert:
             ]).fit(evidence.text)
         return self.transform.transform(evidence.text)
 
-    def fit(self, evidence: Evidence, labels: np.ndarray) -> "Expert":
+    def fit(self, evidence: Evidence, labels: np.ndarray) -> Expert:
         X = self._features(evidence, fit=True)
         self.model = LogisticRegression(C=self.C, max_iter=2000, tol=1e-3)
         self.model.fit(X, labels, sample_weight=class_weights(labels, self.weight_power))

@@ -52,12 +52,12 @@ class TextRules:
         self.source = source
 
     @classmethod
-    def default(cls) -> "TextRules":
+    def default(cls) -> TextRules:
         text = resources.files("lookalike.tagging").joinpath("data/rules.yaml").read_text(encoding="utf-8")
         return cls.from_yaml(text, source="default rules")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TextRules":
+    def from_file(cls, path: str | Path) -> TextRules:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -66,7 +66,7 @@ class TextRules:
         return cls.from_yaml(text, source=str(path))
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "rules") -> "TextRules":
+    def from_yaml(cls, text: str, source: str = "rules") -> TextRules:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -29,15 +29,14 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from ..common.progress import Progress
-from ..models import EncoderError, get_encoder
 from ..images import thumbnail_jpeg
+from ..models import EncoderError, get_encoder
 from ..search.view import CatalogueView
 from .colour import colour_features
 from .hierarchy import CategoryTree, join_path, level_accuracy, split_path
 from .model import EXPERTS, TEXT, ColumnTagger, CrossFit, Evidence
 from .rules import TextRules
 from .zeroshot import ZeroShotGroups
-
 
 FORMAT = 1
 DEFAULT_TEXT_COLUMNS = ("title", "name", "product_name", "productdisplayname", "description", "product_description")

@@ -8,10 +8,10 @@
 * :mod:`.models` — versioned model folders in the store.
 """
 
-from .embedding import EmbeddingOptions, QuantizerOptions, train_embedding, train_quantizer
-from .features import TrainingDataError
 from ..models.artefacts import ModelError, TrainedModel, list_models, load_model
 from ..vectors.quantizer import AdditiveQuantizer
+from .embedding import EmbeddingOptions, QuantizerOptions, train_embedding, train_quantizer
+from .features import TrainingDataError
 
 __all__ = ["AdditiveQuantizer", "EmbeddingOptions", "ModelError", "QuantizerOptions", "TrainedModel", "TrainingDataError",
            "list_models", "load_model", "train_embedding", "train_quantizer"]

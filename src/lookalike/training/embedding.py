@@ -412,8 +412,8 @@ def train_quantizer(view: CatalogueView, options: QuantizerOptions, progress: Pr
     """Learn ``bits/8`` additive codebooks jointly with the head: an asymmetric triplet loss
     (float anchor, coded positive and negative) + the float triplet loss + quantisation error +
     weak orthogonality between codebooks."""
-    from .losses import triplet_loss
     from ..vectors.quantizer import AdditiveQuantizer, init_codebooks
+    from .losses import triplet_loss
 
     torch = _torch()
     if options.bits % 8 or not 8 <= options.bits <= 256:
@@ -477,7 +477,7 @@ def train_quantizer(view: CatalogueView, options: QuantizerOptions, progress: Pr
     return load_model(save_model(view.directory, name, info, trained, quantizer, holdout_ids))
 
 
-def _cross_codebook_energy(torch, codebooks: "torch.Tensor") -> "torch.Tensor":
+def _cross_codebook_energy(torch, codebooks: torch.Tensor) -> torch.Tensor:
     """Mean squared inner product between codewords of different codebooks,
     ``Σ_{i≠j} ||C_i C_jᵀ||² / (M (M-1) K²)``, computed through the d×d Gram matrices
     ``G_i = C_iᵀ C_i`` (``||C_i C_jᵀ||² = <G_i, G_j>``), which is K²/d² times cheaper."""
@@ -490,7 +490,7 @@ def _cross_codebook_energy(torch, codebooks: "torch.Tensor") -> "torch.Tensor":
     return cross / (m * (m - 1) * k * k)
 
 
-def _asymmetric_triplet(torch, anchors: "torch.Tensor", items: "torch.Tensor", labels: "torch.Tensor", margin: float) -> "torch.Tensor":
+def _asymmetric_triplet(torch, anchors: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Batch-hard triplet loss between float anchors and coded items, on the distance ADC search
     ranks by: ``||a - x̂||² / 2`` (equal to ``1 - <a, x>`` for unit vectors)."""
     from .losses import _FAR, _pair_masks

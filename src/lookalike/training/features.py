@@ -25,10 +25,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..common.progress import Progress
-from ..models.encoders import Encoder
-from ..images import ImageError, ImageLimits, load_source_or_thumbnail
 from ..common.augment import AUGMENT_VERSION, street_view
+from ..common.progress import Progress
+from ..images import ImageError, ImageLimits, load_source_or_thumbnail
+from ..models.encoders import Encoder
 
 SHARD_SIZE = 256
 EMBED_PRODUCTS = 8  # products whose views go through a backbone in one batch

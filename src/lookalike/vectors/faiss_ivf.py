@@ -10,6 +10,7 @@ returns ``k`` results whenever ``k`` products match.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -255,10 +256,8 @@ def _nlist_of(index: faiss.Index) -> int:
 
 def _seed_clustering(index: faiss.Index, seed: int) -> None:
     """Make k-means deterministic so rebuilding the same collection gives the same index."""
-    try:
+    with contextlib.suppress(RuntimeError):
         faiss.extract_index_ivf(index).cp.seed = seed
-    except RuntimeError:
-        pass
 
 
 def _with_ids(index: faiss.Index) -> faiss.Index:

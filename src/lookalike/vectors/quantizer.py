@@ -44,7 +44,7 @@ class AdditiveQuantizer:
         self.norm_range = (float(norm_range[0]), float(norm_range[1]))
         self._sdc: np.ndarray | None = None
 
-    def fit_norms(self, vectors: np.ndarray) -> "AdditiveQuantizer":
+    def fit_norms(self, vectors: np.ndarray) -> AdditiveQuantizer:
         """Set the norm byte's range from the reconstructions of typical vectors."""
         norms = (self.decode(self.encode(vectors)) ** 2).sum(axis=1)
         spread = float(norms.max() - norms.min()) or 1.0

@@ -20,10 +20,10 @@ from ...engine import Engine
 from ...security.http import AccessPolicy, HttpGuard, allowed_hosts_for
 from ...security.keys import KeyRing
 from ...security.paths import PathPolicy
+from ..errors import ERROR_RESPONSES, install_error_handlers
 from ..web import mount_web
 from .access import Scopes
 from .context import ApiContext
-from ..errors import ERROR_RESPONSES, install_error_handlers
 from .routes import ingest, models, products, search, service, tagging
 
 

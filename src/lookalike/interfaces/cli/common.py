@@ -30,7 +30,8 @@ app = typer.Typer(help="lookalike: visual search and tagging for fashion catalog
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS = (PermissionError, ModelError, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError, EncoderError, FilterError, ImageError, BackendError, StoreError, NotFoundError, BusyError, ValueError)
+USER_ERRORS = (PermissionError, ModelError, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError,
+               EncoderError, FilterError, ImageError, BackendError, StoreError, NotFoundError, BusyError, ValueError)
 
 
 class State:

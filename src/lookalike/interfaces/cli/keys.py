@@ -14,7 +14,6 @@ from ...security.keys import KeyRing
 from ...storage import StoreError
 from .common import app, guarded, out, state
 
-
 keys_app = typer.Typer(help="API keys for the HTTP server: create, list, revoke (scopes: read < write < admin).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
@@ -12,7 +12,6 @@ from rich.table import Table
 
 from ...engine import Engine
 from .common import app, bar_progress, err, guarded, out, progress_bar, state
-
 
 train_app = typer.Typer(help="Learn from the shop's own catalogue: fine-tuned embeddings and compact quantised codes.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -46,7 +45,8 @@ def _train_output(model: Any, as_json: bool) -> None:
 
 @train_app.command("embedding")
 def train_embedding_cmd(
-    positives: List[str] = typer.Option(["article_type"], "--positives", help="Column(s) whose shared value makes two products positives (several: all must match); 'id' for views of the same product only."),
+    positives: List[str] = typer.Option(["article_type"], "--positives", help="Column(s) whose shared value makes two products positives "
+                                                                                  "(several: all must match); 'id' for views of the same product only."),
     where: List[str] = typer.Option([], "--where", "-w", help="Train only on products matching this filter (repeatable)."),
     backbone: List[str] = typer.Option([], "--backbone", help="Backbone encoder(s) whose features the head learns from (default: the store's encoder); several are concatenated."),
     unfreeze_head: bool = typer.Option(False, "--unfreeze-head", help="Also train the backbone's last 1x1 convolution, from cached feature maps (a longer run: more disk and minutes)."),

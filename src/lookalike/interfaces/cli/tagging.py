@@ -12,7 +12,6 @@ from rich.table import Table
 
 from .common import app, bar_progress, err, fail, guarded, out, progress_bar, state
 
-
 tag_app = typer.Typer(help="Automatic tagging: train taggers from labelled columns, tag products, review disagreements.", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
 

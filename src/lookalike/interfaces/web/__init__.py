@@ -18,12 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import IMAGE_STATUS, read_upload
 from ...engine import Engine, NotFoundError
-from ...search.filters import FilterError
 from ...images import ImageError
 from ...search import Hit, ProductQuery
+from ...search.filters import FilterError
 from ...security.http import SESSION_COOKIE, AccessPolicy, AuthError
+from ..errors import IMAGE_STATUS, read_upload
 
 HERE = Path(__file__).parent
 KEY_COLUMNS = ("article_type", "category", "base_colour", "colour", "color", "brand", "gender", "price")

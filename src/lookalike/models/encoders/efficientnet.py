@@ -104,7 +104,7 @@ def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
             super().__init__()
             self.backbone = backbone
 
-        def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             x = pixels.permute(0, 3, 1, 2).float()
             x = (x - 127.0) / 128.0
             if head == "imagenet":

@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ....images import is_url
 from ....validation import validate_id
-from ..context import ApiContext
 from ...errors import parse_metadata_field, read_upload
+from ..context import ApiContext
 from ..schemas import MAX_OFFSET, ProductOut, thumb_url
 
 

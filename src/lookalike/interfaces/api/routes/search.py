@@ -8,8 +8,8 @@ from fastapi import APIRouter, File, Path, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ....search import ImageQuery, ProductQuery
-from ..context import ApiContext
 from ...errors import read_upload
+from ..context import ApiContext
 from ..schemas import SearchOut, hits_out
 
 

@@ -8,8 +8,8 @@ from typing import Any, Optional
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from ..context import ApiContext
 from ...errors import error_response, read_upload
+from ..context import ApiContext
 from ..schemas import TagsOut
 
 
