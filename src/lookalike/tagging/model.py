@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import logsumexp
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import FeatureUnion
-from sklearn.preprocessing import StandardScaler
+
+# scikit-learn and scipy load when a tagger is used, not with the package (``lookalike get`` starts fast)
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 IMAGE, COLOUR, TEXT = "image", "colour", "text"
 EXPERTS = (IMAGE, COLOUR, TEXT)
@@ -72,6 +70,10 @@ class Expert:
         self.model: LogisticRegression | None = None
 
     def _features(self, evidence: Evidence, fit: bool) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import FeatureUnion
+        from sklearn.preprocessing import StandardScaler
+
         if self.kind == IMAGE:
             return evidence.image
         if self.kind == COLOUR:
@@ -88,6 +90,8 @@ class Expert:
         return self.transform.transform(evidence.text)
 
     def fit(self, evidence: Evidence, labels: np.ndarray) -> Expert:
+        from sklearn.linear_model import LogisticRegression
+
         X = self._features(evidence, fit=True)
         self.model = LogisticRegression(C=self.C, max_iter=2000, tol=1e-3)
         self.model.fit(X, labels, sample_weight=class_weights(labels, self.weight_power))
@@ -102,6 +106,8 @@ class Expert:
         proba = self.model.predict_proba(self._features(evidence, fit=False))
         columns = np.searchsorted(self.classes, self.model.classes_)
         out[:, columns] = np.log(np.clip(proba, _EPS, 1.0))
+        from scipy.special import logsumexp
+
         return out - logsumexp(out, axis=1, keepdims=True)
 
 
@@ -113,12 +119,16 @@ def fuse(log_probas: dict[str, np.ndarray], weights: dict[str, float], present: 
         w = weights.get(name, 0.0)
         if w:
             total += w * lp * present[name][:, None]
+    from scipy.special import logsumexp
+
     return np.exp(total - logsumexp(total, axis=1, keepdims=True))
 
 
 def fit_weights(log_probas: dict[str, np.ndarray], present: dict[str, np.ndarray], target: np.ndarray) -> dict[str, float]:
     """Non-negative fusion weights minimising log-loss of the fused prediction (temperature included)."""
     names = list(log_probas)
+
+    from scipy.optimize import minimize
 
     def loss(w: np.ndarray) -> float:
         p = fuse(log_probas, dict(zip(names, w)), present)
@@ -176,6 +186,8 @@ class ColumnTagger:
         return experts
 
     def fit(self, evidence: Evidence, labels: np.ndarray, progress: Callable[[str], None] = lambda _: None) -> CrossFit:
+        from sklearn.model_selection import StratifiedKFold
+
         """Cross-fit (out-of-fold scores, fusion weights), then fit the final experts on everything."""
         labels = np.asarray(labels, dtype=object).astype(str)
         self.classes = np.unique(labels)

@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterable
 import joblib
 import numpy as np
 from PIL import Image
-from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from ..common.progress import Progress
 from ..images import thumbnail_jpeg
@@ -269,6 +268,8 @@ def guess_text_columns(columns: Iterable[str]) -> list[str]:
 
 
 def _per_class(classes: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> list[dict[str, Any]]:
+    from sklearn.metrics import precision_recall_fscore_support  # scikit-learn loads only when a tagger trains
+
     labels = np.arange(len(classes))
     p, r, f, s = precision_recall_fscore_support(target, predicted, labels=labels, zero_division=0)
     return [{"class": str(c), "precision": round(float(pi), 4), "recall": round(float(ri), 4), "f1": round(float(fi), 4), "support": int(si)}
@@ -276,6 +277,8 @@ def _per_class(classes: np.ndarray, target: np.ndarray, predicted: np.ndarray) -
 
 
 def _scores(target: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
     predicted = proba.argmax(1)
     return {"accuracy": round(float((predicted == target).mean()), 4),
             "macro_f1": round(float(f1_score(target, predicted, average="macro", zero_division=0)), 4)}

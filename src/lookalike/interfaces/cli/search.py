@@ -31,13 +31,15 @@ def similar(
     product_id: str = typer.Argument(..., help="Id of a catalogue product."),
     k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
     where: List[str] = typer.Option([], "--where", "-w", help="Filter, repeatable (see search)."),
+    hide_sharing: List[str] = typer.Option([], "--hide-sharing", help="Column whose value the results must not share with the "
+                                                                       "product, repeatable: like this, but another colour."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Find the products most similar to a catalogue product (itself excluded)."""
 
     def body() -> None:
         with state.engine() as engine:
-            hits = engine.similar(product_id, k=k, where=where)
+            hits = engine.similar(product_id, k=k, where=where, hide_sharing=hide_sharing)
             print_hits(hits, as_json, default_columns(hits))
 
     guarded(body)
