@@ -9,7 +9,6 @@ catches up on its next request.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Self
 
@@ -21,6 +20,8 @@ from .search.searcher import NotFoundError
 from .security.urls import Downloader
 from .storage import Product, ProductStore, ProductWrite
 from .validation import validate_id, validate_metadata
+from .vectors.codes import describe_codes
+from .vectors.faiss_ivf import snapshot_info
 
 
 class Catalog:
@@ -77,18 +78,20 @@ class Catalog:
             raise NotFoundError(product_id)
         return data
 
+    def store_facts(self) -> dict[str, Any]:
+        """What the database alone says about the store (the engine adds what its loaded model and index know)."""
+        return {"store": str(self.directory), "products": self.store.count(), "kept_vectors": self.store.kept_encoders(),
+                "reindexing": None, "generation": self.store.generation, "store_bytes": self.store.size_bytes(),
+                "read_only": self.store.read_only, "unreadable_rows": self.store.unreadable_rows}
+
     def stats(self) -> dict[str, Any]:
         """Store facts read from the database and model files, without loading vectors."""
         encoder = self.store.get_meta("encoder")
         model = self._trained_model(encoder)
-        return {
-            "store": str(self.directory), "products": self.store.count(), "vectors": self.store.count_vectors(),
-            "encoder": encoder, "dim": int(self.store.get_meta("dim") or 0) or None,
-            "quantized_bits": None if model is None else model.info.get("bits"),
-            "kept_vectors": self.store.kept_encoders(), "reindexing": None, "index": self._index_description(model),
-            "generation": self.store.generation, "store_bytes": self.store.size_bytes(), "read_only": self.store.read_only,
-            "unreadable_rows": self.store.unreadable_rows,
-        }
+        quantizer = None if model is None else model.quantizer
+        return {**self.store_facts(), "vectors": self.store.count_vectors(), "encoder": encoder,
+                "dim": int(self.store.get_meta("dim") or 0) or None, "quantized_bits": None if quantizer is None else quantizer.bits,
+                "index": self._index_description(encoder, quantizer)}
 
     def _trained_model(self, identity: str | None) -> Any:
         if not identity:
@@ -99,14 +102,12 @@ class Catalog:
         except ModelError:
             return None
 
-    def _index_description(self, model: Any) -> str:
-        """What the engine will search with, as :meth:`VectorBackend.describe` says it."""
-        if model is not None and model.quantizer is not None and self.settings.code_search != "off":
-            return f"{model.quantizer.bytes_per_code}-byte codes, {self.settings.code_search.upper()}"
-        try:
-            return str(json.loads((self.directory / "index" / "ann.json").read_text())["factory"])
-        except (OSError, ValueError, KeyError):
-            return "flat (exact)"
+    def _index_description(self, encoder: str | None, quantizer: Any) -> str:
+        """What the engine will search with, as its backend's ``describe()`` would say, from files alone."""
+        if quantizer is not None and self.settings.code_search != "off":
+            return describe_codes(quantizer.bytes_per_code, self.settings.code_search)
+        snapshot = snapshot_info(self.directory / "index", encoder or "")
+        return str(snapshot["factory"]) if snapshot else "flat (exact)"
 
     # ---- writing ---------------------------------------------------------------------------------
     def delete_many(self, product_ids: Iterable[str]) -> int:

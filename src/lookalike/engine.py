@@ -190,7 +190,7 @@ class Engine(Catalog):
 
     def stats(self) -> dict[str, Any]:
         reindex = self.jobs.latest.get("reindex")
-        return {**super().stats(), "vectors": self.searcher.count(), "encoder": self.encoder.identity, "dim": self.encoder.dim,
+        return {**self.store_facts(), "vectors": self.searcher.count(), "encoder": self.encoder.identity, "dim": self.encoder.dim,
                 "quantized_bits": getattr(getattr(self.encoder, "quantizer", None), "bits", None),
                 "reindexing": reindex.label if reindex and reindex.running else None,
                 "index": self.index.describe(), "columns": self.searcher.serving.columns.names()}

@@ -18,10 +18,6 @@ class Progress(Protocol):
 Log = Callable[[str], None]  # one line of narration for the user
 
 
-def no_progress(stage: str, done: int, total: int | None) -> None:
-    """The progress sink for callers that do not watch."""
-
-
 def no_log(line: str) -> None:
     """The log sink for callers that do not listen."""
 

@@ -111,7 +111,6 @@ def reindex_store(store: ProductStore, limits: ImageLimits, serving: ServingInde
         previous = serving.encoder.identity
         store.switch_encoder(target.identity, target.dim)
         fresh = ServingIndex(store, target, backend, serving.snapshot_dir, serving.columns.max_columns)
-        fresh.load(restore=False)
-        fresh.save()  # replaces the previous model's snapshot (or removes it when the new one needs none)
+        fresh.load(restore=False)  # saves its snapshot once, replacing (or removing) the previous model's
         switch(fresh)
     return {"model": target.identity, "previous": previous, "switched": True, **counts}

@@ -81,6 +81,8 @@ class ServingIndex:
             changed = [r for r, _, _ in store.iter_vectors(since_gen=snapshot_gen)]
             backend.refresh(np.concatenate(changed + [store.tombstones_since(snapshot_gen)]))
             self._dirty = True
+        if not restore:
+            self._dirty = True  # what is on disk is not this index's: the first save replaces (or removes) it
         self.synced_gen = generation
         self.maintain(save=not store.read_only)
 

@@ -18,6 +18,11 @@ from .exact import ExactBackend
 CODE_SEARCH_MODES = ("adc", "sdc")
 
 
+def describe_codes(code_bytes: int, mode: str) -> str:
+    """How ``info`` names a codes backend (also said without loading one, from the model file)."""
+    return f"{code_bytes}-byte codes, {mode.upper()}"
+
+
 class Quantizer(Protocol):
     """What the codes backend needs of a quantiser (:class:`lookalike.vectors.quantizer.AdditiveQuantizer`)."""
 
@@ -67,7 +72,7 @@ class CodesBackend(ExactBackend):
         self.codes[ids] = self.quantizer.encode(vectors)
 
     def describe(self) -> str:
-        return f"{self.code_bytes}-byte codes, {self.code_search.upper()}"
+        return describe_codes(self.code_bytes, self.code_search)
 
     def memory_bytes(self) -> int:
         return super().memory_bytes() + int(self.codes.nbytes)

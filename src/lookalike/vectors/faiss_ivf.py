@@ -177,17 +177,13 @@ class FaissBackend(ExactBackend):
         os.replace(tmp_info, info_path)
 
     def restore(self, directory: Path, model: str = "") -> int | None:
-        """Load a saved ANN index; returns the generation it reflects, or None if unusable
-        (a snapshot written before models were recorded is trusted when its dimension fits)."""
-        index_path, info_path = directory / "ann.faiss", directory / "ann.json"
-        if not (index_path.exists() and info_path.exists()):
+        """Load a saved ANN index; returns the generation it reflects, or None if unusable."""
+        info = snapshot_info(directory, model)
+        if info is None or info.get("dim") != self.dim:
             return None
         try:
-            info = json.loads(info_path.read_text())
-            if info.get("dim") != self.dim or info.get("model", model) != model:
-                return None
-            index = faiss.read_index(str(index_path))
-        except (OSError, ValueError, RuntimeError):
+            index = faiss.read_index(str(directory / "ann.faiss"))
+        except RuntimeError:
             return None  # a damaged snapshot is rebuilt from the store, never trusted
         with self._lock:
             self.ann, self.ann_factory = index, info["factory"]
@@ -245,6 +241,22 @@ class FaissBackend(ExactBackend):
         if isinstance(self.ann, faiss.IndexPreTransform) and inner is not None:
             params = faiss.SearchParametersPreTransform(index_params=inner)
         return params, (bits, selector, inner)
+
+
+def snapshot_info(directory: Path, model: str) -> dict[str, Any] | None:
+    """The description of ``model``'s ANN snapshot in ``directory`` (factory, generation, dim),
+    or None when there is none, it is unreadable, or it holds another model's vectors (a snapshot
+    written before models were recorded is trusted; the dimension check is the caller's)."""
+    index_path, info_path = directory / "ann.faiss", directory / "ann.json"
+    if not (index_path.exists() and info_path.exists()):
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("model", model) != model or "factory" not in info or "generation" not in info:
+        return None
+    return info
 
 
 def _nlist_of(index: faiss.Index) -> int:
