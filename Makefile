@@ -25,6 +25,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy src/lookalike
 	$(PY) scripts/check_imports.py
 	$(PY) -m pytest
 

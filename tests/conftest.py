@@ -20,6 +20,7 @@ from lookalike.models.encoders import FakeEncoder
 # A model-free encoder (pixel hash -> vector) so seams are tested in milliseconds; the real
 # model stays in the end-to-end tests.
 register_encoder("fake", FakeEncoder.factory)
+register_encoder("fake-wide", lambda settings=None: FakeEncoder(dim=48, name="fake-wide"))  # a second model to re-index to
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CSV = ROOT / "examples" / "demo" / "products.csv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -56,6 +57,22 @@ def test_distributors_ingest_the_same_store_with_the_fake_encoder(tmp_path, dist
         assert engine.stats()["encoder"] == FakeEncoder().identity
     assert got.keys() == reference.keys()
     assert all(np.array_equal(got[k], reference[k]) for k in got)
+
+
+@pytest.mark.parametrize("distributor", [ThreadDistributor(workers=3), ProcessDistributor(workers=2)], ids=["threads", "processes"])
+def test_reindex_runs_on_the_same_distributors_with_the_same_vectors(tmp_path, distributor):
+    with Engine.open(tmp_path / "fake-store", encoder="fake") as engine:
+        engine.ingest(DEMO_CSV, distributor=SerialDistributor())
+    shutil.copytree(tmp_path / "fake-store", tmp_path / "reference")
+    with Engine.open(tmp_path / "reference") as engine:
+        engine.reindex("fake-wide", distributor=SerialDistributor())
+        reference = vectors_of(engine)
+    with Engine.open(tmp_path / "fake-store") as engine:
+        outcome = engine.reindex("fake-wide", distributor=distributor, batch_size=16)
+        assert outcome["switched"] and outcome["from_images"] == 305 and outcome["products"] == 305
+        got = vectors_of(engine)
+        assert engine.stats()["dim"] == 48 and engine.stats()["kept_vectors"] == {FakeEncoder().identity: 305}
+    assert got.keys() == reference.keys() and all(np.array_equal(got[k], reference[k]) for k in got)
 
 
 def test_a_process_pool_ingests_the_demo_catalogue_with_the_same_vectors_as_serial(tmp_path, demo_store):

@@ -17,7 +17,7 @@ from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
 from .config import Settings, load_settings, split_list
 from .images import ImageSource, set_decode_budget
-from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory
+from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory, default_distributor
 from .ingest.catalogue import count_rows
 from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
@@ -115,7 +115,7 @@ class Engine(Catalog):
             self.tagging.auto_tag()
             return report
 
-    def reindex(self, model: str, progress: Progress | None = None, batch_size: int = 64, allow_paths: bool = True) -> dict[str, Any]:
+    def reindex(self, model: str, progress: Progress | None = None, batch_size: int = 64, allow_paths: bool = True, distributor: Distributor | None = None) -> dict[str, Any]:
         """Re-embed the catalogue with another model and switch to it atomically; search keeps
         answering from the current index meanwhile (see :mod:`lookalike.ingest.reindex`)."""
         with self.jobs.exclusive("reindex", model) as job:
@@ -123,7 +123,8 @@ class Engine(Catalog):
             job.outcome = {"model": target.identity, "switched": False, "reason": "already serving this model"}
             if target.identity != self.encoder.identity:
                 job.outcome = reindex_store(self.store, self.limits, self.searcher.serving, target, self._backend(target),
-                                            fan_out(job.progress, progress), batch_size, self._switch)
+                                            fan_out(job.progress, progress), batch_size, self._switch,
+                                            distributor or default_distributor(self.settings))
             return dict(job.outcome)
 
     def _switch(self, serving: ServingIndex) -> None:

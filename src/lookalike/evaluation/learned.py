@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -71,10 +72,9 @@ def _rerank(coarse: np.ndarray, queries: np.ndarray, vectors: np.ndarray, depth:
 
 
 def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
-    import faiss
-
+    from ..common.untyped import faiss
     from ..training import EmbeddingOptions, QuantizerOptions
-    from ..vectors.quantizer import hamming_distances, sign_codes
+    from ..vectors.quantizer import sign_codes
 
     engine = data.engine
     if task.options.get("backbones") not in (None, [engine.encoder.name]):
@@ -124,11 +124,10 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
         pq = faiss.index_factory(tuned.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         _quiet_clustering(pq)
         pq.train(np.ascontiguousarray(train_float))
-        columns.append(Representation(label, top_bits / 8, tuned_embed, lambda rows, pq=pq: _faiss_scorer(pq, tuned[rows])))
+        columns.append(Representation(label, top_bits / 8, tuned_embed, partial(_pq_scorer, pq, tuned)))
     projection = _pca_projection(train_float, 64)
     g_bits = sign_codes(tuned, projection)
-    columns.append(Representation("Hamming 64-bit (sign of PCA)", 8, tuned_embed,
-                                  lambda rows: (lambda q, b=g_bits[rows]: -hamming_distances(sign_codes(q, projection), b).astype(np.float32))))
+    columns.append(Representation("Hamming 64-bit (sign of PCA)", 8, tuned_embed, partial(_hamming_scorer, g_bits, projection)))
 
     # rows
     table: dict[str, dict[str, float]] = {}
@@ -145,9 +144,9 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
         if labels_colour is not None:
             cells.update(_in_shop(scores, labels_colour, "same type+colour"))
         if street and len(street_base):
-            values = np.array([str(m.get(task.options.get("column", positives[0])) or "").strip().lower() for m in g_meta])
+            street_values = np.array([str(m.get(task.options.get("column", positives[0])) or "").strip().lower() for m in g_meta])
             s_scores = score(embed(street_base))
-            p10 = [ranking_metrics(s_scores[i], np.isin(values, list(street.wanted[label])), (10,))["p@10"] for i, label in enumerate(street.labels)]
+            p10 = [ranking_metrics(s_scores[i], np.isin(street_values, list(street.wanted[label])), (10,))["p@10"] for i, label in enumerate(street.labels)]
             cells["street P@10"] = float(np.mean(p10))
             per_query.setdefault(f"street P@10 | {column.name}", []).extend(p10)
         if groups:
@@ -178,18 +177,42 @@ def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Represe
     g_float = head(base_vectors)
     codes = quantizer.encode(g_float)
     bits = quantizer.bits
-    columns = [Representation(f"{bits}-bit SDC", quantizer.bytes_per_code, head,
-                              lambda rows: (lambda q, c=codes[rows]: quantizer.sdc_scores(quantizer.encode(q), c))),
-               Representation(f"{bits}-bit ADC", quantizer.bytes_per_code, head,
-                              lambda rows: (lambda q, c=codes[rows]: quantizer.adc_scores(q, c)))]
+    def sdc(rows: np.ndarray) -> Scorer:
+        selected = codes[rows]
+        return lambda q: quantizer.sdc_scores(quantizer.encode(q), selected)
+
+    def adc(rows: np.ndarray) -> Scorer:
+        selected = codes[rows]
+        return lambda q: quantizer.adc_scores(q, selected)
+
+    def adc_reranked(rows: np.ndarray) -> Scorer:
+        selected, exact = codes[rows], g_float[rows]
+        return lambda q: _rerank(quantizer.adc_scores(q, selected), q, exact, RERANK_DEPTH)
+
+    columns = [Representation(f"{bits}-bit SDC", quantizer.bytes_per_code, head, sdc),
+               Representation(f"{bits}-bit ADC", quantizer.bytes_per_code, head, adc)]
     if rerank:
-        columns.append(Representation(f"{bits}-bit ADC + re-rank {RERANK_DEPTH}", quantizer.bytes_per_code + g_float.shape[1] * 4, head,
-                                      lambda rows: (lambda q, c=codes[rows], g=g_float[rows]: _rerank(quantizer.adc_scores(q, c), q, g, RERANK_DEPTH))))
+        columns.append(Representation(f"{bits}-bit ADC + re-rank {RERANK_DEPTH}", quantizer.bytes_per_code + g_float.shape[1] * 4, head, adc_reranked))
     return columns
 
 
 def _float_column(name: str, embed: Callable[[np.ndarray], np.ndarray], gallery: np.ndarray) -> Representation:
-    return Representation(name, gallery.shape[1] * 4, embed, lambda rows: (lambda q, g=np.ascontiguousarray(gallery[rows]): q @ g.T))
+    def scorer(rows: np.ndarray) -> Scorer:
+        selected = np.ascontiguousarray(gallery[rows])
+        return lambda q: q @ selected.T
+
+    return Representation(name, gallery.shape[1] * 4, embed, scorer)
+
+
+def _pq_scorer(trained: Any, vectors: np.ndarray, rows: np.ndarray) -> Scorer:
+    return _faiss_scorer(trained, vectors[rows])
+
+
+def _hamming_scorer(codes: np.ndarray, projection: np.ndarray, rows: np.ndarray) -> Scorer:
+    from ..vectors.quantizer import hamming_distances, sign_codes
+
+    selected = codes[rows]
+    return lambda q: -hamming_distances(sign_codes(q, projection), selected).astype(np.float32)
 
 
 def _training_vectors(model) -> np.ndarray:
@@ -208,7 +231,7 @@ def _quiet_clustering(index) -> None:
 
 
 def _downcast(index):
-    import faiss
+    from ..common.untyped import faiss
 
     if isinstance(index, faiss.IndexPreTransform):
         return faiss.downcast_index(index.index)
@@ -217,7 +240,7 @@ def _downcast(index):
 
 def _faiss_scorer(trained, vectors: np.ndarray) -> Scorer:
     """A copy of a trained (empty) FAISS index holding ``vectors``; scores every item per query."""
-    import faiss
+    from ..common.untyped import faiss
 
     index = faiss.clone_index(trained)
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))

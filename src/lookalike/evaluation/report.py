@@ -106,9 +106,9 @@ def _plots(ev: Evaluation, out: Path) -> dict[str, list[tuple[str, str]]]:
             bins = np.linspace(-0.2, 1.0, 61)
             for config, r in results.items():
                 if r.plots.get("positive_sims"):
-                    ax.hist(r.plots["positive_sims"], bins=bins, alpha=0.5, label=f"{config}: true pairs")
+                    ax.hist(r.plots["positive_sims"], bins=bins.tolist(), alpha=0.5, label=f"{config}: true pairs")
                 if r.plots.get("negative_sims"):
-                    ax.hist(r.plots["negative_sims"], bins=bins, alpha=0.5, label=f"{config}: hard negatives")
+                    ax.hist(r.plots["negative_sims"], bins=bins.tolist(), alpha=0.5, label=f"{config}: hard negatives")
             ax.set(xlabel="cosine similarity", ylabel="pairs", title=f"{task.name}: similarity")
             ax.legend(fontsize=8)
             save(fig, f"{slug}_similarity.png", task.name, "Similarity of true pairs vs hard negatives")
@@ -145,7 +145,7 @@ def _plots(ev: Evaluation, out: Path) -> dict[str, list[tuple[str, str]]]:
         fig, ax = plt.subplots(figsize=(7, 6))
         labels = points["labels"]
         common = [l for l, _ in sorted(((l, labels.count(l)) for l in set(labels)), key=lambda x: -x[1])[:12]]
-        colours = matplotlib.colormaps["tab20"].colors
+        colours = matplotlib.colormaps["tab20"](range(20))
         for j, label in enumerate(common + ["other"]):
             idx = [i for i, l in enumerate(labels) if (l == label if label != "other" else l not in common)]
             if idx:
@@ -203,9 +203,9 @@ def _markdown(ev: Evaluation, plots: dict[str, list[tuple[str, str]]]) -> str:
             for note in r.notes:
                 lines.append(f"- {task.name} ({config}): {note}")
     lines += ["", "## Plots", ""]
-    for task, items in plots.items():
+    for heading, items in plots.items():
         for title, path in items:
-            lines.append(f"**{title}**" + (f" — {task}" if task != "__maps__" else "") + f"\n\n![{title}]({path})\n")
+            lines.append(f"**{title}**" + (f" — {heading}" if heading != "__maps__" else "") + f"\n\n![{title}]({path})\n")
     lines += ["## Worst queries", "", "Lowest average precision per retrieval task and configuration: see report.html for thumbnails.", ""]
     for task in ev.suite.tasks:
         for config, r in ev.tasks.get(task.name, {}).items():
@@ -308,11 +308,11 @@ def _html(ev: Evaluation, plots: dict[str, list[tuple[str, str]]]) -> str:
              + "".join(f"<li><b>{html.escape(c.name)}</b>: <code>{html.escape(json.dumps(c.settings))}</code></li>" for c in ev.configs) + "</ul>",
              "<h2>Quality</h2>", _html_table(quality_rows(ev), configs, "task", True),
              _codes_html(ev), "<h2>Efficiency</h2>", _html_table(efficiency_rows(ev), configs, "data set", False), "<h2>Plots</h2>"]
-    for task, items in plots.items():
-        if task == "__maps__":
+    for heading, items in plots.items():
+        if heading == "__maps__":
             continue
         for title, path in items:
-            parts.append(f"<h3>{html.escape(task)}: {html.escape(title)}</h3><img src='{path}' alt='{html.escape(title)}'>")
+            parts.append(f"<h3>{html.escape(heading)}: {html.escape(title)}</h3><img src='{path}' alt='{html.escape(title)}'>")
     parts.append("<h2>Worst queries</h2><p>Blue: query; green: relevant result; red: not relevant.</p>")
     for task in ev.suite.tasks:
         for config, r in ev.tasks.get(task.name, {}).items():

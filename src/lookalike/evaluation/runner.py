@@ -87,7 +87,7 @@ def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> di
     rng = np.random.default_rng(suite.seed)
     queries = data.vectors[rng.choice(len(data.ids), min(200, len(data.ids)), replace=False)]
     pixels = []
-    for path in data.images[:16]:
+    for path in [p for p in data.images if p is not None][:16]:
         try:
             pixels.append(data.engine.encoder.preprocess(load_image(path, data.engine.limits)))
         except ImageError:

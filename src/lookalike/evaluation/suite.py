@@ -129,7 +129,7 @@ def load_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{path}: task {name!r} uses street boxes, so it needs 'column' (what street labels map to)")
         if kind in ("classification", "street_to_shop") and not options.get("column"):
             raise SuiteError(f"{path}: task {name!r} needs 'column'")
-        tasks.append(TaskSpec(name, kind, dataset, options))
+        tasks.append(TaskSpec(name, str(kind), str(dataset), options))
     return Suite(str(data.get("name") or path.stem), path, datasets, tasks, int(data.get("seed", 0)),
                  int(data.get("bootstrap", 1000)), int(data.get("map_points", 1000)))
 

@@ -57,7 +57,8 @@ def load_dataset(spec: DatasetSpec, engine: Engine) -> DatasetEmbeddings:
         for i, row in enumerate(rows):
             columns.set(i, row.metadata)
         mask = columns.mask(parse_where(spec.where))
-        rows = [r for i, r in enumerate(rows) if mask[i]]
+        if mask is not None:
+            rows = [r for i, r in enumerate(rows) if mask[i]]
     products = [engine.store.get(r.id) for r in rows]
     kept = [(r, p) for r, p in zip(rows, products) if p is not None]
     vectors = np.stack([engine.index.vector(p.rowid) for _, p in kept]) if kept else np.zeros((0, engine.encoder.dim), np.float32)
@@ -109,7 +110,7 @@ class ConfigIndex:
             yield from zip(chunk, self.score_block(vectors, vectors[chunk]))
 
     def latency(self, queries: np.ndarray) -> dict[str, float]:
-        import faiss
+        from ..common.untyped import faiss
 
         faiss.omp_set_num_threads(1)
         for q in queries[:5]:  # warm caches: the first calls are not what a running server sees
@@ -324,11 +325,11 @@ def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
         keep = np.sort(np.random.default_rng(suite.seed).choice(len(usable), int(limit), replace=False))
         usable = [usable[i] for i in keep]
     crops, labels, unreadable = [], [], 0
-    current: tuple[Path | None, Image.Image | None] = (None, None)  # boxes of one photo come together
+    current: tuple[Path | None, Image.Image] | None = None  # boxes of one photo come together
     for row in usable:
         path = images_base / row["image_file"]
         try:
-            image = current[1] if current[0] == path else load_image(path)
+            image = current[1] if current is not None and current[0] == path else load_image(path)
             current = (path, image)
             x1, y1, x2, y2 = (float(row[k]) for k in ("x1", "y1", "x2", "y2"))
             pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
@@ -390,7 +391,7 @@ def run_classification(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInd
                 votes: dict[str, float] = {}
                 for j in neighbours:  # similarity-weighted vote of the k nearest labelled items
                     votes[labels[j]] = votes.get(labels[j], 0.0) + float(row[j])
-                predicted.append(max(votes, key=votes.get) if votes else None)
+                predicted.append(max(votes, key=lambda label: votes[label]) if votes else None)
     report = classification_report([str(truth[i]) for i in keep], predicted)
     metrics = summarise({"accuracy": report["correct"]}, suite)
     metrics["macro-F1"] = {"mean": report["macro_f1"], "ci_low": float("nan"), "ci_high": float("nan"), "n": len(keep)}

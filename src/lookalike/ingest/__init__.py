@@ -9,8 +9,8 @@
 
 from .distributors import Distributor, ProcessDistributor, SerialDistributor, ThreadDistributor
 from .mapper import MapperFactory
-from .pipeline import IngestCancelled, IngestPipeline, IngestRequest
+from .pipeline import IngestCancelled, IngestPipeline, IngestRequest, default_distributor
 from .report import IngestReport, Skipped
 
 __all__ = ["Distributor", "IngestCancelled", "IngestPipeline", "IngestReport", "IngestRequest", "MapperFactory", "ProcessDistributor",
-           "SerialDistributor", "Skipped", "ThreadDistributor"]
+           "SerialDistributor", "Skipped", "ThreadDistributor", "default_distributor"]

@@ -10,7 +10,9 @@
   :class:`~lookalike.ingest.mapper.MapperFactory` once per worker, then partitions.
 
 A distributor's ``map`` yields mapped partitions, and may yield ``None`` while nothing is ready,
-so the caller can check for cancellation.
+so the caller can check for cancellation.  It runs any stage of that shape: a picklable factory
+that builds a :class:`Worker` once per thread or process, and partitions that say their lane
+(ingest's :class:`~lookalike.ingest.mapper.MapperFactory`, re-index's ``ReembedderFactory``).
 """
 
 from __future__ import annotations
@@ -18,21 +20,43 @@ from __future__ import annotations
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from .mapper import Mapper, MapperFactory
-from .reader import LOCAL, REMOTE, Partition
+from .reader import LOCAL, REMOTE
+
+
+class Laned(Protocol):
+    """A partition: ``lane`` is local or remote (URL rows wait on other people's servers)."""
+
+    lane: str
+
+
+P = TypeVar("P", bound=Laned)
+
+
+class Worker(Protocol[P]):
+    """Maps partitions for one thread or process; closed when the distributor is done."""
+
+    def __call__(self, partition: P, /) -> P: ...
+
+    def close(self) -> None: ...
+
+
+WorkerFactory = Callable[[], Worker[Any]]  # picklable for process (and cluster) distributors
 
 
 class Distributor(Protocol):
-    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]: ...
+    def map(self, factory: WorkerFactory, partitions: Iterable[P]) -> Iterator[P | None]: ...
 
 
 class SerialDistributor:
-    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
-        with factory() as mapper:
+    def map(self, factory: WorkerFactory, partitions: Iterable[P]) -> Iterator[P | None]:
+        worker = factory()
+        try:
             for partition in partitions:
-                yield mapper(partition)
+                yield worker(partition)
+        finally:
+            worker.close()
 
 
 class _Lanes:
@@ -44,9 +68,9 @@ class _Lanes:
     def __init__(self, pools: dict[str, Executor], in_flight: dict[str, int], backlog: int = 10_000):
         self.pools, self.in_flight, self.backlog = pools, in_flight, backlog
 
-    def run(self, task: object, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
-        running: dict[str, deque[Future[Partition]]] = {lane: deque() for lane in self.pools}
-        waiting: dict[str, deque[Partition]] = {lane: deque() for lane in self.pools}
+    def run(self, task: Callable[[P], P], partitions: Iterable[P]) -> Iterator[P | None]:
+        running: dict[str, deque[Future[P]]] = {lane: deque() for lane in self.pools}
+        waiting: dict[str, deque[P]] = {lane: deque() for lane in self.pools}
         source = iter(partitions)
         exhausted = False
         while True:
@@ -60,7 +84,7 @@ class _Lanes:
                 waiting[partition.lane if partition.lane in self.pools else LOCAL].append(partition)
             for lane, pool in self.pools.items():
                 while waiting[lane] and len(running[lane]) < self.in_flight[lane]:
-                    running[lane].append(pool.submit(task, waiting[lane].popleft()))  # type: ignore[arg-type]
+                    running[lane].append(pool.submit(task, waiting[lane].popleft()))
             heads = [running[lane][0] for lane in self.pools if running[lane]]
             if not heads:
                 if exhausted and not any(waiting.values()):
@@ -81,12 +105,12 @@ class ThreadDistributor:
     def __init__(self, workers: int = 3, remote_workers: int = 4):
         self.workers, self.remote_workers = max(1, workers), max(1, remote_workers)
 
-    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
+    def map(self, factory: WorkerFactory, partitions: Iterable[P]) -> Iterator[P | None]:
         local_state = threading.local()
-        mappers: list[Mapper] = []
+        mappers: list[Worker[Any]] = []
         lock = threading.Lock()
 
-        def task(partition: Partition) -> Partition:
+        def task(partition: P) -> P:
             mapper = getattr(local_state, "mapper", None)
             if mapper is None:
                 mapper = local_state.mapper = factory()
@@ -104,15 +128,15 @@ class ThreadDistributor:
                 mapper.close()
 
 
-_worker_mapper: Mapper | None = None
+_worker_mapper: Worker[Any] | None = None
 
 
-def _init_worker(factory: MapperFactory) -> None:
+def _init_worker(factory: WorkerFactory) -> None:
     global _worker_mapper
     _worker_mapper = factory()
 
 
-def _map_in_worker(partition: Partition) -> Partition:
+def _map_in_worker(partition: P) -> P:
     assert _worker_mapper is not None, "worker not initialised"
     return _worker_mapper(partition)
 
@@ -124,7 +148,7 @@ class ProcessDistributor:
     def __init__(self, workers: int = 2, threads_per_worker: int = 1):
         self.workers, self.threads_per_worker = max(1, workers), threads_per_worker
 
-    def map(self, factory: MapperFactory, partitions: Iterable[Partition]) -> Iterator[Partition | None]:
+    def map(self, factory: WorkerFactory, partitions: Iterable[P]) -> Iterator[P | None]:
         with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(factory,)) as pool:
             lanes = _Lanes({LOCAL: pool, REMOTE: pool}, {LOCAL: 2 * self.workers, REMOTE: self.workers})
             yield from lanes.run(_map_in_worker, partitions)

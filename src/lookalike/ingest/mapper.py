@@ -45,10 +45,10 @@ class Mapper:
     def __call__(self, partition: Partition) -> Partition:
         for job in partition.jobs:
             self.load(job)
-        changed = [job for job in partition.jobs if job.pixels is not None]
+        changed = [(job, job.pixels) for job in partition.jobs if job.pixels is not None]
         if changed:
-            vectors = self.encoder.embed(np.stack([job.pixels for job in changed]))
-            for job, vector in zip(changed, vectors):
+            vectors = self.encoder.embed(np.stack([pixels for _, pixels in changed]))
+            for (job, _), vector in zip(changed, vectors):
                 job.vector, job.pixels = vector, None  # pixels are not sent back: only what is written
         return partition
 

@@ -62,6 +62,11 @@ class IngestRequest:
     label: str | None = None  # how the run is recorded (an uploaded file's name)
 
 
+def default_distributor(settings: Settings) -> Distributor:
+    """Threads: one more mapper than loader threads (one embeds while the others fetch and decode)."""
+    return ThreadDistributor(settings.loader_threads + 1, settings.max_downloads)
+
+
 class IngestPipeline:
     """Wires the stages for one store; :meth:`run` ingests one catalogue."""
 
@@ -69,8 +74,7 @@ class IngestPipeline:
                  distributor: Distributor | None = None, batch_size: int | None = None, cancelled: threading.Event | None = None):
         self.runs, self.sink, self.mapper, self.settings = runs, sink, mapper, settings
         self.batch_size = batch_size or settings.batch_size
-        # one more mapper than loader threads: one embeds while the others fetch and decode
-        self.distributor = distributor or ThreadDistributor(settings.loader_threads + 1, settings.max_downloads)
+        self.distributor = distributor or default_distributor(settings)
         self.cancelled = cancelled or threading.Event()
 
     def run(self, request: IngestRequest, progress: Progress | None = None, total: int | None = None,

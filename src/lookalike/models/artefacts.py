@@ -54,6 +54,8 @@ class EmbeddingHead:
         return int(self.layers[-1][0].shape[1])
 
     def pooled(self, maps: np.ndarray) -> np.ndarray:
+        if self.conv is None:
+            raise ModelError("this head has no convolution: it takes pooled features, not feature maps")
         weight, bias = self.conv
         x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1, weight.shape[0]) @ weight + bias
         x = np.clip(x, 0.0, 6.0).mean(axis=1)
@@ -151,7 +153,7 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     try:
-        np.savez(tmp / "weights.npz", **arrays)
+        np.savez(tmp / "weights.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         (tmp / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
         (tmp / "model.json").write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, target)

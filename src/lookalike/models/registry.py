@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -47,9 +48,9 @@ def register_encoder(name: str, factory: Callable[[Settings], Encoder]) -> None:
 
 
 for _backbone in ("efficientnet-lite0", "efficientnet-lite2"):
-    register_encoder(_backbone, lambda s, n=_backbone: EfficientNetLiteEncoder(n, s))
+    register_encoder(_backbone, partial(EfficientNetLiteEncoder, _backbone))
     # last-block feature maps, for training an unfrozen head (not for a store)
-    register_model(f"{_backbone}-maps", FEATURE_EXTRACTOR, lambda s, n=_backbone: BlockMapsEncoder(n, s))
+    register_model(f"{_backbone}-maps", FEATURE_EXTRACTOR, partial(BlockMapsEncoder, _backbone))
 
 
 def available_encoders(kind: str | None = IMAGE_EMBEDDER) -> list[str]:

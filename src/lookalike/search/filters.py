@@ -166,13 +166,14 @@ class MetadataColumns:
             if name not in metadata:
                 column.clear(rowid)
         for name, value in metadata.items():
-            column = self.columns.get(name)
-            if column is None:
+            found = self.columns.get(name)
+            if found is None:
                 if len(self.columns) >= self.max_columns:
                     if len(self.unfiltered) < 1000:
                         self.unfiltered.add(name)
                     continue
-                column = self.columns[name] = _Column(self.capacity)
+                found = self.columns[name] = _Column(self.capacity)
+            column = found
             column.set(rowid, value)
 
     def remove(self, rowid: int) -> None:
@@ -204,6 +205,8 @@ class MetadataColumns:
             if not column.has_numbers():
                 raise FilterError(f"filter {clause}: column {clause.column!r} has no numeric values")
             bound = parse_number(clause.values[0])
+            if bound is None:
+                raise FilterError(f"filter {clause}: {clause.values[0]!r} is not a finite number")
             with np.errstate(invalid="ignore"):
                 return {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[clause.op](column.numbers, bound)
         hit = np.zeros(self.capacity, dtype=bool)
@@ -234,7 +237,7 @@ class MetadataColumns:
     def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
         """Columns worth filtering on, for facet lists: few distinct values -> value counts;
         many numeric values -> a range; many distinct texts (titles, ids) or a single value -> none."""
-        out = []
+        out: list[dict[str, Any]] = []
         for name in self.names():
             column = self.columns[name]
             present = column.codes >= 0

@@ -1,10 +1,15 @@
-"""The embedded store: one SQLite database holding products, their vectors and thumbnails.
+"""The embedded store: one SQLite database holding products, their embeddings and thumbnails.
 
 SQLite is the single source of truth.  Every batch a writer commits is one transaction
 that bumps a generation counter, so a process killed mid-ingest leaves the last committed
 batch readable and the next run resumes from there.  The in-memory vector index and the
 FAISS snapshot on disk are derived from this database and rebuilt or caught up from it
 (rows with ``gen`` above the snapshot's, and ``tombstones`` for deletes) when they lag.
+
+Embeddings are keyed by (model, region, product): the serving model's whole-image vectors
+(region ``""``) are what search uses; other models' vectors (a re-index in progress, or kept
+so switching back needs no images) and a photo's regions (garments found in it) sit beside
+them.  Each embedding records the image hash it was computed from, so a stale one is known.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+WHOLE_IMAGE = ""  # the region name of an embedding of the whole photo
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +38,6 @@ CREATE TABLE IF NOT EXISTS products (
     image TEXT,
     image_hash TEXT,
     metadata TEXT NOT NULL DEFAULT '{}',
-    vector BLOB,
     gen INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -56,15 +61,18 @@ CREATE TABLE IF NOT EXISTS skipped (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS skipped_run ON skipped(run_id);
--- Vectors of encoders other than the serving one: a re-index in progress (resumable), and the
--- previous encoders' vectors kept so switching back, or training a head on them, needs no images.
-CREATE TABLE IF NOT EXISTS model_vectors (
-    encoder TEXT NOT NULL,
-    rowid INTEGER NOT NULL,
+-- One vector per (model, region of the photo, product). The serving model's whole-image vectors
+-- are searched; other models' are a re-index in progress (resumable) or kept so switching back,
+-- or training a head on them, needs no images.
+CREATE TABLE IF NOT EXISTS embeddings (
+    model TEXT NOT NULL,
+    region TEXT NOT NULL DEFAULT '',
+    product INTEGER NOT NULL,
     image_hash TEXT,
     vector BLOB NOT NULL,
-    PRIMARY KEY (encoder, rowid)
+    PRIMARY KEY (model, region, product)
 );
+CREATE INDEX IF NOT EXISTS embeddings_product ON embeddings(product);
 CREATE TABLE IF NOT EXISTS tags (
     rowid INTEGER PRIMARY KEY,
     tags TEXT NOT NULL,
@@ -135,8 +143,32 @@ class ProductStore:
         version = self.get_meta("schema_version")
         if version is None and not self.read_only:
             self.set_meta("schema_version", SCHEMA_VERSION)
+        elif version == "1":
+            self._upgrade_from_v1()
         elif version is not None and version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this lookalike reads version {SCHEMA_VERSION}")
+
+    def _upgrade_from_v1(self) -> None:
+        """Version 1 kept the serving vectors in ``products.vector`` and other encoders' in
+        ``model_vectors``.  A writable store moves them into ``embeddings`` in one transaction
+        (a crash leaves version 1 intact); a read-only one is read through a temporary view."""
+        if self.read_only:
+            self._db.execute(
+                "CREATE TEMP VIEW embeddings AS "
+                "SELECT (SELECT value FROM meta WHERE key = 'encoder') AS model, '' AS region, rowid AS product, image_hash, vector "
+                "FROM products WHERE vector IS NOT NULL "
+                "UNION ALL SELECT encoder, '', rowid, image_hash, vector FROM model_vectors")
+            return
+        with self._write_transaction(new_generation=False):
+            self._db.execute("INSERT OR REPLACE INTO embeddings(model, region, product, image_hash, vector) "
+                             "SELECT encoder, '', rowid, image_hash, vector FROM model_vectors")
+            self._db.execute("INSERT OR REPLACE INTO embeddings(model, region, product, image_hash, vector) "
+                             "SELECT m.value, '', p.rowid, p.image_hash, p.vector FROM products p, meta m "
+                             "WHERE m.key = 'encoder' AND p.vector IS NOT NULL")
+            self._db.execute("UPDATE products SET vector = NULL WHERE vector IS NOT NULL")
+            self._db.execute("DROP TABLE model_vectors")
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        log.info("store %s: upgraded to schema version %s (embeddings by model and region)", self.directory, SCHEMA_VERSION)
 
     def _connect(self) -> sqlite3.Connection:
         if self.directory.exists() and not self.directory.is_dir():
@@ -258,30 +290,40 @@ class ProductStore:
         rowids = []
         with self._write_transaction() as gen:
             current = self.get_meta("encoder")
-            if encoder is not None and current is not None and current != encoder and any(i.vector is not None for i in items):
+            with_vectors = any(i.vector is not None for i in items)
+            if encoder is not None and current is not None and current != encoder and with_vectors:
                 raise StoreError(f"the store at {self.directory} now serves encoder {current!r} (re-indexed by another process), "
                                  f"not {encoder!r}; reopen it (restart the server) before writing")
+            model = current or encoder
+            if with_vectors and model is None:
+                raise StoreError(f"the store at {self.directory} has no encoder recorded; vectors cannot be written")
             for item in items:
-                blob = None if item.vector is None else np.asarray(item.vector, dtype=np.float32).tobytes()
                 row = self._db.execute(
-                    """INSERT INTO products(id, image, image_hash, metadata, vector, gen, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """INSERT INTO products(id, image, image_hash, metadata, gen, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?)
                        ON CONFLICT(id) DO UPDATE SET
                            image = excluded.image,
                            image_hash = COALESCE(excluded.image_hash, products.image_hash),
                            metadata = excluded.metadata,
-                           vector = COALESCE(excluded.vector, products.vector),
                            gen = excluded.gen,
                            updated_at = excluded.updated_at
                        RETURNING rowid""",
-                    (item.id, item.image, item.image_hash, canonical_json(item.metadata), blob, gen, now),
+                    (item.id, item.image, item.image_hash, canonical_json(item.metadata), gen, now),
                 ).fetchone()
                 rowids.append(row[0])
+                if item.vector is not None:
+                    self._put_embedding(str(model), WHOLE_IMAGE, row[0], item.image_hash, item.vector)
+                    # Regions found in another picture no longer describe this one.
+                    self._db.execute("DELETE FROM embeddings WHERE product = ? AND region != '' AND image_hash IS NOT ?", (row[0], item.image_hash))
                 # Predicted tags describe the old image and text; the auto-tagger writes fresh ones.
                 self._db.execute("DELETE FROM tags WHERE rowid = ?", (row[0],))
                 if item.thumbnail is not None:
                     self._db.execute("INSERT OR REPLACE INTO thumbnails(rowid, jpeg) VALUES (?, ?)", (row[0], item.thumbnail))
         return rowids
+
+    def _put_embedding(self, model: str, region: str, product: int, image_hash: str | None, vector: np.ndarray) -> None:
+        self._db.execute("INSERT OR REPLACE INTO embeddings(model, region, product, image_hash, vector) VALUES (?, ?, ?, ?, ?)",
+                         (model, region, int(product), image_hash, np.asarray(vector, dtype=np.float32).tobytes()))
 
     def delete(self, ids: Iterable[str]) -> list[int]:
         """Delete products by id in one transaction; returns the rowids that existed."""
@@ -295,6 +337,7 @@ class ProductStore:
                 if row is not None:
                     removed.append(row[0])
                     self._db.execute("DELETE FROM thumbnails WHERE rowid = ?", (row[0],))
+                    self._db.execute("DELETE FROM embeddings WHERE product = ?", (row[0],))
                     self._db.execute("DELETE FROM tags WHERE rowid = ?", (row[0],))
                     self._db.execute("INSERT OR REPLACE INTO tombstones(rowid, gen) VALUES (?, ?)", (row[0], gen))
         return removed
@@ -316,6 +359,14 @@ class ProductStore:
             self.unreadable_rows += 1
             return {}
         return value
+
+    # the serving model's whole-image vector of product ``p`` (bind the model)
+    _SERVING_VECTOR = "SELECT 1 FROM embeddings e WHERE e.model = ? AND e.region = '' AND e.product = p.rowid"
+
+    @property
+    def serving_model(self) -> str:
+        """The model whose whole-image vectors search uses ("" before the first write)."""
+        return self.get_meta("encoder") or ""
 
     _COLUMNS = "products.rowid, id, image, image_hash, metadata, products.updated_at, tags.tags"
     _FROM = "products LEFT JOIN tags ON tags.rowid = products.rowid"
@@ -341,7 +392,8 @@ class ProductStore:
 
     def fingerprints(self, ids: list[str]) -> dict[str, tuple[str | None, str, bool]]:
         """For each known id: (image hash, canonical metadata JSON, has a vector) — what ingest diffs against."""
-        rows = self._select_in("SELECT id, image_hash, metadata, vector IS NOT NULL FROM products WHERE id IN ({marks})", ids)
+        rows = self._select_in(f"SELECT id, image_hash, metadata, EXISTS ({self._SERVING_VECTOR}) FROM products p WHERE id IN ({{marks}})",
+                               ids, (self.serving_model,))
         return {row[0]: (row[1], row[2], bool(row[3])) for row in rows}
 
     # ---- predicted tags -------------------------------------------------------------------------
@@ -373,7 +425,8 @@ class ProductStore:
     def untagged_rowids(self) -> list[int]:
         with self._lock:
             return [r[0] for r in self._db.execute(
-                "SELECT rowid FROM products WHERE vector IS NOT NULL AND rowid NOT IN (SELECT rowid FROM tags) ORDER BY rowid")]
+                f"SELECT rowid FROM products p WHERE EXISTS ({self._SERVING_VECTOR}) AND rowid NOT IN (SELECT rowid FROM tags) ORDER BY rowid",
+                (self.serving_model,))]
 
     def thumbnails(self, rowids: Iterable[int]) -> dict[int, bytes]:
         return dict(self._select_in("SELECT rowid, jpeg FROM thumbnails WHERE rowid IN ({marks})", [int(r) for r in rowids]))
@@ -389,7 +442,7 @@ class ProductStore:
 
     def count_vectors(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM products WHERE vector IS NOT NULL").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM embeddings WHERE model = ? AND region = ''", (self.serving_model,)).fetchone()[0])
 
     def all_ids(self) -> set[str]:
         with self._lock:
@@ -397,12 +450,13 @@ class ProductStore:
 
     def iter_vectors(self, since_gen: int = -1, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
         """(rowids, vectors, metadata) of products with a vector written after ``since_gen``, in chunks."""
-        last = -1
+        last, model = -1, self.serving_model
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT rowid, vector, metadata FROM products WHERE rowid > ? AND gen > ? AND vector IS NOT NULL ORDER BY rowid LIMIT ?",
-                    (last, since_gen, chunk),
+                    "SELECT p.rowid, e.vector, p.metadata FROM products p JOIN embeddings e ON e.model = ? AND e.region = '' AND e.product = p.rowid "
+                    "WHERE p.rowid > ? AND p.gen > ? ORDER BY p.rowid LIMIT ?",
+                    (model, last, since_gen, chunk),
                 ).fetchall()
             if not rows:
                 return
@@ -430,52 +484,57 @@ class ProductStore:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.glob(self.FILENAME + "*") if p.is_file())
 
-    # ---- vectors of other encoders (re-indexing) -----------------------------------------------------
+    # ---- other models' vectors (re-indexing) and regions -------------------------------------------
     def vector_sources(self) -> list[tuple[int, str | None, str | None]]:
-        """(rowid, image hash, image source) of every product with a vector."""
+        """(rowid, image hash, image source) of every product with a serving vector."""
         with self._lock:
-            return [tuple(r) for r in self._db.execute("SELECT rowid, image_hash, image FROM products WHERE vector IS NOT NULL ORDER BY rowid")]
+            return [tuple(r) for r in self._db.execute(
+                f"SELECT rowid, image_hash, image FROM products p WHERE EXISTS ({self._SERVING_VECTOR}) ORDER BY rowid", (self.serving_model,))]
 
-    def model_vectors(self, encoder: str, rowids: list[int]) -> dict[int, tuple[str | None, np.ndarray]]:
-        """rowid -> (image hash, vector) kept for ``encoder`` (the serving encoder's come from products)."""
-        if encoder == self.get_meta("encoder"):
-            rows = self._select_in("SELECT rowid, image_hash, vector FROM products WHERE vector IS NOT NULL AND rowid IN ({marks})", rowids)
-        else:
-            rows = self._select_in("SELECT rowid, image_hash, vector FROM model_vectors WHERE encoder = ? AND rowid IN ({marks})", rowids, (encoder,))
+    def model_vectors(self, model: str, rowids: list[int], region: str = WHOLE_IMAGE) -> dict[int, tuple[str | None, np.ndarray]]:
+        """rowid -> (image hash it was computed from, vector) stored for ``model`` and ``region``."""
+        rows = self._select_in("SELECT product, image_hash, vector FROM embeddings WHERE model = ? AND region = ? AND product IN ({marks})",
+                               [int(r) for r in rowids], (model, region))
         return {r[0]: (r[1], np.frombuffer(r[2], dtype=np.float32)) for r in rows}
 
-    def stage_vectors(self, encoder: str, entries: list[tuple[int, str | None, np.ndarray]]) -> None:
-        """Keep vectors of a re-index in progress (one transaction per call, so a crash loses at most one batch)."""
+    def stage_vectors(self, model: str, entries: list[tuple[int, str | None, np.ndarray]], region: str = WHOLE_IMAGE) -> None:
+        """Store vectors of a model that does not serve (yet): a re-index in progress, in one
+        transaction per call, so a crash loses at most one batch.  The serving model's vectors
+        change only through :meth:`write`, which moves the generation the index follows."""
+        if model == self.serving_model:
+            raise StoreError(f"{model!r} is the serving model; its vectors are written with the products")
         with self._write_transaction(new_generation=False):
-            self._db.executemany("INSERT OR REPLACE INTO model_vectors(encoder, rowid, image_hash, vector) VALUES (?, ?, ?, ?)",
-                                 [(encoder, int(r), h, np.asarray(v, dtype=np.float32).tobytes()) for r, h, v in entries])
+            for rowid, image_hash, vector in entries:
+                self._put_embedding(model, region, rowid, image_hash, vector)
 
     def switch_encoder(self, identity: str, dim: int) -> int:
-        """Make ``identity``'s staged vectors the serving ones, in one transaction: the current
-        vectors are kept under the old encoder's name; every product must have a staged vector."""
+        """Make ``identity``'s staged vectors the serving ones, in one transaction (the previous
+        model's stay, kept); every product with a vector must have one from ``identity``."""
         with self._write_transaction() as gen:
-            old = self.get_meta("encoder")
             missing = self._db.execute(
-                "SELECT COUNT(*) FROM products p WHERE p.vector IS NOT NULL AND NOT EXISTS "
-                "(SELECT 1 FROM model_vectors m WHERE m.encoder = ? AND m.rowid = p.rowid)", (identity,)).fetchone()[0]
+                f"SELECT COUNT(*) FROM products p WHERE EXISTS ({self._SERVING_VECTOR}) AND NOT EXISTS "
+                "(SELECT 1 FROM embeddings m WHERE m.model = ? AND m.region = '' AND m.product = p.rowid)",
+                (self.serving_model, identity)).fetchone()[0]
             if missing:
                 raise StoreError(f"{missing} product(s) have no vector from {identity!r} yet; the re-index is not complete")
-            if old is not None:
-                self._db.execute("DELETE FROM model_vectors WHERE encoder = ?", (old,))
-                self._db.execute("INSERT INTO model_vectors(encoder, rowid, image_hash, vector) "
-                                 "SELECT ?, rowid, image_hash, vector FROM products WHERE vector IS NOT NULL", (old,))
-            self._db.execute("UPDATE products SET gen = ?, vector = (SELECT m.vector FROM model_vectors m WHERE m.encoder = ? AND m.rowid = products.rowid) "
-                             "WHERE vector IS NOT NULL", (gen, identity))
-            self._db.execute("DELETE FROM model_vectors WHERE encoder = ?", (identity,))
-            self._db.execute("DELETE FROM model_vectors WHERE rowid NOT IN (SELECT rowid FROM products)")
+            self._db.execute("DELETE FROM embeddings WHERE product NOT IN (SELECT rowid FROM products)")
             for key, value in (("encoder", identity), ("dim", str(dim))):
                 self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            # every served vector changed: another process serving this store sees all of them move
+            self._db.execute("UPDATE products SET gen = ? WHERE rowid IN (SELECT product FROM embeddings WHERE model = ? AND region = '')", (gen, identity))
             return gen
 
     def kept_encoders(self) -> dict[str, int]:
-        """Encoders with vectors kept besides the serving one, and how many."""
+        """Models with whole-image vectors kept besides the serving one, and how many."""
         with self._lock:
-            return dict(self._db.execute("SELECT encoder, COUNT(*) FROM model_vectors GROUP BY encoder").fetchall())
+            return dict(self._db.execute("SELECT model, COUNT(*) FROM embeddings WHERE region = '' AND model != ? GROUP BY model",
+                                         (self.serving_model,)).fetchall())
+
+    def regions(self, model: str | None = None) -> dict[str, int]:
+        """Region names with stored vectors for ``model`` (the serving one by default), and how many."""
+        with self._lock:
+            return dict(self._db.execute("SELECT region, COUNT(*) FROM embeddings WHERE model = ? GROUP BY region",
+                                         (model or self.serving_model,)).fetchall())
 
     # ---- ingest runs ------------------------------------------------------------------------------
     def start_run(self, source: str) -> int:
@@ -484,7 +543,7 @@ class ProductStore:
             # A run left "running" by a killed process is recorded as interrupted.
             self._db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
             cur = self._db.execute("INSERT INTO runs(source, status, started_at) VALUES (?, 'running', ?)", (source, time.time()))
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)  # an INSERT always sets it
 
     def record_skipped(self, run_id: int, entries: list[tuple[str, str, str, str]]) -> None:
         """(item, source, kind, reason) rows for one run."""

@@ -83,7 +83,7 @@ class FeatureBuilder:
         self.text_columns = text_columns
         self.text_model = text_model
         self._backbone = None
-        self._minilm = None
+        self._minilm: Any = None  # the sentence model, loaded on first use
         if image_model and image_model != "none":
             try:
                 self._backbone = get_encoder(image_model, view.settings)
@@ -288,7 +288,7 @@ def _column_report(column: str, fit: CrossFit, tagger: ColumnTagger, ids: list[s
                    dropped: dict[str, int], options: TrainOptions) -> dict[str, Any]:
     predicted = fit.proba.argmax(1)
     confidence = fit.proba.max(1)
-    review = [
+    review: list[dict[str, Any]] = [
         {"id": ids[i], "column": column, "current": str(fit.classes[fit.target[i]]), "predicted": str(fit.classes[predicted[i]]),
          "confidence": round(float(confidence[i]), 4)}
         for i in np.flatnonzero((predicted != fit.target) & (confidence >= options.review_confidence))
@@ -473,7 +473,7 @@ class TagPredictor:
 
 def untrained_taggers(view: CatalogueView, rules: TextRules | None = None, threshold: float = 0.5) -> TaggerSet:
     """A label-free tagger set: text rules plus zero-shot image groups and colour (lower confidence)."""
-    known = set()
+    known: set[str] = set()
     for product in view.store.page(0, 200):
         known.update(product.metadata)
     return TaggerSet(version=0, created=_now(), encoder=view.encoder.identity, image_model=None,

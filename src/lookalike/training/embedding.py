@@ -122,9 +122,9 @@ def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         take = min(int(round(len(members) * fraction)), len(members) - 2)
         holdout[members[:max(0, take)]] = True
     if singletons:  # product-level classes (positives = id): hold out whole products
-        singletons = np.array(singletons)
-        rng.shuffle(singletons)
-        holdout[singletons[: int(round(len(singletons) * fraction))]] = True
+        order = np.array(singletons)
+        rng.shuffle(order)
+        holdout[order[: int(round(len(order) * fraction))]] = True
     return holdout
 
 
@@ -140,8 +140,8 @@ def load_training_set(view: CatalogueView, positives: list[str], where: list[str
     rowids = view.matching_rowids(where).tolist()
     products = view.store.get_by_rowids(rowids)
     thumbs = view.store.thumbnails(rowids)
-    labelled = [(p, _label_of(p.metadata, p.id, positives)) for p in (products[r] for r in rowids if r in products)]
-    labelled = [(p, label) for p, label in labelled if label is not None]
+    labelled = [(p, label) for p in (products[r] for r in rowids if r in products)
+                if (label := _label_of(p.metadata, p.id, positives)) is not None]
     counts: dict[str, int] = {}
     for _, label in labelled:
         counts[label] = counts.get(label, 0) + 1
@@ -247,14 +247,15 @@ def _head_module(torch, input_dim: int, hidden: int, dim: int, conv: tuple[np.nd
         mlp = torch.nn.Sequential(torch.nn.Linear(input_dim, dim))
     if conv is None:
         return mlp
+    weight, bias = conv
 
     class UnfrozenHead(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = torch.nn.Linear(conv[0].shape[0], conv[0].shape[1])  # a 1×1 convolution on position-major maps
+            self.conv = torch.nn.Linear(weight.shape[0], weight.shape[1])  # a 1×1 convolution on position-major maps
             with torch.no_grad():
-                self.conv.weight.copy_(torch.from_numpy(conv[0].T.copy()))
-                self.conv.bias.copy_(torch.from_numpy(conv[1]))
+                self.conv.weight.copy_(torch.from_numpy(weight.T.copy()))
+                self.conv.bias.copy_(torch.from_numpy(bias))
             self.mlp = mlp
 
         def forward(self, maps):

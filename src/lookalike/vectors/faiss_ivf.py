@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
+from ..common.untyped import faiss
 from .base import BackendError, Neighbours, no_neighbours
 from .exact import ExactBackend
 

@@ -146,7 +146,7 @@ class AdditiveQuantizer:
 
 def init_codebooks(vectors: np.ndarray, m: int, k: int = CODEWORDS, seed: int = 0, iterations: int = 20) -> np.ndarray:
     """Residual k-means (FAISS): codebook m clusters what codebooks 0..m-1 left unexplained."""
-    import faiss
+    from ..common.untyped import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(x) < k:

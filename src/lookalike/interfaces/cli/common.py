@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ... import __version__
 from ...catalog import Catalog
+from ...common.progress import Progress as ProgressSink
 from ...config import ConfigError, Settings, load_settings
 from ...engine import BusyError, Engine, NotFoundError
 from ...evaluation.suite import SuiteError
@@ -107,7 +108,7 @@ def progress_bar(quiet: bool) -> Progress:
                     console=err, disable=quiet)
 
 
-def bar_progress(bar: Progress) -> Callable[[str, int, int | None], None]:
+def bar_progress(bar: Progress) -> ProgressSink:
     """A progress callable (:mod:`lookalike.common.progress`) drawing one bar per stage."""
     tasks: dict[str, Any] = {}
 

@@ -187,7 +187,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         except FilterError as exc:
             return error(request, str(exc), 422)
         pages = max(1, -(-total // per_page))
-        context = {"cards": [card(p.id, p.metadata, tags=p.tags) for p in products], "total": total, "page": page_number, "pages": pages}
+        context: dict[str, Any] = {"cards": [card(p.id, p.metadata, tags=p.tags) for p in products], "total": total, "page": page_number, "pages": pages}
         if fragment:
             return page(request, "_grid.html", **context)
         return page(request, "browse.html", facets=engine.facets(), **context)
