@@ -242,3 +242,13 @@ def test_threaded_ingest_keeps_the_catalogue_order(tmp_path):
         engine.ingest(write_csv(tmp_path / "c.csv", rows))
         _, page = engine.browse(limit=80)
         assert [p.id for p in page] == [r["id"] for r in rows]
+
+
+def test_like_this_but_hides_products_sharing_a_value(engine):
+    product = engine.get("878ff7a3")
+    plain = engine.similar("878ff7a3", k=20)
+    assert any(h.metadata.get("category") == product.metadata["category"] for h in plain)  # the modifier has work to do
+    hidden = engine.similar("878ff7a3", k=20, hide_sharing=["category"])
+    assert len(hidden) == 20 and all(h.metadata.get("category") != product.metadata["category"] for h in hidden)
+    # a column the product has no value in hides nothing
+    assert [h.id for h in engine.similar("878ff7a3", k=20, hide_sharing=["no-such-column"])] == [h.id for h in plain]

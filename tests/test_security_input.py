@@ -171,3 +171,29 @@ def test_csv_with_an_unclosed_quote_is_reported(tmp_path):
     fine = tmp_path / "fine.csv"
     fine.write_text(f'id,image,title\na,{PHOTO},"Red dress\nwith a long\ndescription"\nb,{PHOTO},Hat\n')
     assert [getattr(i, "id", None) for i in read_catalogue(fine)] == ["a", "b"]
+
+
+def test_hide_sharing_is_bounded_and_hostile_names_hide_nothing(server):
+    url = f"{server.url}/products/878ff7a3/similar"
+    ok = httpx.get(url, params={"k": 5, "hide_sharing": ["category"]})
+    assert ok.status_code == 200 and all(h["metadata"]["category"] != "Blazer" for h in ok.json()["results"])
+    too_many = httpx.get(url, params={"hide_sharing": [f"c{i}" for i in range(11)]})
+    assert too_many.status_code == 422
+    too_long = httpx.get(url, params={"hide_sharing": "x" * 5000})
+    assert too_long.status_code == 422 and "hide_sharing" in too_long.json()["detail"]
+    blank = httpx.get(url, params={"hide_sharing": "   "})
+    assert blank.status_code == 422
+    for hostile in ("'; DROP TABLE products; --", "../../etc/passwd", "tag.category", "category OR 1=1"):
+        r = httpx.get(url, params={"k": 5, "hide_sharing": hostile})
+        assert r.status_code == 200 and len(r.json()["results"]) == 5, hostile
+    assert httpx.get(f"{server.url}/products/878ff7a3").status_code == 200
+
+
+def test_a_tagger_file_that_is_missing_or_not_a_tagger_set_is_refused_by_name(store_copy, tmp_path):
+    garbage = tmp_path / "taggers.joblib"
+    garbage.write_bytes(b"\x80\x04not a pickle at all" * 100)
+    for path in (tmp_path / "missing.joblib", garbage):
+        result = cli(store_copy, "tag", "predict", "--taggers", str(path))
+        assert result.returncode != 0
+        assert path.name in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert json.loads(cli(store_copy, "info", "--json").stdout)["products"] == 305

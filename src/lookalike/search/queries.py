@@ -18,6 +18,8 @@ import numpy as np
 from .filters import Clause, FilterError
 
 MAX_K = 1000
+MAX_HIDDEN_COLUMNS = 10
+MAX_COLUMN_NAME = 200
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +56,12 @@ class ProductQuery(QueryOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "hide_sharing", _strings(self.hide_sharing))
+        if len(self.hide_sharing) > MAX_HIDDEN_COLUMNS:
+            raise FilterError(f"hide_sharing names {len(self.hide_sharing)} columns; at most {MAX_HIDDEN_COLUMNS}")
+        for column in self.hide_sharing:
+            if not column.strip() or len(column) > MAX_COLUMN_NAME:
+                raise FilterError(f"hide_sharing column {column[:40]!r}{'…' if len(column) > 40 else ''}: "
+                                  f"a column name must have 1 to {MAX_COLUMN_NAME} characters")
 
     def modifier_clauses(self, metadata: dict[str, Any]) -> list[Clause]:
         """``column != value`` for each hidden column the product has a value in (a column it
