@@ -1,0 +1,63 @@
+"""Regions from pixel masks: one box per garment group, around its blobs that are big enough.
+
+A mask is a label map (one label id per pixel).  Two shoes are one "shoes" region (one box
+around both blobs, as a shopper would draw it); specks below ``min_fraction`` of the photo are
+annotation noise or items too small to search for, and are left out before the box is drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from scipy import ndimage
+
+from .groups import GroupMap
+
+
+@dataclass(frozen=True)
+class Region:
+    """A garment found in a photo: its group, box (x1, y1, x2, y2 in pixels, x2/y2 exclusive),
+    pixel count and confidence (1.0 for a ground-truth mask)."""
+
+    group: str
+    box: tuple[float, float, float, float]
+    pixels: int
+    confidence: float = 1.0
+
+
+def regions_from_mask(mask: np.ndarray, labels: Mapping[int, str], group_map: GroupMap, min_fraction: float = 0.002) -> list[Region]:
+    """Regions of a label-map ``mask`` (ids -> label names in ``labels``), largest first."""
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be a 2-D label map, got shape {mask.shape}")
+    min_pixels = max(1, int(round(min_fraction * mask.size)))
+    by_group: dict[str, np.ndarray] = {}
+    for label_id in np.unique(mask):
+        group = group_map.group_of(labels.get(int(label_id), ""))
+        if group is not None:
+            member = mask == label_id
+            by_group[group] = by_group[group] | member if group in by_group else member
+    regions = []
+    for group, member in by_group.items():
+        blobs, count = ndimage.label(member)
+        sizes = np.bincount(blobs.ravel(), minlength=count + 1)
+        big = np.flatnonzero(sizes >= min_pixels)
+        keep = np.isin(blobs, big[big > 0])  # blob 0 is the background
+        if not keep.any():
+            continue
+        ys, xs = np.nonzero(keep)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        regions.append(Region(group, box, int(keep.sum())))
+    return sorted(regions, key=lambda r: -r.pixels)
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
