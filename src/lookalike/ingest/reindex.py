@@ -81,13 +81,7 @@ class Reembedder:
         return batch
 
     def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Reembedder:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        """Nothing to release (the distributor's worker protocol asks for it)."""
 
 
 class Reindexer:
