@@ -15,6 +15,7 @@ RUNS = [
     ["http_search.py", "--products", "100000", "--clients", "4"],
     ["learned_codes.py"],
     ["attack_resources.py"],
+    ["look_latency.py"],
 ]
 
 if __name__ == "__main__":

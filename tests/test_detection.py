@@ -26,12 +26,14 @@ def test_masks_become_one_box_per_group_around_its_blobs_and_specks_are_ignored(
     mask[40:60, 0:5] = 1          # skin is no garment
     mask[99, 79] = 4              # a one-pixel speck of "shoes" does not stretch the box
     regions = {r.group: r for r in regions_from_mask(mask, LABELS, ccp_group_map())}
-    assert set(regions) == {"top", "trousers", "shoes"}
+    assert set(regions) == {"top", "bottom", "shoes"}
     assert regions["top"].box == (15, 10, 65, 45)
-    assert regions["trousers"].box == (25, 50, 55, 80)
+    assert regions["bottom"].box == (25, 50, 55, 80)
     assert regions["shoes"].box == (10, 90, 62, 96) and regions["shoes"].pixels == 60 + 72
     assert [r.group for r in regions_from_mask(mask, LABELS, ccp_group_map())][0] == "top"  # largest first
-    assert {r.group for r in regions_from_mask(mask, LABELS, ccp_group_map(), min_fraction=0)} == {"top", "trousers", "shoes", "accessory"}
+    with_jewellery = GroupMap.from_dict({"top": ["blouse", "vest"], "bottom": ["jeans"], "shoes": ["shoes"], "accessory": ["earrings"]})
+    assert {r.group for r in regions_from_mask(mask, LABELS, with_jewellery)} == {"top", "bottom", "shoes"}
+    assert {r.group for r in regions_from_mask(mask, LABELS, with_jewellery, min_fraction=0)} == {"top", "bottom", "shoes", "accessory"}
 
 
 def test_an_empty_or_ungarmented_mask_has_no_regions_and_a_bad_shape_is_refused():

@@ -156,7 +156,7 @@ def test_suite_errors_name_the_problem(tmp_path):
 @requires_shared
 def test_shipped_suite_loads_and_points_at_the_shared_data():
     suite = load_suite(ROOT / "suites" / "shared.yaml")
-    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "classification", "tagging", "learned_codes"}
+    assert {t.type for t in suite.tasks} == {"retrieval", "pairs", "views", "street_to_shop", "shop_the_look", "classification", "tagging", "learned_codes"}
     for spec in suite.datasets.values():
         assert spec.catalogue.exists() and spec.catalogue.is_relative_to(SHARED.resolve())
 

@@ -200,3 +200,40 @@ def test_empty_catalogue_says_so(page, tmp_path):
         assert "catalogue is empty" in page.inner_text("#results .error")
     finally:
         server.stop()
+
+
+OUTFIT = ROOT / "examples" / "street" / "outfit-0122.jpg"  # a person in the street: blouse, jeans, shoes, bag
+
+
+def test_shop_the_look_click_a_garment_to_see_its_products(page, web_server):
+    page.goto(web_server.url + "/")
+    upload(page, OUTFIT)
+    page.wait_for_selector("#look .garment-chip")
+    groups = page.eval_on_selector_all("#look .garment-chip", "chips => chips.map(c => c.dataset.group)")
+    assert {"top", "bottom", "shoes"} <= set(groups)
+    assert page.locator(".crop-area .garment-box").count() == len(groups)  # a box over the photo per garment
+    assert page.is_visible(".crop-area .garment-outline")  # the selected garment's mask
+    visible = page.eval_on_selector_all(".garment-results:not([hidden])", "els => els.map(e => e.dataset.group)")
+    assert len(visible) == 1
+    # click the shoes on the photo itself: their panel replaces the first one
+    box = page.locator("#preview").bounding_box()
+    x1, y1, x2, y2 = map(float, page.get_attribute("#look .garment-chip[data-group=shoes]", "data-box").split(","))
+    look = page.locator("#look")
+    width, height = float(look.get_attribute("data-width")), float(look.get_attribute("data-height"))
+    page.mouse.click(box["x"] + box["width"] * (x1 + x2) / 2 / width, box["y"] + box["height"] * (y1 + y2) / 2 / height)
+    page.wait_for_function("document.querySelector('.garment-results[data-group=shoes]').hidden === false")
+    assert page.eval_on_selector_all(".garment-results:not([hidden])", "els => els.map(e => e.dataset.group)") == ["shoes"]
+    assert page.get_attribute("#look .garment-chip[data-group=shoes]", "aria-selected") == "true"
+    categories = page.eval_on_selector_all(".garment-results[data-group=shoes] .card li[data-column=category]", "els => els.map(e => e.textContent)")
+    assert categories and categories[0] == "Shoes"
+    shot(page, "shop-the-look")
+    # the chips work too, and dragging a crop still searches just the crop
+    page.click("#look .garment-chip[data-group=top]")
+    assert page.eval_on_selector_all(".garment-results:not([hidden])", "els => els.map(e => e.dataset.group)") == ["top"]
+    with page.expect_response(lambda r: "/ui/search" in r.url and "whole=1" in r.url):
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.15)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.45, steps=5)
+        page.mouse.up()
+    page.wait_for_selector("#results .results-heading:has-text('Results')")
+    assert page.locator("#result-grid .card").count() > 0

@@ -51,6 +51,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     model_cache: str = ""  # empty: ~/.cache/lookalike/models
+    detector: str = "auto"  # garment finder: auto (the store's newest trained one, else the packaged default), default, a name, or none
+    garment_search: str = "main"  # plain photo search: "main" searches the main garment of a photo with a person in it, "whole" the whole frame
+    garment_groups: str = ""  # YAML file: {column: <catalogue column>, groups: {group: [values]}}: which products each garment group may match
     facets: str = ""  # comma-separated columns shown as facets in the web app; empty: chosen automatically
     # ---- security and limits (see README "Security") ----
     public_read: bool = False  # with API keys configured: may anonymous clients search and read?

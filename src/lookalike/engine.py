@@ -16,13 +16,16 @@ from threadpoolctl import threadpool_limits
 from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
 from .config import Settings, load_settings, split_list
+from .detection.service import FinderLoader
 from .images import ImageSource, set_decode_budget
 from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory, default_distributor
 from .ingest.catalogue import count_rows
+from .ingest.garments import VERSION_META, find_catalogue_garments
 from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
 from .models import Encoder, adopt_model, get_encoder
 from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex
+from .search.look import Look, LookService
 from .search.view import CatalogueView
 from .security.paths import PathPolicy
 from .storage import Product
@@ -44,6 +47,10 @@ class Engine(Catalog):
             self.closing = threading.Event()  # set by close(): a running ingest stops after its last batch
             self.jobs = JobBoard()
             self.tagging = TaggingService(self.view)
+            self.finders = FinderLoader(self.directory, self.settings)
+            self.looks = LookService(lambda: self.searcher, self.read_image, lambda: self.finders.get(self.settings.detector),
+                                     settings.garment_groups, settings.garment_search, self.store.region_matrix,
+                                     lambda: self.store.get_meta(VERSION_META) or "")
             model = encoder if isinstance(encoder, Encoder) else get_encoder(self.encoder_name(encoder, DEFAULT_ENCODER), self.settings)
             self.settings = self.settings.replace(encoder=model.name)
             # The serving encoder and its index change together (re-index): a query reads one
@@ -133,13 +140,11 @@ class Engine(Catalog):
         self.settings = self.settings.replace(encoder=serving.encoder.name)
 
     def train_embedding(self, options: Any, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> Any:
-        """Fine-tune an embedding on this catalogue; saved as a new model (see :mod:`lookalike.training`)."""
-        from .training import train_embedding  # PyTorch is imported only by who trains
+        from .training import train_embedding  # fine-tune an embedding, saved as a new model; PyTorch only here
         return train_embedding(self.view(), options, progress=progress, log=log, save=save)
 
     def train_quantizer(self, options: Any, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> Any:
-        """Learn compact codes for a fine-tuned model; saved as a new model."""
-        from .training import train_quantizer
+        from .training import train_quantizer  # compact codes for a fine-tuned model, saved as a new model
         return train_quantizer(self.view(), options, progress=progress, log=log, save=save)
 
     # ---- tagging (the service does the work: engine.tagging) -------------------------------------
@@ -179,6 +184,20 @@ class Engine(Catalog):
         """Products most similar to a catalogue product (itself excluded); ``hide_sharing``: columns
         whose value the results must not share with it ("like this, but another colour")."""
         return self.query(ProductQuery(str(product_id), k=k, where=where, hide_sharing=hide_sharing))  # type: ignore[arg-type]
+
+    def look(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None, **options: Any) -> Look:
+        return self.looks.look(image, k, where, **options)  # shop the look (lookalike.search.look)
+
+    def search_garment(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None, whole: bool | None = None) -> tuple[Any, list[Hit]]:
+        return self.looks.search(image, k, where, whole)  # a photo of a person: by its main garment (None: whole)
+
+    def train_detector(self, spec: Any, name: str | None = None, progress: Progress | None = None, log: Log = no_log) -> tuple[Path, dict[str, Any]]:
+        with self.jobs.exclusive("train-detector", str(spec.images_csv)):  # teach the garment finder (lookalike.detection)
+            return self.finders.train(spec, name, progress, log)
+
+    def find_garments(self, progress: Progress | None = None) -> dict[str, Any]:  # outfit shots: a vector per garment (lookalike.ingest.garments)
+        with self.jobs.exclusive("garments", "catalogue") as job:
+            return find_catalogue_garments(self.store, self.limits, self.encoder, self.looks.finder(), fan_out(job.progress, progress), self.closing).to_dict()
 
     def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
         return self.searcher.browse(where, offset, limit)

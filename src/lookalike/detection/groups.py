@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-GARMENT_GROUPS: tuple[str, ...] = ("top", "outerwear", "dress", "trousers", "skirt", "legwear", "shoes", "bag", "hat", "eyewear", "accessory")
+PERSON = "person"
+GARMENT_GROUPS: tuple[str, ...] = ("top", "outerwear", "dress", "bottom", "legwear", "shoes", "bag", "hat", "eyewear", "accessory")
 MAX_LABELS = 1000
 MAX_LABEL_LENGTH = 100
 
@@ -25,16 +26,19 @@ class GroupMap:
     """``label -> group`` for the labels that are garments; every other label is ignored."""
 
     groups: Mapping[str, str] = field(default_factory=dict)
+    person: frozenset[str] = frozenset()  # labels of a person's own pixels (skin, hair): "a person is in the photo"
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "label map") -> GroupMap:
-        """From ``{group: [label, ...]}`` (the YAML a shop writes); labels compare case-insensitively."""
+        """From ``{group: [label, ...]}`` (the YAML a shop writes); labels compare case-insensitively.
+        The optional key ``person`` lists labels of skin and hair: not garments, but they teach the
+        finder to tell a photo of a person from a garment on a plain background."""
         if not isinstance(data, Mapping):
             raise GroupMapError(f"{source}: expected a mapping of group -> list of labels, got {type(data).__name__}")
         groups: dict[str, str] = {}
         for group, labels in data.items():
-            if group not in GARMENT_GROUPS:
-                raise GroupMapError(f"{source}: unknown garment group {group!r}; use one of {', '.join(GARMENT_GROUPS)}")
+            if group not in GARMENT_GROUPS and group != PERSON:
+                raise GroupMapError(f"{source}: unknown garment group {group!r}; use one of {', '.join(GARMENT_GROUPS)} (or {PERSON!r})")
             if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
                 raise GroupMapError(f"{source}: group {group!r} must list its labels")
             for label in labels:
@@ -46,26 +50,43 @@ class GroupMap:
                 groups[text] = group
         if len(groups) > MAX_LABELS:
             raise GroupMapError(f"{source}: {len(groups)} labels; at most {MAX_LABELS}")
-        return cls(groups)
+        person = frozenset(label for label, group in groups.items() if group == PERSON)
+        return cls({label: group for label, group in groups.items() if group != PERSON}, person)
 
     def group_of(self, label: str) -> str | None:
         return self.groups.get(label.strip().lower())
 
+    def is_person(self, label: str) -> bool:
+        return label.strip().lower() in self.person
 
-# The clothing-co-parsing labels (shared street photos) in garment groups; hair, skin, the
-# background and underwear are not searched for.
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The groups this map uses, in :data:`GARMENT_GROUPS` order: a detector's garment classes."""
+        used = set(self.groups.values())
+        return tuple(g for g in GARMENT_GROUPS if g in used)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """The YAML form (``from_dict`` reads it back)."""
+        out = {g: sorted(k for k, v in self.groups.items() if v == g) for g in self.group_names}
+        if self.person:
+            out[PERSON] = sorted(self.person)
+        return out
+
+
+# The clothing-co-parsing labels (shared street photos) in the five groups the default garment
+# finder looks for: what a shopper buys from a street photo, and what a small head on frozen
+# features separates reliably (jackets and tops are one "top": from the street they overlap;
+# skirts are bottoms).  Skin and hair are learnt as "person" (not searched: they tell a photo of
+# a person from a garment on a plain background).  The background, underwear, socks, hats, glasses and jewellery
+# are background to it; a shop that sells those trains its own finder with its own map.
 _CCP = {
-    "top": ["blouse", "bodysuit", "cardigan", "hoodie", "jumper", "shirt", "sweater", "sweatshirt", "t-shirt", "top", "vest"],
-    "outerwear": ["blazer", "cape", "coat", "jacket", "suit"],
+    "top": ["blouse", "bodysuit", "cardigan", "hoodie", "jumper", "shirt", "sweater", "sweatshirt", "t-shirt", "top", "vest",
+            "blazer", "cape", "coat", "jacket", "suit"],
     "dress": ["dress", "romper"],
-    "trousers": ["jeans", "leggings", "pants", "shorts"],
-    "skirt": ["skirt"],
-    "legwear": ["socks", "stockings", "tights"],
+    "bottom": ["jeans", "leggings", "pants", "shorts", "skirt"],
     "shoes": ["boots", "clogs", "flats", "heels", "loafers", "pumps", "sandals", "shoes", "sneakers", "wedges"],
     "bag": ["bag", "purse", "wallet"],
-    "hat": ["hat"],
-    "eyewear": ["glasses", "sunglasses"],
-    "accessory": ["accessories", "belt", "bracelet", "earrings", "gloves", "necklace", "ring", "scarf", "tie", "watch"],
+    "person": ["skin", "hair"],
 }
 
 

@@ -299,6 +299,28 @@ def _svg_map(points: dict[str, Any], thumbs: dict[str, str]) -> str:
     return f"<p>{legend} <span style='color:#bbb'>●</span> other</p><svg class='map' width='{w}' height='{h}' style='border:1px solid #ddd'>{''.join(circles)}</svg>"
 
 
+def _look_html(ev: Evaluation) -> str:
+    """Shop the look: street photos with the garments found (yellow) and the truth (white), and
+    each matched garment's top results."""
+    parts = []
+    for task in ev.suite.tasks:
+        for config, r in ev.tasks.get(task.name, {}).items():
+            gallery = r.plots.get("look_gallery", [])
+            if not gallery:
+                continue
+            thumbs = ev.thumbnails.get(config, {})
+            parts.append(f"<h2>{html.escape(task.name)} ({html.escape(config)})</h2><p>White: ground-truth garments; yellow: found. "
+                         "Each found garment's top results, with its P@10.</p>")
+            for photo in gallery:
+                rows = "".join(
+                    f"<div class='gallery'><span>{html.escape(g['label'])} → {html.escape(g['group'])}, P@10 {g['p10']:.1f}</span>"
+                    + "".join(f"<img src='{thumbs.get(item, '')}' alt='{html.escape(item)}' title='{html.escape(item)}'>" for item in g["results"])
+                    + "</div>" for g in photo["garments"])
+                parts.append(f"<div class='gallery'><img class='q' src='{photo.get('thumbnail', '')}' alt='{html.escape(photo['photo'])}' "
+                             f"style='height:240px'><div>{rows}</div></div>")
+    return "".join(parts)
+
+
 def _html(ev: Evaluation, plots: dict[str, list[tuple[str, str]]]) -> str:
     configs = [c.name for c in ev.configs]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Evaluation: {html.escape(ev.suite.name)}</title><style>{_CSS}</style></head><body>",
@@ -313,6 +335,7 @@ def _html(ev: Evaluation, plots: dict[str, list[tuple[str, str]]]) -> str:
             continue
         for title, path in items:
             parts.append(f"<h3>{html.escape(heading)}: {html.escape(title)}</h3><img src='{path}' alt='{html.escape(title)}'>")
+    parts.append(_look_html(ev))
     parts.append("<h2>Worst queries</h2><p>Blue: query; green: relevant result; red: not relevant.</p>")
     for task in ev.suite.tasks:
         for config, r in ev.tasks.get(task.name, {}).items():

@@ -21,11 +21,12 @@ from ..config import Settings, load_settings
 from ..engine import DEFAULT_ENCODER, Engine
 from ..images import ImageError, load_image
 from .learned import run_learned_codes
+from .look import run_shop_the_look
 from .suite import EvalConfig, Suite, TaskSpec
 from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, load_dataset, run_classification, run_pairs, run_retrieval, run_street_to_shop, run_tagging, run_views
 
 RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
-    "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "classification": run_classification,
+    "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "shop_the_look": run_shop_the_look, "classification": run_classification,
     "tagging": run_tagging, "learned_codes": run_learned_codes,
 }
 
@@ -151,3 +152,7 @@ def _keep_thumbnails(result: Evaluation, config: str, data: DatasetEmbeddings, o
     for entry in outcome.plots.get("worst", []):
         for item, pos in [(entry["query"], entry["query_pos"]), *zip(entry["results"], entry["result_pos"])]:
             thumbs.setdefault(item, _data_uri(data.thumbnail(pos)))
+    for photo in outcome.plots.get("look_gallery", []):  # shop the look: each garment's top results
+        for garment in photo["garments"]:
+            for item, pos in zip(garment["results"], garment["result_pos"]):
+                thumbs.setdefault(item, _data_uri(data.thumbnail(pos)))

@@ -15,7 +15,7 @@ import yaml
 
 from ..config import Settings
 
-TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "classification", "tagging", "learned_codes")
+TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "shop_the_look", "classification", "tagging", "learned_codes")
 ALTERATIONS = ("crop", "shift", "blur", "jpeg", "brightness", "flip", "background")
 
 
@@ -127,8 +127,13 @@ def load_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{path}: task {name!r} needs 'columns' (labelled columns to tag) or 'hierarchy'")
         if kind == "learned_codes" and options.get("boxes") and not options.get("column"):
             raise SuiteError(f"{path}: task {name!r} uses street boxes, so it needs 'column' (what street labels map to)")
-        if kind in ("classification", "street_to_shop") and not options.get("column"):
+        if kind in ("classification", "street_to_shop", "shop_the_look") and not options.get("column"):
             raise SuiteError(f"{path}: task {name!r} needs 'column'")
+        if kind == "shop_the_look":
+            missing = [k for k in ("annotations", "labels", "boxes", "label_map") if not options.get(k)]
+            if missing:
+                raise SuiteError(f"{path}: task {name!r} needs {', '.join(map(repr, missing))} (street photos with masks, "
+                                 "what mask values mean, garment boxes, and street labels -> catalogue values)")
         tasks.append(TaskSpec(name, str(kind), str(dataset), options))
     return Suite(str(data.get("name") or path.stem), path, datasets, tasks, int(data.get("seed", 0)),
                  int(data.get("bootstrap", 1000)), int(data.get("map_points", 1000)))

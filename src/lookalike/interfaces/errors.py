@@ -12,12 +12,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..detection import DetectorError
 from ..images import ImageError, clean_message
 from ..ingest.catalogue import CatalogueError
 from ..jobs import BusyError
 from ..models import EncoderError, ModelError
 from ..search import NotFoundError
 from ..search.filters import FilterError
+from ..search.look import LookUnavailable
 from ..security.http import AuthError
 from ..security.paths import PathRefused
 from ..storage import ReadOnlyStoreError, StoreError, StoreFullError
@@ -36,6 +38,8 @@ ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
     (BusyError, 409, "busy"),
     (EncoderError, 404, "unknown_model"),
     (ModelError, 409, "model"),
+    (DetectorError, 409, "detector"),
+    (LookUnavailable, 409, "detector"),
     (StoreFullError, 507, "disk_full"),
     (ReadOnlyStoreError, 409, "read_only"),
     (StoreError, 409, "store"),

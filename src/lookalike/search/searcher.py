@@ -120,6 +120,31 @@ class Searcher:
                 hits.append(Hit(product.id, float(score), product.metadata, product.image, product.tags))
         return hits
 
+    def search_with_regions(self, vector: np.ndarray, k: int, where: Iterable[str], regions: tuple[np.ndarray, np.ndarray]) -> list[Hit]:
+        """The ``k`` best products for a garment vector, each scored by the better of its whole
+        photo and its garment region of the same group (``regions``: rowids and their vectors)."""
+        self.serving.sync()
+        clauses = parse_where(list(where))
+        depth = max(3 * k, 50)
+        scores = {h.id: h for h in self._find(vector, depth, clauses, [])}
+        rowids, matrix = regions
+        if len(rowids) and matrix.shape[1] == len(vector):
+            allowed = self.serving.backend.live_mask()
+            mask = self.serving.columns.mask(clauses)
+            if mask is not None:
+                allowed = VectorFilter(mask).bitmap(allowed)
+            inside = rowids < len(allowed)
+            keep = np.flatnonzero(inside)[allowed[rowids[inside]]]
+            region_scores = matrix[keep] @ np.asarray(vector, dtype=np.float32)
+            best = keep[np.argsort(-region_scores)[:depth]]
+            products = self.products.get_by_rowids(rowids[best].tolist())
+            for index in best:
+                product = products.get(int(rowids[index]))
+                score = float(matrix[index] @ vector)
+                if product is not None and (product.id not in scores or scores[product.id].score < score):
+                    scores[product.id] = Hit(product.id, score, product.metadata, product.image, product.tags)
+        return sorted(scores.values(), key=lambda h: -h.score)[:k]
+
     def matching_rowids(self, where: Iterable[str] | str | None = None) -> np.ndarray:
         """Rowids of products with a vector that match ``where``, ascending (catalogue order)."""
         mask = self.serving.columns.mask(parse_where(where))

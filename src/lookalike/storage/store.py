@@ -29,6 +29,7 @@ import numpy as np
 
 SCHEMA_VERSION = "2"
 WHOLE_IMAGE = ""  # the region name of an embedding of the whole photo
+NO_GARMENTS = "-"  # a garment region row that records "looked at this photo: no person in it"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -529,6 +530,38 @@ class ProductStore:
         with self._lock:
             return dict(self._db.execute("SELECT model, COUNT(*) FROM embeddings WHERE region = '' AND model != ? GROUP BY model",
                                          (self.serving_model,)).fetchall())
+
+    def put_garments(self, model: str, entries: list[tuple[int, str | None, dict[str, np.ndarray]]]) -> None:
+        """Replace the garment regions of products (rowid, image hash, {group: vector}) for
+        ``model`` in one transaction; an empty dict records "looked, no person" (region
+        ``NO_GARMENTS``) so the next run skips the photo.  Whole-image vectors are not touched."""
+        with self._write_transaction(new_generation=False):
+            for rowid, image_hash, found in entries:
+                self._db.execute("DELETE FROM embeddings WHERE model = ? AND product = ? AND region != ''", (model, int(rowid)))
+                for region, vector in (found.items() if found else [(NO_GARMENTS, np.zeros(0, np.float32))]):
+                    if not region or region == WHOLE_IMAGE:
+                        raise StoreError("a garment region needs a name")
+                    self._put_embedding(model, region, rowid, image_hash, vector)
+
+    def drop_garments(self, model: str) -> None:
+        """Forget every garment region of ``model`` (another finder will look again)."""
+        with self._write_transaction(new_generation=False):
+            self._db.execute("DELETE FROM embeddings WHERE model = ? AND region != ''", (model,))
+
+    def garment_hashes(self, model: str) -> dict[int, str | None]:
+        """rowid -> the image hash its garment regions were found in, for products already looked at."""
+        with self._lock:
+            return dict(self._db.execute("SELECT product, MAX(image_hash) FROM embeddings WHERE model = ? AND region != '' GROUP BY product",
+                                         (model,)).fetchall())
+
+    def region_matrix(self, model: str, region: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rowids, vectors) of one region for ``model``, rowid order."""
+        with self._lock:
+            rows = self._db.execute("SELECT product, vector FROM embeddings WHERE model = ? AND region = ? ORDER BY product",
+                                    (model, region)).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.array([r[0] for r in rows], np.int64), np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
     def regions(self, model: str | None = None) -> dict[str, int]:
         """Region names with stored vectors for ``model`` (the serving one by default), and how many."""

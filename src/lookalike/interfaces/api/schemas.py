@@ -30,8 +30,29 @@ class HitOut(BaseModel):
     thumbnail_url: str
 
 
+class GarmentOut(BaseModel):
+    group: str = Field(description="Garment group: top, bottom, dress, shoes, bag … (the detector's groups)")
+    box: list[float] = Field(description="x1, y1, x2, y2 in the uploaded photo's pixels (x2, y2 exclusive)")
+    confidence: float = Field(description="Mean probability of the group over the garment's pixels, 0..1")
+    area: float = Field(description="Share of the photo's pixels")
+    outline: Optional[str] = Field(None, description="PNG data URL: the garment's mask and outline, to stretch over the photo")
+
+
 class SearchOut(BaseModel):
     results: list[HitOut]
+    took_ms: float
+    garment: Optional[GarmentOut] = Field(None, description="The garment searched when the photo shows a person (null: the whole photo)")
+
+
+class LookGarmentOut(GarmentOut):
+    results: list[HitOut]
+
+
+class LookOut(BaseModel):
+    width: int
+    height: int
+    detector: str = Field(description="The garment finder used, name@version")
+    garments: list[LookGarmentOut]
     took_ms: float
 
 
@@ -67,8 +88,16 @@ def thumb_url(product_id: str) -> str:
     return f"/products/{quote(product_id, safe='')}/thumbnail"
 
 
-def hits_out(hits: list[Hit], started: float) -> SearchOut:
-    return SearchOut(
-        results=[HitOut(id=h.id, score=h.score, metadata=h.metadata, tags=h.tags, thumbnail_url=thumb_url(h.id)) for h in hits],  # type: ignore[arg-type]
-        took_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+def hit_out(hit: Hit) -> HitOut:
+    return HitOut(id=hit.id, score=hit.score, metadata=hit.metadata, tags=hit.tags, thumbnail_url=thumb_url(hit.id))  # type: ignore[arg-type]
+
+
+def hits_out(hits: list[Hit], started: float, garment: dict[str, Any] | None = None) -> SearchOut:
+    return SearchOut(results=[hit_out(h) for h in hits], took_ms=round((time.perf_counter() - started) * 1000, 2),
+                     garment=GarmentOut(**garment) if garment else None)
+
+
+def look_out(look: Any, started: float) -> LookOut:
+    garments = [LookGarmentOut(**g.region.to_dict(outline=True), results=[hit_out(h) for h in g.hits]) for g in look.garments]
+    return LookOut(width=look.width, height=look.height, detector=look.detector, garments=garments,
+                   took_ms=round((time.perf_counter() - started) * 1000, 2))

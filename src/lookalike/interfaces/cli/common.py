@@ -15,6 +15,7 @@ from ... import __version__
 from ...catalog import Catalog
 from ...common.progress import Progress as ProgressSink
 from ...config import ConfigError, Settings, load_settings
+from ...detection import DetectorError
 from ...engine import BusyError, Engine, NotFoundError
 from ...evaluation.suite import SuiteError
 from ...images import ImageError
@@ -22,6 +23,7 @@ from ...ingest.catalogue import CatalogueError
 from ...models import EncoderError, ModelError
 from ...search import Hit
 from ...search.filters import FilterError
+from ...search.look import LookUnavailable
 from ...storage import StoreError
 from ...tagging import HierarchyError, RulesError, TaggerError
 from ...training.features import TrainingDataError
@@ -31,7 +33,7 @@ app = typer.Typer(help="lookalike: visual search and tagging for fashion catalog
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS = (PermissionError, ModelError, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError,
+USER_ERRORS = (PermissionError, ModelError, DetectorError, LookUnavailable, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError,
                EncoderError, FilterError, ImageError, BackendError, StoreError, NotFoundError, BusyError, ValueError)
 
 

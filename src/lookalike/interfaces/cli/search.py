@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from .common import app, default_columns, guarded, print_hits, state
+from .common import app, default_columns, err, guarded, print_hits, state
 
 
 @app.command()
@@ -14,14 +14,25 @@ def search(
     image: str = typer.Argument(..., help="Query photo: a path or an http(s) URL."),
     k: int = typer.Option(10, "-k", "--top", min=1, max=1000, help="How many results."),
     where: List[str] = typer.Option([], "--where", "-w", help='Filter, repeatable: "article_type=Shirts", "price<50", "colour=Red|Blue".'),
+    look: bool = typer.Option(False, "--look", help="Search every garment found in the photo (as `lookalike look`)."),
+    whole: bool = typer.Option(False, "--whole", help="Search the whole frame even when the photo shows a person."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
-    """Find the products most similar to a photo."""
+    """Find the products most similar to a photo (a photo of a person: its main garment, unless --whole)."""
 
     def body() -> None:
+        if look and whole:
+            raise ValueError("--look and --whole exclude each other")
+        if look:
+            from .look import look as look_command
+            look_command(image, k=k, where=where, group=[], as_json=as_json)
+            return
         with state.engine() as engine:
-            hits = engine.search(image, k=k, where=where)
-            print_hits(hits, as_json, default_columns(hits))
+            garment, hits = engine.search_garment(image, k=k, where=where, whole=True if whole else None)
+        if garment is not None and not as_json:
+            err.print(f"searched the main garment: {garment['group']} (confidence {garment['confidence']:.2f}); --whole searches the whole photo",
+                      highlight=False)
+        print_hits(hits, as_json, default_columns(hits))
 
     guarded(body)
 

@@ -22,6 +22,7 @@ from ...engine import Engine, NotFoundError
 from ...images import ImageError
 from ...search import Hit, ProductQuery
 from ...search.filters import FilterError
+from ...search.look import Look
 from ...security.http import SESSION_COOKIE, AccessPolicy, AuthError
 from ..errors import IMAGE_STATUS, read_upload
 
@@ -129,6 +130,12 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         cards = [card(h.id, h.metadata, h.score, h.tags) for h in hits]
         return page(request, "_results.html", cards=cards, heading=heading, took_ms=(time.perf_counter() - started) * 1000)
 
+    def look_page(request: Request, found: Look, started: float) -> HTMLResponse:
+        garments = [{**g.region.to_dict(outline=True), "cards": [card(h.id, h.metadata, h.score, h.tags) for h in g.hits]}
+                    for g in found.garments]
+        return page(request, "_look.html", garments=garments, width=found.width, height=found.height,
+                    took_ms=(time.perf_counter() - started) * 1000)
+
     def error(request: Request, message: str, status: int) -> HTMLResponse:
         return page(request, "_error.html", status_code=status, message=message)
 
@@ -137,12 +144,17 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         return page(request, "search.html", facets=engine.facets())
 
     @router.post("/ui/search", response_class=HTMLResponse, dependencies=[reader])
-    async def ui_search(request: Request, image: UploadFile = File(...), k: int = Query(24, ge=1, le=200), where: list[str] = Query([], max_length=50)) -> HTMLResponse:
+    async def ui_search(request: Request, image: UploadFile = File(...), k: int = Query(24, ge=1, le=200), where: list[str] = Query([], max_length=50),
+                        whole: bool = Query(False, description="search the photo as sent (a crop): no garment finding")) -> HTMLResponse:
         started = time.perf_counter()
         if len(engine) == 0:
             return error(request, "The catalogue is empty: ingest products first (lookalike ingest products.csv).", 409)
         try:
             data = await read_upload(image, engine.settings.max_image_bytes)
+            if not whole and engine.looks.finder() is not None:
+                found = await run_in_threadpool(lambda: engine.look(data, k, where, person_only=True))
+                if found.garments:
+                    return look_page(request, found, started)
             hits = await run_in_threadpool(engine.search, data, k, where)
         except ImageError as exc:
             limit_mb = engine.settings.max_image_bytes / 1024 / 1024

@@ -5,8 +5,8 @@ the store records ``name@version`` and refuses to mix vectors of two encoders.
 """
 
 from .base import Encoder, EncoderError
-from .efficientnet import BlockMapsEncoder, EfficientNetLiteEncoder
+from .efficientnet import BlockMapsEncoder, EfficientNetLiteEncoder, PyramidFeatures
 from .fake import FakeEncoder
 from .finetuned import FineTunedEncoder
 
-__all__ = ["BlockMapsEncoder", "EfficientNetLiteEncoder", "Encoder", "EncoderError", "FakeEncoder", "FineTunedEncoder"]
+__all__ = ["BlockMapsEncoder", "EfficientNetLiteEncoder", "PyramidFeatures", "Encoder", "EncoderError", "FakeEncoder", "FineTunedEncoder"]

@@ -33,6 +33,21 @@ _WEIGHT_PACKAGES = {
 }
 
 
+PYRAMID_STRIDES = (4, 8, 16, 32)
+TAIL_BLOCKS = 2  # the last blocks a garment finder may fine-tune (their input is a pyramid output)
+
+
+def _stage_ends(backbone: Any) -> list[int]:
+    """Indices of the blocks whose outputs end the stride-4, 8, 16 and 32 stages (the block
+    before each stride-2 block, and the last block)."""
+    def stride(block: Any) -> int:
+        value = block._block_args.stride
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+    blocks = list(backbone._blocks)
+    ends = [i - 1 for i, block in enumerate(blocks) if stride(block) == 2 and i > 0] + [len(blocks) - 1]
+    return ends[-len(PYRAMID_STRIDES):]
+
+
 def letterbox(image: Image.Image, size: int) -> np.ndarray:
     """Fit the whole image into a white square: catalogue shots are tall, and centre-cropping
     them would cut off collars and hems that tell products apart."""
@@ -84,7 +99,10 @@ def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
     ``head="imagenet"`` exports the whole classifier instead, with softmax over the 1,000
     ImageNet classes: the zero-shot tagger reads garment evidence from those classes.
     ``head="maps"`` stops before the last 1×1 convolution and returns the final block's feature
-    map (flattened, position-major): training with an unfrozen head learns that convolution."""
+    map (flattened, position-major): training with an unfrozen head learns that convolution.
+    ``head="pyramid"`` returns the feature maps at strides 4, 8, 16 and 32 (NHWC, any input size
+    divisible by 32), and the input of the last ``TAIL_BLOCKS`` blocks: the garment detector's
+    head reads these, and may fine-tune those last blocks."""
     try:
         import torch
         if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
@@ -104,7 +122,7 @@ def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
             super().__init__()
             self.backbone = backbone
 
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        def forward(self, pixels: torch.Tensor) -> Any:
             x = pixels.permute(0, 3, 1, 2).float()
             x = (x - 127.0) / 128.0
             if head == "imagenet":
@@ -114,11 +132,25 @@ def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
                 for block in self.backbone._blocks:
                     y = block(y)
                 return y.permute(0, 2, 3, 1).flatten(1)
+            if head == "pyramid":
+                y = self.backbone._swish(self.backbone._bn0(self.backbone._conv_stem(x)))
+                taps, ends = [], _stage_ends(self.backbone)
+                tail_start = len(self.backbone._blocks) - TAIL_BLOCKS
+                for index, block in enumerate(self.backbone._blocks):
+                    if index == tail_start:
+                        tail_input = y.permute(0, 2, 3, 1)
+                    y = block(y)
+                    if index in ends:
+                        taps.append(y.permute(0, 2, 3, 1))
+                return (*taps, tail_input)
             features = self.backbone.extract_features(x).mean(dim=(2, 3))
             return torch.nn.functional.normalize(features, dim=1)
 
     module = PooledFeatures().eval()
     sample = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    outputs = [f"s{stride}" for stride in PYRAMID_STRIDES] + ["tail"] if head == "pyramid" else [head]
+    axes = {"pixels": {0: "batch", 1: "height", 2: "width"} if head == "pyramid" else {0: "batch"}}
+    axes.update({name: {0: "batch"} for name in outputs})
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_path = Path(tmp) / "model.onnx"
@@ -129,8 +161,8 @@ def export_onnx(model_name: str, target: Path, head: str = "embedding") -> None:
                 (sample,),
                 str(tmp_path),
                 input_names=["pixels"],
-                output_names=[head],
-                dynamic_axes={"pixels": {0: "batch"}, head: {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes=axes,
                 opset_version=17,
                 dynamo=False,
             )
@@ -235,3 +267,38 @@ class BlockMapsEncoder(EfficientNetLiteEncoder):
         side = -(-self.input_size // 32)  # five stride-2 stages
         self.dim = self.channels * side * side
         self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-maps-v1.onnx"
+
+
+class PyramidFeatures(EfficientNetLiteEncoder):
+    """Feature maps at strides 4, 8, 16 and 32 for a photo of any size divisible by 32 (never a
+    store's encoder): what the garment detector's head reads.  ``maps`` returns them NHWC.
+
+    ``tail_blocks()`` gives the pretrained last blocks (PyTorch) for a finder that fine-tunes them."""
+
+    head = "pyramid"
+
+    def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
+        super().__init__(model_name, settings)
+        self.name = f"{model_name}-pyramid"
+        self.dim = 0
+        self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-pyramid-v2.onnx"
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        raise EncoderError("feature pyramids are not vectors: call maps()")
+
+    def tail_blocks(self) -> Any:
+        """The pretrained last ``TAIL_BLOCKS`` blocks as a torch ModuleList (needs torch)."""
+        import copy
+
+        import torch
+        return torch.nn.ModuleList([copy.deepcopy(b) for b in list(_load_pretrained(self.base_name)._blocks)[-TAIL_BLOCKS:]])
+
+    def maps(self, batch: np.ndarray) -> list[np.ndarray]:
+        """uint8 (n, height, width, 3) with height and width multiples of 32 -> NHWC maps at strides
+        4, 8, 16 and 32, and the input of the last ``TAIL_BLOCKS`` blocks (stride 32)."""
+        if batch.ndim != 4 or batch.shape[3] != 3 or batch.shape[1] % 32 or batch.shape[2] % 32:
+            raise ValueError(f"expected a batch of shape (n, h, w, 3) with h and w multiples of 32, got {batch.shape}")
+        pixels = np.ascontiguousarray(batch, dtype=np.uint8)
+        with self._run_lock:
+            outputs = self._load_session().run(None, {"pixels": pixels})
+        return [np.asarray(o, dtype=np.float32) for o in outputs]

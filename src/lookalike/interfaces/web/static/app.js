@@ -68,6 +68,7 @@
       }
       file = f;
       similarTo = null;
+      preview.parentElement.querySelectorAll(".garment-box, .garment-outline").forEach((el) => el.remove());
       clearCrop(false);
       preview.src = URL.createObjectURL(f);
       $("#query").hidden = false;
@@ -91,7 +92,8 @@
       const r = preview.getBoundingClientRect();
       return [clamp((e.clientX - r.left) / r.width, 0, 1), clamp((e.clientY - r.top) / r.height, 0, 1)];
     };
-    preview.addEventListener("pointerdown", (e) => { e.preventDefault(); origin = point(e); preview.setPointerCapture(e.pointerId); });
+    let pressedAt = null;
+    preview.addEventListener("pointerdown", (e) => { e.preventDefault(); origin = point(e); pressedAt = origin; preview.setPointerCapture(e.pointerId); });
     preview.addEventListener("pointermove", (e) => {
       if (!origin) return;
       const [x, y] = point(e);
@@ -101,7 +103,11 @@
     });
     preview.addEventListener("pointerup", () => {
       origin = null;
-      if (!crop) return;
+      if (!crop || (crop.w < 0.02 && crop.h < 0.02)) {  // a click, not a drag: pick the garment under it
+        if (crop) clearCrop(false);
+        if (pressedAt) selectGarmentAt(pressedAt[0], pressedAt[1]);
+        return;
+      }
       if (crop.w < 0.05 || crop.h < 0.05) { clearCrop(false); return; }
       $("#clear-crop").hidden = false;
       similarTo = null;
@@ -135,7 +141,9 @@
         } else if (file) {
           const body = new FormData();
           body.append("image", await photoToSend(), file.name || "photo.jpg");
-          await swap(results, await fetch(`/ui/search?${params([["k", "24"]])}`, { method: "POST", body }));
+          // The whole photo: find its garments; a dragged crop is searched as it is.
+          await swap(results, await fetch(`/ui/search?${params([["k", "24"], ["whole", crop ? "1" : "0"]])}`, { method: "POST", body }));
+          drawGarments();
         } else {
           results.removeAttribute("aria-busy");
         }
@@ -145,7 +153,57 @@
       }
     }
 
+    // Shop the look: boxes and the selected garment's outline over the photo.
+    function garmentChips() { return [...results.querySelectorAll(".garment-chip")]; }
+    function drawGarments() {
+      const area = preview.parentElement;
+      area.querySelectorAll(".garment-box, .garment-outline").forEach((el) => el.remove());
+      const look = $("#look", results);
+      if (!look) return;
+      const width = Number(look.dataset.width), height = Number(look.dataset.height);
+      garmentChips().forEach((chip) => {
+        const [x1, y1, x2, y2] = chip.dataset.box.split(",").map(Number);
+        const frame = document.createElement("div");
+        frame.className = "garment-box";
+        frame.dataset.garment = chip.dataset.garment;
+        Object.assign(frame.style, { left: `${(100 * x1) / width}%`, top: `${(100 * y1) / height}%`,
+                                     width: `${(100 * (x2 - x1)) / width}%`, height: `${(100 * (y2 - y1)) / height}%` });
+        const label = document.createElement("span");
+        label.textContent = chip.dataset.group;
+        frame.appendChild(label);
+        area.appendChild(frame);
+      });
+      const selected = garmentChips().find((c) => c.getAttribute("aria-selected") === "true");
+      if (selected) selectGarment(selected.dataset.garment);
+    }
+    function selectGarment(index) {
+      const area = preview.parentElement;
+      garmentChips().forEach((chip) => chip.setAttribute("aria-selected", String(chip.dataset.garment === index)));
+      results.querySelectorAll(".garment-results").forEach((panel) => { panel.hidden = panel.id !== `garment-${index}`; });
+      area.querySelectorAll(".garment-box").forEach((el) => el.classList.toggle("selected", el.dataset.garment === index));
+      area.querySelectorAll(".garment-outline").forEach((el) => el.remove());
+      const chip = garmentChips().find((c) => c.dataset.garment === index);
+      if (chip && chip.dataset.outline) {
+        const outline = document.createElement("img");
+        outline.className = "garment-outline";
+        outline.alt = "";
+        outline.src = chip.dataset.outline;
+        area.appendChild(outline);
+      }
+    }
+    function selectGarmentAt(fx, fy) {
+      const look = $("#look", results);
+      if (!look) return;
+      const x = fx * Number(look.dataset.width), y = fy * Number(look.dataset.height);
+      const hits = garmentChips().map((chip) => ({ chip, box: chip.dataset.box.split(",").map(Number) }))
+        .filter(({ box }) => x >= box[0] && x <= box[2] && y >= box[1] && y <= box[3])
+        .sort((a, b) => (a.box[2] - a.box[0]) * (a.box[3] - a.box[1]) - (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]));
+      if (hits.length) selectGarment(hits[0].chip.dataset.garment);
+    }
+
     results.addEventListener("click", (e) => {
+      const chip = e.target.closest(".garment-chip");
+      if (chip) { selectGarment(chip.dataset.garment); return; }
       const button = e.target.closest("[data-similar]");
       if (!button) return;
       similarTo = button.dataset.similar;

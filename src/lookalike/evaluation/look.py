@@ -1,0 +1,186 @@
+"""The "shop the look" task: full street photos as queries, garments found automatically.
+
+For each street photo the detector has never trained on (its ``holdout.json``):
+
+* pixel IoU per garment group and box recall/precision per group at IoU >= 0.5 (from the masks);
+* for every ground-truth garment box whose label maps to catalogue values: does a detected
+  garment of the same group overlap it at IoU >= 0.5, and P@10 of that garment's results
+  (relevance: the label's catalogue values, as in the street-to-shop task).  "P@10, detected"
+  counts a missed garment as 0 (what a shopper sees); "P@10, found garments" averages over the
+  garments the detector found;
+* the same boxes drawn by hand (cropped from the ground truth), searched plainly (the old
+  figure) and restricted to the group the detector sees inside the box.
+
+Results are restricted to the catalogue values of the garment's group when the task (or the
+store's setting ``garment_groups``) maps groups to catalogue values.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..common.metrics import ranking_metrics
+from ..detection import GroupMap, load_detector
+from ..detection.annotations import class_map, group_lookup, read_annotations, read_label_ids
+from ..detection.artefact import DEFAULT_DIR
+from ..detection.detector import GarmentDetector
+from ..detection.metrics import BoxScore, SegmentationScore
+from ..detection.regions import Region, box_iou
+from ..detection.training import IGNORE, ground_truth_regions
+from ..images import ImageError, load_image
+from ..search.look import GroupCategories, crop_box
+from .suite import Suite, SuiteError, TaskSpec
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _embed_images, summarise
+
+GALLERY = 6
+
+
+def _detector(task: TaskSpec, data: DatasetEmbeddings, suite: Suite) -> GarmentDetector:
+    choice = task.options.get("detector")
+    if choice:
+        path = Path(choice) if Path(choice).is_absolute() else (suite.base / choice if (suite.base / choice).exists() else DEFAULT_DIR)
+        return GarmentDetector(load_detector(DEFAULT_DIR if choice == "default" else path), data.engine.settings)
+    finder = data.engine.looks.finder()
+    if not isinstance(finder, GarmentDetector):
+        raise SuiteError(f"task {task.name!r}: the store has no garment finder (setting detector = none)")
+    return finder
+
+
+def _categories(task: TaskSpec, data: DatasetEmbeddings) -> GroupCategories | None:
+    if task.options.get("garment_groups"):
+        return GroupCategories.from_dict(task.options["garment_groups"], f"task {task.name!r}: garment_groups")
+    return data.engine.looks.categories()
+
+
+def _boxes(path: Path, label_map: dict[str, set[str]]) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    found: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = defaultdict(list)
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            label = row.get("label", "").strip().lower()
+            if label in label_map:
+                found[row["image_file"]].append((label, tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))))  # type: ignore[arg-type]
+    return found
+
+
+def _dominant_group(detector: GarmentDetector, probs: np.ndarray, scale: float, box: tuple[float, float, float, float]) -> str | None:
+    """The group with the most pixels inside a hand-drawn box (None: background only)."""
+    x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
+    window = probs[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)].argmax(-1)
+    counts = np.bincount(window.ravel(), minlength=len(detector.classes) + 1)[1:len(detector.groups) + 1]
+    return detector.groups[int(counts.argmax())] if counts.sum() else None
+
+
+def _thumbnail(image: Image.Image, truth: list[Region], found: list[Any]) -> str:
+    picture = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    for region in truth:
+        draw.rectangle(region.box, outline=(255, 255, 255), width=1)
+    for garment in found:
+        draw.rectangle(garment.box, outline=(255, 200, 0), width=2)
+        draw.text((garment.box[0] + 2, garment.box[1] + 1), garment.group, fill=(255, 200, 0))
+    picture.thumbnail((160, 240))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=80)
+    import base64
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
+    detector = _detector(task, data, suite)
+    categories = _categories(task, data)
+    column = task.options["column"]
+    raw_map = task.options.get("label_map") or {}
+    label_map = {str(k).lower(): {str(v).strip().lower() for v in (vs if isinstance(vs, list) else [vs])} for k, vs in raw_map.items()}
+    group_map = GroupMap.from_dict(detector.artefact.info.get("label_map") or {}, "the detector's label map")
+    images_csv = task.path("annotations", suite.base)
+    labels_csv = task.path("labels", suite.base)
+    boxes = _boxes(task.path("boxes", suite.base), label_map)
+    photos = read_annotations(images_csv, group_map, labels_csv)
+    held = set(detector.artefact.holdout)
+    trained_on = [p for p in photos if p.key not in held] if held else []
+    photos = [p for p in photos if p.key in held] if held else photos
+    limit = task.options.get("sample")
+    if limit and len(photos) > int(limit):
+        keep = np.sort(np.random.default_rng(suite.seed).choice(len(photos), int(limit), replace=False))
+        photos = [photos[i] for i in keep]
+    lookup = group_lookup(read_label_ids(labels_csv), group_map)
+    values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(column)])
+    allowed = {g: np.isin(values, [v.lower() for v in categories.values.get(g, ())]) for g in detector.groups} if categories else {}
+
+    def ranked(crop: Image.Image, group: str | None) -> np.ndarray:
+        scores = index.scores(data.vectors, _embed_images(data.engine, [crop])[0]).astype(float)
+        if group is not None and group in allowed and allowed[group].any():
+            scores = np.where(allowed[group], scores, -np.inf)
+        return scores
+
+    pixels, box_score = SegmentationScore(detector.classes), BoxScore()
+    per_query: dict[str, list[float]] = defaultdict(list)
+    per_group_p10: dict[str, list[float]] = defaultdict(list)
+    gallery: list[dict[str, Any]] = []
+    skipped = 0
+    for photo in photos:
+        try:
+            image = load_image(photo.image)
+            classes, _ = class_map(photo, image.size, lookup, detector.groups)
+        except (ImageError, OSError, ValueError):
+            skipped += 1
+            continue
+        probs, scale, found = detector.analyse(image)
+        truth_classes = np.asarray(Image.fromarray(classes).resize((probs.shape[1], probs.shape[0]), Image.Resampling.NEAREST))
+        pixels.add(truth_classes, probs.argmax(-1), IGNORE)
+        truth_regions = [Region(r.group, tuple(v / scale for v in r.box), r.pixels)  # type: ignore[arg-type]
+                         for r in ground_truth_regions(truth_classes, detector.groups)]
+        box_score.add(truth_regions, [Region(g.group, g.box, 0, g.confidence) for g in found])
+        entry: dict[str, Any] = {"photo": photo.key, "garments": []}
+        for label, box in boxes.get(photo.key, []):
+            group = group_map.group_of(label)
+            if group is None:
+                continue
+            relevant = np.isin(values, list(label_map[label]))
+            hand = crop_box(image, box)
+            if hand.width < 8 or hand.height < 8:
+                continue
+            per_query["P@10, hand box, whole catalogue"].append(ranking_metrics(ranked(hand, None), relevant, (10,))["p@10"])
+            seen = _dominant_group(detector, probs, scale, box)
+            per_query["P@10, hand box, detected group"].append(ranking_metrics(ranked(hand, seen), relevant, (10,))["p@10"])
+            match = max(((box_iou(box, g.box), g) for g in found if g.group == group), default=(0.0, None), key=lambda t: t[0])
+            if match[1] is None or match[0] < 0.5:
+                per_query["P@10, detected"].append(0.0)
+                per_query["garment found"].append(0.0)
+                per_group_p10[group].append(0.0)
+                continue
+            scores = ranked(crop_box(image, match[1].box), group)
+            p10 = ranking_metrics(scores, relevant, (10,))["p@10"]
+            per_query["P@10, detected"].append(p10)
+            per_query["P@10, found garments"].append(p10)
+            per_query["garment found"].append(1.0)
+            per_group_p10[group].append(p10)
+            if len(gallery) < GALLERY:
+                top = np.argsort(-scores)[:5]
+                entry["garments"].append({"label": label, "group": group, "p10": p10, "results": [data.ids[i] for i in top],
+                                          "result_pos": [int(i) for i in top]})
+        if len(gallery) < GALLERY and entry["garments"]:
+            entry["thumbnail"] = _thumbnail(image, truth_regions, found)
+            gallery.append(entry)
+    notes = [f"{len(photos)} street photos the detector {detector.identity} never trained on"
+             + (f" ({len(trained_on)} photos it trained on are left out)" if trained_on else " (it has no held-out list: all photos used)")]
+    if skipped:
+        notes.append(f"{skipped} photos could not be read and were skipped")
+    if categories is None:
+        notes.append("no garment_groups map: results are not restricted to the garment's catalogue values")
+    metrics = summarise(dict(per_query), suite)
+    point = {"mIoU": pixels.mean_iou(), "pixel accuracy": pixels.pixel_accuracy()}
+    point.update({f"IoU {g}": v for g, v in pixels.iou().items() if g not in ("background", "person")})
+    point.update({f"box recall {g}": v for g, v in box_score.recall().items()})
+    point.update({f"box precision {g}": v for g, v in box_score.precision().items()})
+    for name, value in point.items():
+        metrics[name] = {"mean": float(value), "ci_low": float("nan"), "ci_high": float("nan"), "n": float(len(photos))}
+    return TaskResult(metrics, {}, notes=notes, plots={"per_group_p10": {g: float(np.mean(v)) for g, v in sorted(per_group_p10.items())},
+                                                      "look_gallery": gallery})

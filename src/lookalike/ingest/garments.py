@@ -1,0 +1,91 @@
+"""Garments of the catalogue's own photos: outfit shots get one vector per garment.
+
+A product photographed on a model is, to a whole-image embedding, partly a pose and a face;
+searching a street garment against the garment in the product photo finds it by what is sold.
+For every product whose photo shows a person, each garment the finder sees is cropped and
+embedded with the serving model and stored under the region key of its group
+(``embeddings(model, region=group, product)``, with the image hash it came from); a photo
+without a person is recorded as looked at, so the next run skips it.  A new picture of a
+product drops its old regions (the store does that on write), and the next run finds the new
+ones; a different finder or serving model starts over.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..common.progress import Progress
+from ..images import ImageError, ImageLimits, load_source_or_thumbnail
+from ..models.encoders import Encoder
+from ..search.look import GarmentFinder, LookUnavailable, crop_box, main_garment
+
+BATCH = 32
+DETECTOR_META = "garments_detector"
+VERSION_META = "garments_version"
+
+
+@dataclass
+class GarmentsOutcome:
+    products: int = 0
+    looked_at: int = 0
+    with_person: int = 0
+    garments: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (rowid, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"products": self.products, "looked_at": self.looked_at, "with_person": self.with_person,
+                "garments": self.garments, "skipped": len(self.skipped), "skipped_examples": self.skipped[:20]}
+
+
+def find_catalogue_garments(store: Any, limits: ImageLimits, encoder: Encoder, finder: GarmentFinder | None,
+                            progress: Progress | None = None, stop: threading.Event | None = None) -> GarmentsOutcome:
+    """Find and embed the garments of every product photo not looked at yet with this finder
+    and model; one transaction per batch, so an interrupted run keeps what it finished."""
+    if finder is None:
+        raise LookUnavailable("no garment finder: this store's setting 'detector' is 'none'")
+    model = encoder.identity
+    key = f"{DETECTOR_META}:{model}"
+    if store.get_meta(key) != finder.identity:  # another finder sees other garments: start over
+        store.drop_garments(model)
+        store.set_meta(key, finder.identity)
+    done = store.garment_hashes(model)
+    sources = store.vector_sources()
+    todo = [(rowid, image_hash, source) for rowid, image_hash, source in sources if rowid not in done or done[rowid] != image_hash]
+    outcome = GarmentsOutcome(products=len(sources))
+    for start in range(0, len(todo), BATCH):
+        if stop is not None and stop.is_set():
+            break
+        batch = todo[start:start + BATCH]
+        thumbnails = store.thumbnails([rowid for rowid, _, _ in batch])
+        entries = []
+        for rowid, image_hash, source in batch:
+            try:
+                picture, _ = load_source_or_thumbnail(source, thumbnails.get(rowid), limits, None, f"product with rowid {rowid}")
+            except ImageError as exc:
+                outcome.skipped.append((str(rowid), str(exc)))
+                continue
+            entries.append((rowid, image_hash, _garment_vectors(picture, encoder, finder)))
+        store.put_garments(model, entries)
+        outcome.looked_at += len(entries)
+        outcome.with_person += sum(1 for e in entries if e[2])
+        outcome.garments += sum(len(e[2]) for e in entries)
+        store.set_meta(VERSION_META, str(int(store.get_meta(VERSION_META) or 0) + 1))  # searchers reload regions
+        if progress:
+            progress("catalogue garments", min(start + BATCH, len(todo)), len(todo))
+    return outcome
+
+
+def _garment_vectors(picture: Any, encoder: Encoder, finder: GarmentFinder) -> dict[str, np.ndarray]:
+    found = finder.detect(picture)
+    if main_garment(found) is None:
+        return {}
+    best: dict[str, Any] = {}
+    for garment in found:  # one region per group: the most prominent
+        if garment.group not in best or garment.area * garment.confidence > best[garment.group].area * best[garment.group].confidence:
+            best[garment.group] = garment
+    vectors = encoder.encode([crop_box(picture, g.box) for g in best.values()])
+    return dict(zip(best, vectors))
