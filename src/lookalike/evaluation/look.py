@@ -59,6 +59,23 @@ def _categories(task: TaskSpec, data: DatasetEmbeddings) -> GroupCategories | No
     return data.engine.looks.categories()
 
 
+def _catalogue_garments(data: DatasetEmbeddings, groups: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """group -> (data set positions, garment vectors) of the catalogue's outfit shots, when
+    ``lookalike garments`` has been run on the data set's store (see :mod:`lookalike.ingest.garments`)."""
+    store, model = data.engine.store, data.engine.encoder.identity
+    position = {item: i for i, item in enumerate(data.ids)}
+    found = {}
+    for group in groups:
+        rowids, matrix = store.region_matrix(model, group)
+        if not len(rowids):
+            continue
+        products = store.get_by_rowids(rowids.tolist())
+        pairs = [(position[products[r].id], i) for i, r in enumerate(rowids.tolist()) if r in products and products[r].id in position]
+        if pairs:
+            found[group] = (np.array([p for p, _ in pairs]), matrix[[i for _, i in pairs]])
+    return found
+
+
 def _boxes(path: Path, label_map: dict[str, set[str]]) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
     found: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = defaultdict(list)
     with path.open(newline="", encoding="utf-8") as handle:
@@ -114,8 +131,14 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(column)])
     allowed = {g: np.isin(values, [v.lower() for v in categories.values.get(g, ())]) for g in detector.groups} if categories else {}
 
+    garments = _catalogue_garments(data, detector.groups)
+
     def ranked(crop: Image.Image, group: str | None) -> np.ndarray:
-        scores = index.scores(data.vectors, _embed_images(data.engine, [crop])[0]).astype(float)
+        vector = _embed_images(data.engine, [crop])[0]
+        scores = index.scores(data.vectors, vector).astype(float)
+        if group is not None and group in garments:  # a product also matches by its own garment of the group
+            positions, matrix = garments[group]
+            scores[positions] = np.maximum(scores[positions], matrix @ vector)
         if group is not None and group in allowed and allowed[group].any():
             scores = np.where(allowed[group], scores, -np.inf)
         return scores
@@ -175,6 +198,8 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
         notes.append(f"{skipped} photos could not be read and were skipped")
     if categories is None:
         notes.append("no garment_groups map: results are not restricted to the garment's catalogue values")
+    if garments:
+        notes.append("catalogue outfit shots match by their own garments too (" + ", ".join(f"{g}: {len(p)}" for g, (p, _) in garments.items()) + ")")
     metrics = summarise(dict(per_query), suite)
     point = {"mIoU": pixels.mean_iou(), "pixel accuracy": pixels.pixel_accuracy()}
     point.update({f"IoU {g}": v for g, v in pixels.iou().items() if g not in ("background", "person")})
