@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.folders import write_folder
 from .groups import GARMENT_GROUPS
 from .head import ARRAY_NAMES, SegmentationHead
 
@@ -102,17 +100,13 @@ def save_detector(target: Path, info: dict[str, Any], head: SegmentationHead, ho
     info = {**info, "kind": KIND, "format": FORMAT, "name": target.name, "weights_sha": _digest(arrays),
             "classes": head.classes, "width": head.width, "parameters": head.parameters(),
             "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S")}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        np.savez_compressed(tmp / "weights.npz", **arrays)  # type: ignore[arg-type]
-        (tmp / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
-        (tmp / "detector.json").write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    def fill(folder: Path) -> None:
+        np.savez_compressed(folder / "weights.npz", **arrays)  # type: ignore[arg-type]
+        (folder / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
+        (folder / "detector.json").write_text(json.dumps(info, indent=2, default=str))
+
+    return write_folder(target, fill)
 
 
 def _read_info(path: Path) -> dict[str, Any]:

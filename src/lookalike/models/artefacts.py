@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..common.folders import write_folder
 
 MODELS_DIR = "models"
 FORMAT = 1
@@ -150,17 +149,13 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
     info = {**info, "name": name, "format": FORMAT, "weights_sha": digest.hexdigest(), "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
             "dim": head.dim, "layers": len(head.layers), "bits": None if quantizer is None else quantizer.bits}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    try:
-        np.savez(tmp / "weights.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
-        (tmp / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
-        (tmp / "model.json").write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    def fill(folder: Path) -> None:
+        np.savez(folder / "weights.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+        (folder / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
+        (folder / "model.json").write_text(json.dumps(info, indent=2, default=str))
+
+    return write_folder(target, fill)
 
 
 def resolve_model_path(name_or_path: str, store_dir: Path | None, allow_paths: bool = True) -> Path | None:
