@@ -117,8 +117,12 @@ def main() -> None:
             photos = [(SHARED / "myntra" / r["image_file"]).read_bytes() for r in rows]
             load(url, photos, 1, 10, [("k", "20")])  # warm-up
             results = {"products": stats["products"], "index": stats["index"], "store_build_s": round(build_s, 1)}
+            # A plain search first glances for a person (shop the look: a photo of one searches its
+            # main garment); whole=true skips that, as before shop the look: the baseline of this run.
             for label, clients, params in (("1_client", 1, [("k", "20")]),
+                                           ("1_client_whole", 1, [("k", "20"), ("whole", "true")]),
                                            (f"{args.clients}_clients", args.clients, [("k", "20")]),
+                                           (f"{args.clients}_clients_whole", args.clients, [("k", "20"), ("whole", "true")]),
                                            (f"{args.clients}_clients_filtered", args.clients, [("k", "20"), ("where", "price<50")])):
                 t = time.perf_counter()
                 latencies, errors = load(url, photos, clients, args.requests, params)

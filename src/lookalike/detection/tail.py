@@ -41,7 +41,7 @@ def tail_blocks(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     for name, value in arrays.items():
         match = _TAIL_KEY.match(name)
         if match:
-            blocks.setdefault(int(match.group(1)), {})[match.group(2)] = value
+            blocks.setdefault(int(match.group(1)), {})[match.group(2)] = np.ascontiguousarray(value)
     ordered = [blocks[i] for i in sorted(blocks)]
     for index, block in enumerate(ordered):
         missing = {"expand_weight", "expand_bias", "depthwise_weight", "depthwise_bias", "project_weight", "project_bias", "skip"} - set(block)

@@ -27,6 +27,7 @@ from .searcher import Hit, Searcher
 
 MARGIN = 0.1  # of the box's size on each side: a little context helps the embedding
 MAX_VALUES = 500
+SEARCH_DRAFT = 512  # JPEG decode size for a plain search: a glance, a garment crop and the encoder need no more
 PERSON_AREA = 0.02  # chosen on the finder's training street photos (97 % above) and phone photos of garments (7 % above)
 
 
@@ -50,6 +51,8 @@ class GarmentFinder(Protocol):
     def groups(self) -> tuple[str, ...]: ...
 
     def detect(self, image: Image.Image) -> Sequence[FoundRegion]: ...
+
+    def glance(self, image: Image.Image) -> Sequence[FoundRegion]: ...  # quicker, coarser: is a person there?
 
 
 @dataclass(frozen=True)
@@ -161,16 +164,20 @@ class LookSearcher:
         if unknown:
             raise FilterError(f"unknown garment group(s) {', '.join(repr(g[:40]) for g in unknown[:5])}; "
                               f"this garment finder knows {', '.join(self.finder.groups)}")
-        found = list(self.finder.detect(image))
-        if person_only and main_garment(found) is None:
-            found = []
+        if person_only and main_garment(self.finder.glance(image)) is None:
+            found = []  # a packshot: a quick glance says so, no full look needed
+        else:
+            found = list(self.finder.detect(image))
+            if person_only and main_garment(found) is None:
+                found = []
         regions = [r for r in found if wanted is None or r.group in wanted][:max_garments]
         garments = [LookGarment(r, self.search_region(image, r, k, where)) for r in regions]
         return Look(image.width, image.height, self.finder.identity, garments)
 
     def search(self, image: Image.Image, k: int = 10, where: Iterable[str] = ()) -> tuple[FoundRegion | None, list[Hit]]:
-        """A plain photo search that uses the main garment when the photo shows a person."""
-        region = main_garment(self.finder.detect(image))
+        """A plain photo search that uses the main garment when the photo shows a person (a
+        quick glance decides: a plain search must stay cheap for packshots)."""
+        region = main_garment(self.finder.glance(image))
         if region is None:
             return None, self.searcher.search(ImageQuery(image, k=k, where=tuple(where)))
         return region, self.search_region(image, region, k, where)
@@ -180,7 +187,7 @@ class LookService:
     """Shop the look over whatever serves now: the searcher and the garment finder are asked
     for at each call, so a re-index or a newly trained finder takes effect at the next query."""
 
-    def __init__(self, searcher: Callable[[], Searcher], read_image: Callable[[Any], Image.Image],
+    def __init__(self, searcher: Callable[[], Searcher], read_image: Callable[..., Image.Image],
                  finder: Callable[[], GarmentFinder | None], categories_file: str = "", garment_search: str = "main",
                  regions: Callable[[str, str], tuple[np.ndarray, np.ndarray]] | None = None, regions_version: Callable[[], str] | None = None):
         self.searcher, self.read_image, self.finder = searcher, read_image, finder
@@ -228,7 +235,9 @@ class LookService:
         finder = None if whole else self.finder()
         if finder is None:
             return None, self.searcher().search(ImageQuery(image, k=k, where=_clauses(where)))
-        region, hits = self._looks(finder).search(self.read_image(image), k, _clauses(where))
+        ImageQuery(image, k=k, where=_clauses(where))  # a bad k or filter fails before the photo is decoded
+        picture = self.read_image(image, SEARCH_DRAFT)  # decoded once, at the size the search needs
+        region, hits = self._looks(finder).search(picture, k, _clauses(where))
         return (None if region is None else region.to_dict()), hits
 
 

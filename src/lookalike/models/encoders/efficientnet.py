@@ -190,6 +190,7 @@ class EfficientNetLiteEncoder(Encoder):
         self._run_lock = threading.Lock()
 
     head = "embedding"
+    spin = True  # ORT worker threads spin between runs (fastest when runs come back to back)
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for process-pool ingest: the ONNX session and lock are rebuilt in the worker."""
@@ -221,6 +222,8 @@ class EfficientNetLiteEncoder(Encoder):
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if not self.spin:  # idle ORT threads would spin and starve the NumPy work that follows each run
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 self._session = ort.InferenceSession(str(self._ensure_model()), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception types
@@ -276,6 +279,7 @@ class PyramidFeatures(EfficientNetLiteEncoder):
     ``tail_blocks()`` gives the pretrained last blocks (PyTorch) for a finder that fine-tunes them."""
 
     head = "pyramid"
+    spin = False  # the detector's NumPy head runs right after each pyramid: let it have the cores
 
     def __init__(self, model_name: str = "efficientnet-lite0", settings: Settings | None = None):
         super().__init__(model_name, settings)
