@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def write_folder(target: Path, fill: Callable[[Path], None]) -> Path:
@@ -21,3 +23,30 @@ def write_folder(target: Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+# A trained artefact's name: a folder name that is safe everywhere (no separators, no dot files).
+ARTEFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+def next_version_name(parent: Path, stem: str) -> str:
+    """``stem-vN`` with the first N not taken by an entry of ``parent``."""
+    taken = {p.name for p in parent.glob("*")}
+    n = 1
+    while f"{stem}-v{n}" in taken:
+        n += 1
+    return f"{stem}-v{n}"
+
+
+def read_descriptions(parent: Path, filename: str) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, parsed ``filename``) of every sub-folder of ``parent`` that has a readable
+    JSON object there, oldest ``created`` first; unreadable ones are skipped."""
+    found = []
+    for path in sorted(parent.glob(f"*/{filename}")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            found.append((path.parent.name, info))
+    return sorted(found, key=lambda entry: str(entry[1].get("created", "")))

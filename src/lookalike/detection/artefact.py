@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..common.folders import write_folder
+from ..common.folders import ARTEFACT_NAME, next_version_name, read_descriptions, write_folder
 from .groups import GARMENT_GROUPS
 from .head import ARRAY_NAMES, SegmentationHead
 
@@ -30,7 +29,6 @@ KIND = "garment-detector"
 FORMAT = 1
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
 DEFAULT_DIR = Path(__file__).parent / "default"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 MAX_WEIGHTS_BYTES = 40_000_000
 
 
@@ -69,17 +67,13 @@ def detectors_dir(store_dir: Path) -> Path:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not ARTEFACT_NAME.match(name):
         raise DetectorError(f"detector name {name!r} must be 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
 
 def next_name(store_dir: Path, stem: str = "garments") -> str:
-    taken = {p.name for p in detectors_dir(store_dir).glob("*")}
-    n = 1
-    while f"{stem}-v{n}" in taken:
-        n += 1
-    return f"{stem}-v{n}"
+    return next_version_name(detectors_dir(store_dir), stem)
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -171,7 +165,7 @@ def resolve_detector(name_or_path: str, store_dir: Path | None, allow_paths: boo
     callers only) a folder path."""
     if name_or_path == "default":
         return DEFAULT_DIR
-    if store_dir is not None and _NAME.match(name_or_path) and (detectors_dir(store_dir) / name_or_path).is_dir():
+    if store_dir is not None and ARTEFACT_NAME.match(name_or_path) and (detectors_dir(store_dir) / name_or_path).is_dir():
         return detectors_dir(store_dir) / name_or_path
     if allow_paths:
         try:
@@ -187,12 +181,5 @@ def resolve_detector(name_or_path: str, store_dir: Path | None, allow_paths: boo
 def list_detectors(store_dir: Path) -> list[dict[str, Any]]:
     """detector.json of every detector in the store (with its ``folder`` name), oldest first
     (unreadable ones skipped)."""
-    found = []
-    for path in sorted(detectors_dir(store_dir).glob("*/detector.json")):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(info, dict) and info.get("kind") == KIND:
-            found.append({**info, "folder": path.parent.name})
-    return sorted(found, key=lambda i: str(i.get("created", "")))
+    return [{**info, "folder": folder} for folder, info in read_descriptions(detectors_dir(store_dir), "detector.json")
+            if info.get("kind") == KIND]

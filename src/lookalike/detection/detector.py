@@ -22,11 +22,11 @@ from scipy import ndimage
 from ..config import Settings
 from .artefact import DetectorArtefact
 from .canvas import to_canvas
-from .head import interpolation_matrix, softmax
+from .head import scaled_probabilities
+from .regions import kept_blobs, mask_box
 
 MIN_FRACTION = 0.004
 MIN_CONFIDENCE = 0.55
-RELATIVE_BLOB = 0.0
 # A person is told at 256 px about as well as at 448 (skin and hair on >= 2 % of the photo:
 # 96 % of the training street photos, 8 % of phone photos of garments) in about 24 ms, not 92.
 GLANCE_SIDE = 256
@@ -72,13 +72,13 @@ class GarmentDetector:
     """A trained garment finder over its frozen backbone (ONNX), served with NumPy."""
 
     def __init__(self, artefact: DetectorArtefact, settings: Settings | None = None,
-                 min_fraction: float = MIN_FRACTION, min_confidence: float = MIN_CONFIDENCE, relative_blob: float = RELATIVE_BLOB):
+                 min_fraction: float = MIN_FRACTION, min_confidence: float = MIN_CONFIDENCE):
         from ..models.encoders import PyramidFeatures
 
         self.artefact = artefact
         self.backbone = PyramidFeatures(artefact.info["backbone"], settings)
         self.long_side = int(artefact.info["long_side"])
-        self.min_fraction, self.min_confidence, self.relative_blob = min_fraction, min_confidence, relative_blob
+        self.min_fraction, self.min_confidence = min_fraction, min_confidence
         self._lock = threading.Lock()
 
     @property
@@ -98,9 +98,7 @@ class GarmentDetector:
         canvas = to_canvas(image, long_side or self.long_side)
         maps = self.backbone.maps(canvas.pixels[None])
         logits = self.artefact.head.logits(maps)[0]
-        rows = interpolation_matrix(logits.shape[0], canvas.pixels.shape[0])[:canvas.height]
-        cols = interpolation_matrix(logits.shape[1], canvas.pixels.shape[1])[:canvas.width]
-        return softmax(np.einsum("hi,ijc,wj->hwc", rows, logits, cols, optimize=True)), canvas.scale
+        return scaled_probabilities(logits, canvas.pixels.shape[:2], (canvas.width, canvas.height)), canvas.scale
 
     def detect(self, image: Image.Image) -> list[FoundGarment]:
         """The garments in ``image``, most prominent first."""
@@ -127,20 +125,13 @@ class GarmentDetector:
             member = labels == index
             if member.sum() < min_pixels:
                 continue
-            blobs, count = ndimage.label(member)
-            sizes = np.bincount(blobs.ravel(), minlength=count + 1)
-            sizes[0] = 0  # blob 0 is the rest of the photo
-            # Specks far from the garment would stretch its box: keep blobs of a fair size next
-            # to the group's largest (two shoes are alike; a stray patch is not).
-            big = np.flatnonzero(sizes >= max(min_pixels, self.relative_blob * sizes.max()))
-            keep = np.isin(blobs, big[big > 0])
+            keep = kept_blobs(member, min_pixels)  # specks would stretch the box
             if not keep.any():
                 continue
             confidence = float(probs[..., index][keep].mean())
             if confidence < self.min_confidence:
                 continue
-            ys, xs = np.nonzero(keep)
-            box = (float(xs.min() / scale), float(ys.min() / scale),
-                   float(min((xs.max() + 1) / scale, size[0])), float(min((ys.max() + 1) / scale, size[1])))
+            x1, y1, x2, y2 = mask_box(keep, scale)
+            box = (x1, y1, min(x2, float(size[0])), min(y2, float(size[1])))
             found.append(FoundGarment(group, box, confidence, float(keep.mean()), keep, person_area))
         return sorted(found, key=lambda g: -g.area * g.confidence)

@@ -127,6 +127,15 @@ class SegmentationHead:
         return f4 @ a["classes_weight"] + a["classes_bias"]
 
 
+def scaled_probabilities(logits: np.ndarray, canvas_shape: tuple[int, int], scaled: tuple[int, int]) -> np.ndarray:
+    """Class probabilities over the photo inside a canvas: one photo's stride-4 ``logits``
+    upsampled to the canvas (``canvas_shape`` = height, width) and cut to the scaled photo
+    (``scaled`` = width, height, at the canvas's top left)."""
+    rows = interpolation_matrix(logits.shape[0], canvas_shape[0])[:scaled[1]]
+    cols = interpolation_matrix(logits.shape[1], canvas_shape[1])[:scaled[0]]
+    return softmax(np.einsum("hi,ijc,wj->hwc", rows, logits, cols, optimize=True))
+
+
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = logits - logits.max(axis=axis, keepdims=True)
     np.exp(shifted, out=shifted)

@@ -40,16 +40,24 @@ def regions_from_mask(mask: np.ndarray, labels: Mapping[int, str], group_map: Gr
             by_group[group] = by_group[group] | member if group in by_group else member
     regions = []
     for group, member in by_group.items():
-        blobs, count = ndimage.label(member)
-        sizes = np.bincount(blobs.ravel(), minlength=count + 1)
-        big = np.flatnonzero(sizes >= min_pixels)
-        keep = np.isin(blobs, big[big > 0])  # blob 0 is the background
-        if not keep.any():
-            continue
-        ys, xs = np.nonzero(keep)
-        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        regions.append(Region(group, box, int(keep.sum())))
+        keep = kept_blobs(member, min_pixels)
+        if keep.any():
+            regions.append(Region(group, mask_box(keep), int(keep.sum())))
     return sorted(regions, key=lambda r: -r.pixels)
+
+
+def kept_blobs(member: np.ndarray, min_pixels: int) -> np.ndarray:
+    """The pixels of ``member`` (a boolean mask) in connected blobs of at least ``min_pixels``."""
+    blobs, count = ndimage.label(member)
+    sizes = np.bincount(blobs.ravel(), minlength=count + 1)
+    big = np.flatnonzero(sizes >= min_pixels)
+    return np.isin(blobs, big[big > 0])  # blob 0 is the background
+
+
+def mask_box(mask: np.ndarray, scale: float = 1.0) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) around a non-empty mask, x2/y2 exclusive, divided by ``scale``."""
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min() / scale), float(ys.min() / scale), float((xs.max() + 1) / scale), float((ys.max() + 1) / scale))
 
 
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

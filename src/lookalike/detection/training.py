@@ -25,7 +25,7 @@ from ..images import ImageError, ImageLimits, load_image
 from .annotations import AnnotatedPhoto, AnnotationError, class_map, group_lookup
 from .canvas import LONG_SIDE, Canvas, mask_to_canvas, to_canvas
 from .groups import PERSON, GroupMap
-from .head import TAPS, SegmentationHead, interpolation_matrix
+from .head import TAPS, SegmentationHead, scaled_probabilities
 from .metrics import BoxScore, SegmentationScore
 from .regions import Region, regions_from_mask
 from .tail import export_blocks
@@ -55,7 +55,6 @@ class CachedPhoto:
     soft_target: np.ndarray  # (h/4, w/4, classes + 1) class shares per cell (background first); last = ignored share
     cell_weight: np.ndarray  # (h/4, w/4)
     classes: np.ndarray  # (scaled height, scaled width) class per pixel of the scaled photo
-    canvas: Canvas | None = None
 
 
 @dataclass
@@ -76,8 +75,7 @@ def _soft_targets(classes: np.ndarray, weights: np.ndarray, classes_count: int) 
 
 
 def cache_photos(photos: Sequence[AnnotatedPhoto], backbone: Any, lookup: np.ndarray | None, classes: tuple[str, ...], mirror: bool = True,
-                 limits: ImageLimits = ImageLimits(), progress: Progress | None = None, keep_canvas: bool = False,
-                 long_sides: Sequence[int] = (LONG_SIDE,)) -> tuple[list[CachedPhoto], list[PhotoFailure]]:
+                 limits: ImageLimits = ImageLimits(), progress: Progress | None = None, long_sides: Sequence[int] = (LONG_SIDE,)) -> tuple[list[CachedPhoto], list[PhotoFailure]]:
     """Backbone maps and targets (``classes``: the garment groups, then "person" when the label
     map names skin and hair) for every photo at each of ``long_sides`` (more than one is
     scale augmentation), and its mirror; unreadable photos are reported."""
@@ -91,32 +89,27 @@ def cache_photos(photos: Sequence[AnnotatedPhoto], backbone: Any, lookup: np.nda
             failures.append(PhotoFailure(photo.key, str(exc)))
             continue
         for long_side in long_sides:
-            _cache_variants(cached, photo.key, to_canvas(image, long_side), targets, weights, backbone, mirror, keep_canvas,
-                            len(classes) + 1)
+            _cache_variants(cached, photo.key, to_canvas(image, long_side), targets, weights, backbone, mirror, len(classes) + 1)
         if progress:
             progress("detector features", done + 1, len(photos))
     return cached, failures
 
 
+def _mirrored(array: np.ndarray, canvas: Canvas) -> np.ndarray:
+    """The scaled photo's part of a canvas-sized array mirrored, the padding right/bottom as at inference."""
+    out = array.copy()
+    out[:canvas.height, :canvas.width] = array[:canvas.height, :canvas.width][:, ::-1]
+    return out
+
+
 def _cache_variants(cached: list[CachedPhoto], key: str, canvas: Canvas, classes: np.ndarray, weights: np.ndarray,
-                backbone: Any, mirror: bool, keep_canvas: bool, classes_count: int) -> None:
-    canvas_classes = mask_to_canvas(classes, canvas, IGNORE)
-    canvas_weights = mask_to_canvas(weights, canvas, 0)
-    variants = [(canvas.pixels, canvas_classes, canvas_weights)]
-    if mirror:
-        # Mirror the scaled photo only, keeping the padding right/bottom as at inference.
-        flipped = canvas.pixels.copy()
-        flipped[:canvas.height, :canvas.width] = canvas.pixels[:canvas.height, :canvas.width][:, ::-1]
-        flipped_classes = canvas_classes.copy()
-        flipped_classes[:canvas.height, :canvas.width] = canvas_classes[:canvas.height, :canvas.width][:, ::-1]
-        flipped_weights = canvas_weights.copy()
-        flipped_weights[:canvas.height, :canvas.width] = canvas_weights[:canvas.height, :canvas.width][:, ::-1]
-        variants.append((flipped, flipped_classes, flipped_weights))
+                    backbone: Any, mirror: bool, classes_count: int) -> None:
+    variant = (canvas.pixels, mask_to_canvas(classes, canvas, IGNORE), mask_to_canvas(weights, canvas, 0))
+    variants = [variant] + ([tuple(_mirrored(a, canvas) for a in variant)] if mirror else [])
     for pixels, target, weight in variants:
         maps = backbone.maps(pixels[None])
         soft, cell_weight = _soft_targets(target, weight, classes_count)
-        cached.append(CachedPhoto(key, [m[0].astype(np.float16) for m in maps], soft, cell_weight,
-                                  target[:canvas.height, :canvas.width], canvas if keep_canvas else None))
+        cached.append(CachedPhoto(key, [m[0].astype(np.float16) for m in maps], soft, cell_weight, target[:canvas.height, :canvas.width]))
 
 
 @dataclass
@@ -240,27 +233,14 @@ def untrained_head(channels: Sequence[int], groups: int, width: int = 48, seed: 
     return SegmentationHead(TorchHead(channels, width, groups + 1, stats).export())
 
 
-def predicted_classes(head: SegmentationHead, maps: list[np.ndarray], canvas_shape: tuple[int, int],
-                      scaled: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(class per pixel, its probability) over the scaled photo (``scaled`` = width, height)."""
-    from .head import softmax
-
-    logits = head.logits([np.asarray(m, dtype=np.float32)[None] if m.ndim == 3 else m for m in maps])[0]
-    rows = interpolation_matrix(logits.shape[0], canvas_shape[0])[:scaled[1]]
-    cols = interpolation_matrix(logits.shape[1], canvas_shape[1])[:scaled[0]]
-    full = np.einsum("hi,ijc,wj->hwc", rows, logits, cols, optimize=True)
-    probs = softmax(full)
-    return probs.argmax(-1).astype(np.uint8), probs.max(-1)
-
-
 def evaluate_head(head: SegmentationHead, cached: Sequence[CachedPhoto], classes: tuple[str, ...]) -> SegmentationScore:
     """Pixel IoU per class over cached photos (use un-mirrored photos of the held-out part)."""
     score = SegmentationScore(classes)
     for photo in cached:
         height, width = photo.classes.shape
         canvas_shape = (photo.maps[0].shape[0] * CELL, photo.maps[0].shape[1] * CELL)
-        predicted, _ = predicted_classes(head, photo.maps, canvas_shape, (width, height))
-        score.add(photo.classes, predicted, IGNORE)
+        logits = head.logits([np.asarray(m, dtype=np.float32)[None] for m in photo.maps])[0]
+        score.add(photo.classes, scaled_probabilities(logits, canvas_shape, (width, height)).argmax(-1), IGNORE)
     return score
 
 
@@ -270,30 +250,45 @@ def ground_truth_regions(classes: np.ndarray, groups: tuple[str, ...], min_fract
     return regions_from_mask(classes, labels, GroupMap({g: g for g in groups}), min_fraction)
 
 
+@dataclass
+class PhotoScore:
+    """What the finder saw in one photo, and the truth it was scored against (photo pixels)."""
+
+    probabilities: np.ndarray
+    scale: float
+    found: list[Any]
+    truth: list[Region]
+    seconds: float  # the finder's own time (not the scoring's)
+
+
+def score_photo(detector: Any, image: Image.Image, classes: np.ndarray, pixels: SegmentationScore, boxes: BoxScore) -> PhotoScore:
+    """Run the finder on one annotated photo and add it to the pixel and box scores."""
+    started = time.perf_counter()
+    probs, scale, found = detector.analyse(image)
+    seconds = time.perf_counter() - started
+    truth_classes = np.asarray(Image.fromarray(classes).resize((probs.shape[1], probs.shape[0]), Image.Resampling.NEAREST))
+    pixels.add(truth_classes, probs.argmax(-1), IGNORE)
+    truth = [Region(r.group, tuple(v / scale for v in r.box), r.pixels)  # type: ignore[arg-type]
+             for r in ground_truth_regions(truth_classes, detector.groups)]
+    boxes.add(truth, [Region(g.group, g.box, 0, g.confidence) for g in found])
+    return PhotoScore(probs, scale, found, truth, seconds)
+
+
 def evaluate_detector(detector: Any, photos: Sequence[AnnotatedPhoto], lookup: np.ndarray | None,
                       limits: ImageLimits = ImageLimits(), progress: Progress | None = None) -> dict[str, Any]:
     """Held-out figures of a garment finder: pixel IoU per group (at the photo's scaled size),
     box recall and precision per group at IoU >= 0.5, and milliseconds per photo."""
-    groups = detector.groups
     pixels = SegmentationScore(detector.classes)
     boxes = BoxScore()
     seconds, measured = 0.0, 0
     for done, photo in enumerate(photos):
         try:
             image = load_image(photo.image, limits)
-            classes, _ = class_map(photo, image.size, lookup, groups)
+            classes, _ = class_map(photo, image.size, lookup, detector.groups)
         except (ImageError, AnnotationError, OSError):
             continue
-        started = time.perf_counter()
-        probs, scale, found = detector.analyse(image)
-        seconds += time.perf_counter() - started
+        seconds += score_photo(detector, image, classes, pixels, boxes).seconds
         measured += 1
-        scaled = probs.shape[1], probs.shape[0]
-        truth = np.asarray(Image.fromarray(classes).resize(scaled, Image.Resampling.NEAREST))
-        pixels.add(truth, probs.argmax(-1), IGNORE)
-        truth_regions = [Region(r.group, tuple(v / scale for v in r.box), r.pixels)  # type: ignore[arg-type]
-                         for r in ground_truth_regions(truth, groups)]
-        boxes.add(truth_regions, [Region(g.group, g.box, 0, g.confidence) for g in found])
         if progress:
             progress("evaluating detector", done + 1, len(photos))
     return {"photos": measured, "mean_iou": round(pixels.mean_iou(), 4), "pixel_accuracy": round(pixels.pixel_accuracy(), 4),

@@ -33,7 +33,7 @@ from ..detection.artefact import DEFAULT_DIR
 from ..detection.detector import GarmentDetector
 from ..detection.metrics import BoxScore, SegmentationScore
 from ..detection.regions import Region, box_iou
-from ..detection.training import IGNORE, ground_truth_regions
+from ..detection.training import score_photo
 from ..images import ImageError, load_image
 from ..search.look import GroupCategories, crop_box
 from .suite import Suite, SuiteError, TaskSpec
@@ -45,8 +45,9 @@ GALLERY = 6
 def _detector(task: TaskSpec, data: DatasetEmbeddings, suite: Suite) -> GarmentDetector:
     choice = task.options.get("detector")
     if choice:
-        path = Path(choice) if Path(choice).is_absolute() else (suite.base / choice if (suite.base / choice).exists() else DEFAULT_DIR)
-        return GarmentDetector(load_detector(DEFAULT_DIR if choice == "default" else path), data.engine.settings)
+        # a path that does not exist is an error (load_detector names it), never the default in disguise
+        path = DEFAULT_DIR if choice == "default" else (Path(choice) if Path(choice).is_absolute() else suite.base / choice)
+        return GarmentDetector(load_detector(path), data.engine.settings)
     finder = data.engine.looks.finder()
     if not isinstance(finder, GarmentDetector):
         raise SuiteError(f"task {task.name!r}: the store has no garment finder (setting detector = none)")
@@ -133,8 +134,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
 
     garments = _catalogue_garments(data, detector.groups)
 
-    def ranked(crop: Image.Image, group: str | None) -> np.ndarray:
-        vector = _embed_images(data.engine, [crop])[0]
+    def ranked(vector: np.ndarray, group: str | None) -> np.ndarray:
         scores = index.scores(data.vectors, vector).astype(float)
         if group is not None and group in garments:  # a product also matches by its own garment of the group
             positions, matrix = garments[group]
@@ -155,12 +155,8 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
         except (ImageError, OSError, ValueError):
             skipped += 1
             continue
-        probs, scale, found = detector.analyse(image)
-        truth_classes = np.asarray(Image.fromarray(classes).resize((probs.shape[1], probs.shape[0]), Image.Resampling.NEAREST))
-        pixels.add(truth_classes, probs.argmax(-1), IGNORE)
-        truth_regions = [Region(r.group, tuple(v / scale for v in r.box), r.pixels)  # type: ignore[arg-type]
-                         for r in ground_truth_regions(truth_classes, detector.groups)]
-        box_score.add(truth_regions, [Region(g.group, g.box, 0, g.confidence) for g in found])
+        seen_photo = score_photo(detector, image, classes, pixels, box_score)
+        probs, scale, found = seen_photo.probabilities, seen_photo.scale, seen_photo.found
         entry: dict[str, Any] = {"photo": photo.key, "garments": []}
         for label, box in boxes.get(photo.key, []):
             group = group_map.group_of(label)
@@ -170,16 +166,17 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             hand = crop_box(image, box)
             if hand.width < 8 or hand.height < 8:
                 continue
-            per_query["P@10, hand box, whole catalogue"].append(ranking_metrics(ranked(hand, None), relevant, (10,))["p@10"])
+            hand_vector = _embed_images(data.engine, [hand])[0]  # once, for both hand-box figures
+            per_query["P@10, hand box, whole catalogue"].append(ranking_metrics(ranked(hand_vector, None), relevant, (10,))["p@10"])
             seen = _dominant_group(detector, probs, scale, box)
-            per_query["P@10, hand box, detected group"].append(ranking_metrics(ranked(hand, seen), relevant, (10,))["p@10"])
+            per_query["P@10, hand box, detected group"].append(ranking_metrics(ranked(hand_vector, seen), relevant, (10,))["p@10"])
             match = max(((box_iou(box, g.box), g) for g in found if g.group == group), default=(0.0, None), key=lambda t: t[0])
             if match[1] is None or match[0] < 0.5:
                 per_query["P@10, detected"].append(0.0)
                 per_query["garment found"].append(0.0)
                 per_group_p10[group].append(0.0)
                 continue
-            scores = ranked(crop_box(image, match[1].box), group)
+            scores = ranked(_embed_images(data.engine, [crop_box(image, match[1].box)])[0], group)
             p10 = ranking_metrics(scores, relevant, (10,))["p@10"]
             per_query["P@10, detected"].append(p10)
             per_query["P@10, found garments"].append(p10)
@@ -190,7 +187,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
                 entry["garments"].append({"label": label, "group": group, "p10": p10, "results": [data.ids[i] for i in top],
                                           "result_pos": [int(i) for i in top]})
         if len(gallery) < GALLERY and entry["garments"]:
-            entry["thumbnail"] = _thumbnail(image, truth_regions, found)
+            entry["thumbnail"] = _thumbnail(image, seen_photo.truth, found)
             gallery.append(entry)
     notes = [f"{len(photos)} street photos the detector {detector.identity} never trained on"
              + (f" ({len(trained_on)} photos it trained on are left out)" if trained_on else " (it has no held-out list: all photos used)")]

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..common.folders import write_folder
+from ..common.folders import ARTEFACT_NAME, next_version_name, read_descriptions, write_folder
 
 MODELS_DIR = "models"
 FORMAT = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 class ModelError(RuntimeError):
@@ -102,28 +101,17 @@ def models_dir(store_dir: Path) -> Path:
 
 def list_models(store_dir: Path) -> list[dict[str, Any]]:
     """model.json of every model in the store, oldest first."""
-    found = []
-    for path in sorted(models_dir(store_dir).glob("*/model.json")):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        found.append(info)
-    return sorted(found, key=lambda i: i.get("created", ""))
+    return [info for _, info in read_descriptions(models_dir(store_dir), "model.json")]
 
 
 def next_name(store_dir: Path, stem: str) -> str:
     """``stem-vN`` with the first unused N."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
-    taken = {p.name for p in models_dir(store_dir).glob("*")}
-    n = 1
-    while f"{stem}-v{n}" in taken:
-        n += 1
-    return f"{stem}-v{n}"
+    return next_version_name(models_dir(store_dir), stem)
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not ARTEFACT_NAME.match(name):
         raise ModelError(f"model name {name!r} must be 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
@@ -168,7 +156,7 @@ def resolve_model_path(name_or_path: str, store_dir: Path | None, allow_paths: b
                 return candidate
         except (OSError, RuntimeError, ValueError):  # too long, no home directory, NUL byte: not a path
             pass
-    if store_dir is not None and _NAME.match(name_or_path) and (models_dir(store_dir) / name_or_path / "model.json").is_file():
+    if store_dir is not None and ARTEFACT_NAME.match(name_or_path) and (models_dir(store_dir) / name_or_path / "model.json").is_file():
         return models_dir(store_dir) / name_or_path
     return None
 

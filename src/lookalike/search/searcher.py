@@ -136,11 +136,10 @@ class Searcher:
             inside = rowids < len(allowed)
             keep = np.flatnonzero(inside)[allowed[rowids[inside]]]
             region_scores = matrix[keep] @ np.asarray(vector, dtype=np.float32)
-            best = keep[np.argsort(-region_scores)[:depth]]
-            products = self.products.get_by_rowids(rowids[best].tolist())
-            for index in best:
+            order = np.argsort(-region_scores)[:depth]
+            products = self.products.get_by_rowids(rowids[keep[order]].tolist())
+            for index, score in zip(keep[order].tolist(), region_scores[order].tolist()):
                 product = products.get(int(rowids[index]))
-                score = float(matrix[index] @ vector)
                 if product is not None and (product.id not in scores or scores[product.id].score < score):
                     scores[product.id] = Hit(product.id, score, product.metadata, product.image, product.tags)
         return sorted(scores.values(), key=lambda h: -h.score)[:k]
