@@ -28,7 +28,7 @@ import numpy as np
 from ..common.metrics import bootstrap, ranking_metrics
 from ..common.views import ALTERATIONS, alter
 from .suite import Suite, SuiteError, TaskSpec
-from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops, street_photo_keys
 
 RERANK_DEPTH = 100
 
@@ -89,7 +89,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     options = EmbeddingOptions(positives=positives, holdout=float(task.options.get("holdout", 0.3)), seed=suite.seed,
                                steps=int(task.options.get("steps", 1500)), views=int(task.options.get("views", 4)),
                                loss=str(task.options.get("loss", "proxy-anchor")), keep_out=keep_out,
-                               backbones=task.options.get("backbones"))
+                               backbones=task.options.get("backbones"), street=street_training(task, suite))
     model = engine.train_embedding(options, save=False)
     held = set(model.holdout)
     gallery = [i for i, item in enumerate(data.ids) if item in held]
@@ -110,6 +110,9 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     tuned_embed = model.head
     columns = [_float_column("off-the-shelf float", lambda b: b, base_vectors),
                _float_column(f"fine-tuned float ({options.loss} loss)", tuned_embed, tuned)]
+    if options.street is not None:  # the same training without street positives, for the comparison
+        plain = engine.train_embedding(replace(options, street=None), save=False).head
+        columns.append(_float_column(f"fine-tuned float ({options.loss} loss), no street positives", plain, plain(base_vectors)))
     for loss in task.options.get("compare_losses") or []:
         if loss == options.loss:
             continue
@@ -168,6 +171,20 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
              f"training validation: {model.info['validation']}"]
     return TaskResult(summary, {}, notes=notes, plots={"codes_table": {"rows": rows, "columns": [c.name for c in columns], "cells": table},
                                                         "model": {k: model.info[k] for k in ("backbones", "positives", "parameters", "training_data", "validation")}})
+
+
+def street_training(task: TaskSpec, suite: Suite) -> Any:
+    """With ``street_training: true``, street crops of the task's boxes become cross-domain
+    positives, except those in the photos the task measures on (``street_photos``)."""
+    from ..training.street import StreetOptions
+
+    if not task.options.get("street_training"):
+        return None
+    if not task.options.get("boxes") or not task.options.get("street_photos"):
+        raise SuiteError(f"task {task.name!r}: street_training needs 'boxes' and 'street_photos' (the photos measured on, never trained on)")
+    column = str(task.options.get("column", "article_type"))
+    return StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": column, "labels": task.options.get("label_map") or {}},
+                         exclude=sorted(street_photo_keys(task, suite) or ()), weight=float(task.options.get("street_weight", 1.0)))
 
 
 def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Representation]:

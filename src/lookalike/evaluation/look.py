@@ -21,7 +21,7 @@ import csv
 import io
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -58,6 +58,35 @@ def _categories(task: TaskSpec, data: DatasetEmbeddings) -> GroupCategories | No
     if task.options.get("garment_groups"):
         return GroupCategories.from_dict(task.options["garment_groups"], f"task {task.name!r}: garment_groups")
     return data.engine.looks.categories()
+
+
+def _as_stored(vectors: np.ndarray) -> np.ndarray:
+    return vectors
+
+
+def _street_model(task: TaskSpec, data: DatasetEmbeddings, suite: Suite, column: str, label_map: dict[str, Any],
+                  held: set[str]) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
+    """With ``train_embedding`` (options of `lookalike train embedding`), a model is trained inside
+    the run on the catalogue's ``column`` with the street boxes of the photos the detector trained
+    on as cross-domain positives (never the photos measured here), and every vector goes through
+    its head; otherwise the store's vectors are used as they are."""
+    from ..training import EmbeddingOptions, StreetOptions
+
+    spec = task.options.get("train_embedding")
+    if not spec:
+        return _as_stored, []
+    if not isinstance(spec, dict):
+        spec = {}
+    if not held:
+        raise SuiteError(f"task {task.name!r}: train_embedding needs a detector with a held-out photo list, so training never sees the photos measured")
+    street = StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": column, "labels": label_map}, exclude=sorted(held),
+                           weight=float(spec.get("street_weight", 1.0)))
+    options = EmbeddingOptions(positives=[column], seed=suite.seed, street=street, steps=int(spec.get("steps", 1500)),
+                               holdout=float(spec.get("holdout", 0.2)), loss=str(spec.get("loss", "proxy-anchor")))
+    model = data.engine.train_embedding(options, save=False)
+    street_info = model.info["training_data"].get("street", {})
+    return model.head, [f"a model trained in the run on the catalogue's {column} with {street_info.get('train_crops', 0)} street crops from "
+                        f"photos the detector trained on (none of the {len(held)} measured here); validation {model.info['validation']}"]
 
 
 def _catalogue_garments(data: DatasetEmbeddings, groups: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -132,10 +161,15 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(column)])
     allowed = {g: np.isin(values, [v.lower() for v in categories.values.get(g, ())]) for g in detector.groups} if categories else {}
 
-    garments = _catalogue_garments(data, detector.groups)
+    project, model_notes = _street_model(task, data, suite, column, raw_map, held)
+    vectors = project(data.vectors)
+    garments = {g: (p, project(m)) for g, (p, m) in _catalogue_garments(data, detector.groups).items()}
+
+    def embed(images: list[Image.Image]) -> np.ndarray:
+        return project(_embed_images(data.engine, images))
 
     def ranked(vector: np.ndarray, group: str | None) -> np.ndarray:
-        scores = index.scores(data.vectors, vector).astype(float)
+        scores = index.scores(data.vectors, vector).astype(float) if project is _as_stored else (vectors @ vector).astype(float)
         if group is not None and group in garments:  # a product also matches by its own garment of the group
             positions, matrix = garments[group]
             scores[positions] = np.maximum(scores[positions], matrix @ vector)
@@ -166,7 +200,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             hand = crop_box(image, box)
             if hand.width < 8 or hand.height < 8:
                 continue
-            hand_vector = _embed_images(data.engine, [hand])[0]  # once, for both hand-box figures
+            hand_vector = embed([hand])[0]  # once, for both hand-box figures
             per_query["P@10, hand box, whole catalogue"].append(ranking_metrics(ranked(hand_vector, None), relevant, (10,))["p@10"])
             seen = _dominant_group(detector, probs, scale, box)
             per_query["P@10, hand box, detected group"].append(ranking_metrics(ranked(hand_vector, seen), relevant, (10,))["p@10"])
@@ -176,7 +210,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
                 per_query["garment found"].append(0.0)
                 per_group_p10[group].append(0.0)
                 continue
-            scores = ranked(_embed_images(data.engine, [crop_box(image, match[1].box)])[0], group)
+            scores = ranked(embed([crop_box(image, match[1].box)])[0], group)
             p10 = ranking_metrics(scores, relevant, (10,))["p@10"]
             per_query["P@10, detected"].append(p10)
             per_query["P@10, found garments"].append(p10)
@@ -191,6 +225,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             gallery.append(entry)
     notes = [f"{len(photos)} street photos the detector {detector.identity} never trained on"
              + (f" ({len(trained_on)} photos it trained on are left out)" if trained_on else " (it has no held-out list: all photos used)")]
+    notes += model_notes
     if skipped:
         notes.append(f"{skipped} photos could not be read and were skipped")
     if categories is None:

@@ -4,6 +4,7 @@ per-query values, summaries with bootstrap confidence intervals, and data for pl
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,8 +309,24 @@ class StreetCrops:
     unreadable: int
 
 
+def street_photo_keys(task: TaskSpec, suite: Suite) -> set[str] | None:
+    """The street photos a task measures on when it names them (``street_photos``: a JSON list
+    of image_file values, e.g. a garment finder's holdout.json); None: every photo."""
+    if not task.options.get("street_photos"):
+        return None
+    path = task.path("street_photos", suite.base)
+    try:
+        keys = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SuiteError(f"task {task.name!r}: street_photos {path} cannot be read ({exc})") from exc
+    if not isinstance(keys, list) or not keys:
+        raise SuiteError(f"task {task.name!r}: street_photos {path} must be a non-empty JSON list of image_file values")
+    return {str(k) for k in keys}
+
+
 def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
-    """Read the task's boxes file and crop every box whose label has a catalogue mapping."""
+    """Read the task's boxes file and crop every box whose label has a catalogue mapping
+    (only in the photos of ``street_photos`` when the task names them)."""
     boxes_path = task.path("boxes", suite.base)
     images_base = task.path("images", suite.base) if task.options.get("images") else boxes_path.parent
     column, label_map = task.options["column"], task.options.get("label_map") or {}
@@ -318,7 +335,8 @@ def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
     wanted = {str(k).lower(): {str(v).strip().lower() for v in (vs if isinstance(vs, list) else [vs])} for k, vs in label_map.items()}
     padding = float(task.options.get("padding", 0.1))
     rows = list(csv.DictReader(boxes_path.open(newline="", encoding="utf-8")))
-    usable = [r for r in rows if r.get("label", "").lower() in wanted]
+    only = street_photo_keys(task, suite)
+    usable = [r for r in rows if r.get("label", "").lower() in wanted and (only is None or r.get("image_file") in only)]
     unmapped = len(rows) - len(usable)
     limit = task.options.get("sample")
     if limit and len(usable) > int(limit):

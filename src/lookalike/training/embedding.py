@@ -26,6 +26,7 @@ from ..models import FEATURE_EXTRACTOR, IMAGE_EMBEDDER, get_encoder
 from ..models.artefacts import EmbeddingHead, ModelError, TrainedModel, load_model, next_name, resolve_model_path, save_model
 from ..search.view import CatalogueView
 from .features import ProductImage, TrainingDataError, ViewFeatureCache
+from .street import StreetOptions, StreetSet, load_street_set
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +57,11 @@ class EmbeddingOptions:
     seed: int = 0
     name: str | None = None
     keep_out: list[str] = field(default_factory=list)  # product ids always held out (e.g. an evaluation's duplicate pairs)
+    street: StreetOptions | None = None  # street garment boxes as cross-domain positives (see training.street)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.street, dict):  # read back from a model's parameters
+            self.street = StreetOptions(**self.street)
 
 
 @dataclass
@@ -212,8 +218,9 @@ def view_recall(queries: np.ndarray, gallery: np.ndarray) -> float:
     return round(float(((queries @ gallery.T).argmax(axis=1) == np.arange(len(queries))).mean()), 4)
 
 
-def validate(data: TrainingSet, embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
-    """Metrics on held-out products: clean photos against each other, street-like views against clean photos."""
+def validate(data: TrainingSet, embed: Callable[[np.ndarray], np.ndarray], street: StreetSet | None = None) -> dict[str, float]:
+    """Metrics on held-out products: clean photos against each other, street-like views against
+    clean photos, and held-out street crops against them (P@10 of a mapped class)."""
     held = np.flatnonzero(data.holdout)
     if len(held) < 2:
         return {}
@@ -221,7 +228,17 @@ def validate(data: TrainingSet, embed: Callable[[np.ndarray], np.ndarray]) -> di
     out = retrieval_metrics(clean, data.labels[held])
     if data.features.shape[1] > 1:
         out["view_recall_at_1"] = view_recall(embed(data.features[held, 1].astype(np.float32)), clean)
+    if street is not None and street.holdout.any():
+        queries = embed(street.features[street.holdout, 0].astype(np.float32))
+        relevant = street.classes[street.holdout][:, data.labels[held]]
+        out["street_p_at_10"] = street_precision(queries @ clean.T, relevant)
     return out
+
+
+def street_precision(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
+    """Mean precision at ``k`` of street crops against catalogue products (relevant: a mapped class)."""
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return round(float(np.take_along_axis(relevant, top, axis=1).mean()), 4)
 
 
 def _identity(features: np.ndarray) -> np.ndarray:
@@ -308,6 +325,7 @@ def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Pr
     data = load_training_set(view, options.positives, options.where, cache, options.holdout, options.min_class_count, options.seed, progress, log,
                              options.keep_out)
     log(f"training on {int((~data.holdout).sum())} products in {len(data.classes)} classes, {int(data.holdout.sum())} held out")
+    street = _street_set(options, data, cache, progress, log)
     _seed_everything(torch, options.seed)
     train_rows = np.flatnonzero(~data.holdout)
     features = torch.from_numpy(data.features[train_rows].astype(np.float32))
@@ -316,15 +334,16 @@ def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Pr
     loss_fn = ranking_loss(options.loss, len(data.classes), options.dim, seed=options.seed, margin=options.margin)
     sampler = BatchSampler(data.labels[train_rows], data.features.shape[1], options.batch_classes, options.per_class, options.seed, options.clean_share)
     started = time.perf_counter()
-    losses = _fit_head(torch, head, loss_fn, features, labels, sampler, options, progress)
+    cross = CrossDomainTerm(torch, street, train_rows, features, data.labels[train_rows], loss_fn, options) if street is not None else None
+    losses = _fit_head(torch, head, loss_fn, features, labels, sampler, options, progress, cross)
     trained = _to_head(head)
     off_the_shelf = _identity if conv is None else EmbeddingHead([(np.eye(conv[0].shape[1], dtype=np.float32), np.zeros(conv[0].shape[1], np.float32))], conv)
-    metrics = {"off_the_shelf": validate(data, off_the_shelf), "fine_tuned": validate(data, trained)}
+    metrics = {"off_the_shelf": validate(data, off_the_shelf, street), "fine_tuned": validate(data, trained, street)}
     log(f"held out: off the shelf {metrics['off_the_shelf']}, fine-tuned {metrics['fine_tuned']}")
     info = {
         "kind": "embedding", "backbones": [e.identity for e in cache.backbones], "positives": options.positives,
         "parameters": {k: v for k, v in asdict(options).items() if k not in ("name", "keep_out")} | {"keep_out": sorted(options.keep_out)},
-        "training_data": data.summary(),
+        "training_data": data.summary() | ({"street": street.summary()} if street is not None else {}),
         "validation": metrics, "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
     }
@@ -336,12 +355,15 @@ def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Pr
     return model
 
 
-def _fit_head(torch, head, loss_fn, features, labels, sampler: BatchSampler, options: EmbeddingOptions, progress: Progress | None) -> list[float]:
+def _fit_head(torch, head, loss_fn, features, labels, sampler: BatchSampler, options: EmbeddingOptions, progress: Progress | None,
+              cross: CrossDomainTerm | None = None) -> list[float]:
     """AdamW with a cosine schedule over ``options.steps`` batches; the class loss plus, when
-    weighted, the same-product loss (rows are product indices, so views of one product match)."""
+    weighted, the same-product loss (rows are product indices, so views of one product match),
+    plus, with street crops, the cross-domain loss."""
     from .losses import multi_similarity_loss
 
-    optimiser = torch.optim.AdamW(list(head.parameters()) + list(loss_fn.parameters()), lr=options.lr, weight_decay=1e-4)
+    extra = cross.parameters() if cross is not None else []
+    optimiser = torch.optim.AdamW(list(head.parameters()) + list(loss_fn.parameters()) + extra, lr=options.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.steps)
     losses = []
     for step in range(options.steps):
@@ -351,6 +373,8 @@ def _fit_head(torch, head, loss_fn, features, labels, sampler: BatchSampler, opt
         loss = loss_fn(embeddings, labels[rows])
         if options.instance_weight:
             loss = loss + options.instance_weight * multi_similarity_loss(embeddings, torch.from_numpy(rows))
+        if cross is not None:
+            loss = loss + cross(head, embeddings, rows)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -360,6 +384,59 @@ def _fit_head(torch, head, loss_fn, features, labels, sampler: BatchSampler, opt
             progress("training head", step + 1, options.steps)
     head.eval()
     return losses
+
+
+def _street_set(options: EmbeddingOptions, data: TrainingSet, cache: ViewFeatureCache, progress: Progress | None, log: Log) -> StreetSet | None:
+    if options.street is None:
+        return None
+    street = load_street_set(options.street, data.ids, data.labels, data.classes, data.metadata, options.positives, cache, options.seed, progress, log)
+    log(f"street crops: {int((~street.holdout).sum())} to train on, {int(street.holdout.sum())} held out, from {street.summary()['photos']} photos")
+    return street
+
+
+class CrossDomainTerm:
+    """The per-batch street term: sampled crops (a random view of each) against the class
+    proxies, every class a crop's label maps to counting as a positive; crops that name their
+    product are also pulled to that product's clean photo.  It shares the proxy-anchor loss's
+    proxies when there are some, else learns its own, anchored by the batch's catalogue items."""
+
+    def __init__(self, torch, street: StreetSet, train_rows: np.ndarray, train_features, train_labels: np.ndarray, loss_fn,
+                 options: EmbeddingOptions):
+        assert options.street is not None
+        self.torch, self.spec = torch, options.street
+        self.rng = np.random.default_rng(options.seed + 1)
+        usable = np.flatnonzero(~street.holdout)
+        self.crops = torch.from_numpy(street.features[usable].astype(np.float32))
+        self.sets = torch.from_numpy(street.classes[usable])
+        position = {int(row): i for i, row in enumerate(train_rows)}
+        self.paired = np.array([position.get(int(r), -1) for r in street.products[usable]], dtype=np.int64)
+        self.train_features, self.train_labels = train_features, train_labels
+        shared = getattr(loss_fn, "proxies", None)
+        self.own = shared is None
+        self.proxies = torch.nn.Parameter(torch.randn(street.classes.shape[1], options.dim) * 0.1) if shared is None else shared
+
+    def parameters(self) -> list[Any]:
+        return [self.proxies] if self.own else []
+
+    def __call__(self, head, embeddings, rows: np.ndarray):
+        from .losses import multi_similarity_loss, set_proxy_loss
+
+        torch, normalize = self.torch, self.torch.nn.functional.normalize
+        chosen = self.rng.choice(len(self.crops), min(self.spec.per_batch, len(self.crops)), replace=False)
+        views = self.rng.integers(0, self.crops.shape[1], size=len(chosen))
+        street = normalize(head(self.crops[chosen, views]), dim=1)
+        loss = set_proxy_loss(street, self.proxies, self.sets[chosen])
+        if self.own:
+            classes = torch.from_numpy(self.train_labels[rows])
+            loss = loss + set_proxy_loss(embeddings, self.proxies, torch.nn.functional.one_hot(classes, self.proxies.shape[0]).bool())
+        pairs = self.paired[chosen]
+        if (pairs >= 0).any():  # street <-> shop pairs of one product: the crop against its product's clean photo
+            mine = np.flatnonzero(pairs >= 0)
+            products = normalize(head(self.train_features[pairs[mine], 0]), dim=1)
+            both = torch.cat([street[mine], products, embeddings])
+            ids = np.concatenate([pairs[mine], pairs[mine], rows])
+            loss = loss + multi_similarity_loss(both, torch.from_numpy(ids))
+        return self.spec.weight * loss
 
 
 def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:

@@ -27,10 +27,12 @@ from PIL import Image
 
 from ..common.augment import AUGMENT_VERSION, street_view
 from ..common.progress import Progress
-from ..images import ImageError, ImageLimits, load_source_or_thumbnail
+from ..images import ImageError, ImageLimits, load_image, load_source_or_thumbnail
 from ..models.encoders import Encoder
 
 SHARD_SIZE = 256
+MIN_SIDE = 8  # a crop smaller than this on a side shows nothing to learn from
+PADDING = 0.1  # context kept around a box, as a share of its size (as the street-to-shop evaluation crops)
 EMBED_PRODUCTS = 8  # products whose views go through a backbone in one batch
 
 
@@ -40,18 +42,28 @@ class TrainingDataError(ValueError):
 
 @dataclass
 class ProductImage:
-    """Where to read one product's photo: its source, with the stored thumbnail as fallback."""
+    """Where to read one product's photo: its source, with the stored thumbnail as fallback;
+    with ``box``, the region of the source photo to cut out first (a garment in a street photo)."""
 
     id: str
     image_hash: str | None
     source: str | None
     thumbnail: bytes | None
+    box: tuple[float, float, float, float] | None = None
 
 
 def view_seed(product_id: str, view: int, seed: int) -> int:
     """A seed that depends on the product, not on its position, so views survive re-ordering."""
     digest = hashlib.blake2b(f"{seed}/{product_id}/{view}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def padded_box(box: tuple[float, float, float, float], width: int, height: int, padding: float = PADDING) -> tuple[int, int, int, int] | None:
+    """The box with some context, inside the photo; None when it is too small to use."""
+    x1, y1, x2, y2 = box
+    pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
+    out = (int(max(0, x1 - pw)), int(max(0, y1 - ph)), int(min(width, x2 + pw)), int(min(height, y2 + ph)))
+    return out if out[2] - out[0] >= MIN_SIDE and out[3] - out[1] >= MIN_SIDE else None
 
 
 class ViewFeatureCache:
@@ -90,10 +102,19 @@ class ViewFeatureCache:
 
     # ---- computing -------------------------------------------------------------------------------
     def _picture(self, item: ProductImage) -> Image.Image:
+        if item.box is not None:
+            return self._crop(item, item.box)
         picture, from_thumbnail = load_source_or_thumbnail(item.source, item.thumbnail, self.limits,
                                                            max(b.input_size for b in self.backbones) * 2, f"product {item.id!r}")
         self.fallbacks += from_thumbnail
         return picture
+
+    def _crop(self, item: ProductImage, box: tuple[float, float, float, float]) -> Image.Image:
+        picture = load_image(item.source or "", self.limits)
+        region = padded_box(box, picture.width, picture.height)
+        if region is None:
+            raise ImageError("corrupt", f"{item.id}: the box is under {MIN_SIDE} pixels on a side inside a {picture.width}x{picture.height} photo")
+        return picture.crop(region)
 
     def _pixels(self, item: ProductImage) -> list[list[np.ndarray]] | ImageError:
         """Per backbone, the preprocessed pixels of every view (decode and augment run in loader threads)."""

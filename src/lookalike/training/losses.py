@@ -111,6 +111,18 @@ class ProxyAnchorLoss(torch.nn.Module):
         return pos[present].sum() / present.sum().clamp(min=1) + neg.sum() / self.proxies.shape[0]
 
 
+def set_proxy_loss(embeddings: torch.Tensor, proxies: torch.Tensor, positives: torch.Tensor, scale: float = 32.0) -> torch.Tensor:
+    """Multi-positive proxy softmax: ``-log(Σ_{c∈P} e^{s·cos(x,p_c)} / Σ_c e^{s·cos(x,p_c)})``.
+    A street crop labelled "shoes" is right near *any* shoe type's proxy, so its positives are a
+    set (``positives``: (batch, classes) bool), not one class."""
+    logits = scale * embeddings @ F.normalize(proxies, dim=1).T
+    wanted = torch.logsumexp(logits.masked_fill(~positives, -_FAR), dim=1)
+    usable = positives.any(dim=1)
+    if not usable.any():
+        return embeddings.sum() * 0.0
+    return (torch.logsumexp(logits, dim=1) - wanted)[usable].mean()
+
+
 def ranking_loss(name: str, n_classes: int, dim: int, seed: int = 0, margin: float = 0.2) -> torch.nn.Module:
     """The named loss as a module ``loss(embeddings, labels)`` (proxy-anchor has parameters to train)."""
     if name == "proxy-anchor":

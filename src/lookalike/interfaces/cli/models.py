@@ -18,11 +18,13 @@ app.add_typer(train_app, name="train")
 
 
 def _print_validation(info: dict[str, Any]) -> None:
-    table = Table("held-out products", "NN accuracy", "mAP", "street-like view R@1", title=f"{info['name']}: validation on {info['training_data']['holdout_products']} held-out products")
+    street = "street" in info["training_data"]
+    columns = ["held-out products", "NN accuracy", "mAP", "street-like view R@1"] + (["street crop P@10"] if street else [])
+    table = Table(*columns, title=f"{info['name']}: validation on {info['training_data']['holdout_products']} held-out products")
     for label, metrics in info.get("validation", {}).items():
         if isinstance(metrics, dict) and metrics:
-            table.add_row(label.replace("_", " "), f"{metrics.get('nn_accuracy', float('nan')):.3f}", f"{metrics.get('map', float('nan')):.3f}",
-                          f"{metrics['view_recall_at_1']:.3f}" if "view_recall_at_1" in metrics else "-")
+            cells = [f"{metrics[key]:.3f}" if key in metrics else "-" for key in ("nn_accuracy", "map", "view_recall_at_1", "street_p_at_10")]
+            table.add_row(label.replace("_", " "), *cells[: len(columns) - 1])
     out.print(table)
 
 
@@ -58,15 +60,25 @@ def train_embedding_cmd(
     steps: int = typer.Option(1500, min=1, help="Training steps (batches)."),
     seed: int = typer.Option(0, help="Random seed: same data + seed = same model."),
     name: Optional[str] = typer.Option(None, help="Model name (default: <positives>-vN)."),
+    street_boxes: Optional[Path] = typer.Option(None, "--street-boxes", help="Garment boxes in street photos (CSV: image_file,label,x1,y1,x2,y2[,product_id]) "
+                                                                             "learned as cross-domain positives of the catalogue classes their labels map to."),
+    street_labels: Optional[Path] = typer.Option(None, "--street-labels", help="YAML {column: article_type, labels: {street label: [catalogue values]}}; "
+                                                                               "default: a street label equals a catalogue value."),
+    street_weight: float = typer.Option(1.0, "--street-weight", min=0.0, max=100.0, help="Weight of the street (cross-domain) loss."),
+    street_exclude: List[str] = typer.Option([], "--street-exclude", help="A street photo (image_file as in the CSV) never trained on (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the model description as JSON."),
 ) -> None:
     """Fine-tune an embedding on the catalogue (cached backbone features of augmented views, then a small head)."""
 
     def body() -> None:
-        from ...training import EmbeddingOptions
+        from ...training import EmbeddingOptions, StreetOptions, TrainingDataError
 
+        if street_labels is not None and street_boxes is None:
+            raise TrainingDataError("--street-labels needs --street-boxes")
+        street = StreetOptions(boxes=str(street_boxes), labels=str(street_labels) if street_labels else None, weight=street_weight,
+                               exclude=list(street_exclude)) if street_boxes is not None else None
         options = EmbeddingOptions(positives=list(positives), where=list(where) or None, backbones=list(backbone) or None, unfreeze_head=unfreeze_head, views=views, holdout=holdout,
-                                   loss=loss, instance_weight=instance_weight, dim=dim, steps=steps, seed=seed, name=name)
+                                   loss=loss, instance_weight=instance_weight, dim=dim, steps=steps, seed=seed, name=name, street=street)
         _run_training(lambda engine: engine.train_embedding, options, as_json)
 
     guarded(body)
