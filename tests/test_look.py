@@ -475,6 +475,51 @@ def test_outfit_shots_in_the_catalogue_get_garment_vectors_and_match_by_garment(
         assert again["looked_at"] == 1 and again["with_person"] == 0
 
 
+def _outfit_catalogue(tmp_path: Path) -> Path:
+    """Twelve demo packshots and the two example outfit photos, as a catalogue file."""
+    rows = [{"id": r["id"], "image": str(DEMO_CSV.parent / r["image"]), "category": r["category"]} for r in list(csv.DictReader(DEMO_CSV.open()))[:12]]
+    rows += [{"id": f"outfit-{n}", "image": str(ROOT / "examples" / "street" / f"outfit-{n}.jpg"), "category": "Outfit"} for n in ("0108", "0122")]
+    path = tmp_path / "outfits.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "image", "category"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_ingest_finds_the_garments_of_outfit_shots_by_itself(tmp_path):
+    catalogue = _outfit_catalogue(tmp_path)
+    with Engine.open(tmp_path / "store") as engine:
+        report = engine.ingest(catalogue)
+        assert report.garments is not None and report.garments["looked_at"] == 14 and report.garments["with_person"] >= 2
+        regions = engine.store.regions(engine.encoder.identity)
+        assert {"top", "bottom"} <= set(regions)
+        assert engine.find_garments()["looked_at"] == 0  # ingest did the work: nothing left to look at
+        found = engine.look(OUTFIT, k=1, where="category=Outfit")
+        assert all(g.hits[0].id == "outfit-0122" and g.hits[0].score > 0.99 for g in found.garments)  # matched by its own garment
+        assert engine.ingest(catalogue).garments["looked_at"] == 0  # unchanged photos are not looked at again
+    # the CLI reports the stage, and --no-garments skips it
+    result = runner.invoke(app, ["--store", str(tmp_path / "cli"), "ingest", str(catalogue)])
+    assert result.exit_code == 0 and "garments of outfit shots: 14 photos looked at" in result.output, result.output
+    result = runner.invoke(app, ["--store", str(tmp_path / "off"), "ingest", str(catalogue), "--no-garments", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["garments"] is None
+    with Engine.open(tmp_path / "off") as engine:
+        assert set(engine.store.regions(engine.encoder.identity)) == {""}  # whole-photo vectors only
+
+
+def test_a_damaged_finder_never_costs_an_ingest_its_products(tmp_path):
+    catalogue = _outfit_catalogue(tmp_path)
+    folder = _copy_default(tmp_path / "store" / "detectors")
+    (folder / "weights.npz").write_bytes(b"not a zip")
+    with Engine.open(tmp_path / "store") as engine:
+        report = engine.ingest(catalogue)
+        assert report.added == 14 and engine.store.count() == 14
+        assert "weights cannot be read" in report.garments["error"]
+        assert "lookalike garments" in report.summary()
+    with Engine.open(tmp_path / "none", detector="none") as engine:
+        assert engine.ingest(catalogue).garments is None and engine.store.count() == 14
+
+
 def test_another_finder_looks_at_every_photo_again(store_copy):
     with Engine.open(store_copy) as engine:
         engine.upsert("outfit-a", image=OUTFIT)

@@ -52,6 +52,7 @@ class Settings:
     port: int = 8000
     model_cache: str = ""  # empty: ~/.cache/lookalike/models
     detector: str = "auto"  # garment finder: auto (the store's newest trained one, else the packaged default), default, a name, or none
+    ingest_garments: bool = True  # after each ingest, find the garments of new outfit shots (as `lookalike garments` does), so look matches them by garment
     garment_search: str = "main"  # plain photo search: "main" searches the main garment of a photo with a person in it, "whole" the whole frame
     garment_groups: str = ""  # YAML file: {column: <catalogue column>, groups: {group: [values]}}: which products each garment group may match
     facets: str = ""  # comma-separated columns shown as facets in the web app; empty: chosen automatically

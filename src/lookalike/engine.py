@@ -16,8 +16,9 @@ from threadpoolctl import threadpool_limits
 from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
 from .config import Settings, load_settings, split_list
+from .detection import DetectorError
 from .detection.service import FinderLoader
-from .images import ImageSource, set_decode_budget
+from .images import ImageLimits, ImageSource, set_decode_budget
 from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory, default_distributor
 from .ingest.catalogue import count_rows
 from .ingest.garments import VERSION_META, find_catalogue_garments
@@ -25,7 +26,7 @@ from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
 from .models import Encoder, adopt_model, get_encoder
 from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex
-from .search.look import Look, LookService
+from .search.look import Look, LookService, LookUnavailable
 from .search.view import CatalogueView
 from .security.paths import PathPolicy
 from .storage import Product
@@ -108,10 +109,12 @@ class Engine(Catalog):
     # ---- jobs: ingest, re-index, training ---------------------------------------------------
     def ingest(self, source: str | Path, id_column: str | None = None, image_column: str | None = None, prune: bool = False,
                progress: Progress | None = None, distributor: Distributor | None = None, batch_size: int | None = None,
-               force_prune: bool = False, paths: PathPolicy | None = None, label: str | None = None) -> IngestReport:
+               force_prune: bool = False, paths: PathPolicy | None = None, label: str | None = None, garments: bool | None = None) -> IngestReport:
         """Add or update every product of a catalogue file or folder (see :mod:`lookalike.ingest`);
         only new or changed images are embedded; ``prune`` deletes products no longer listed (at
-        most ``max_prune_fraction`` unless ``force_prune``); ``paths`` confines server-side paths."""
+        most ``max_prune_fraction`` unless ``force_prune``); ``paths`` confines server-side paths;
+        ``garments`` (default: the ``ingest_garments`` setting) then finds the garments of new
+        outfit shots, as :meth:`find_garments` does."""
         with self.jobs.exclusive("ingest", label or str(source)) as job:
             limits = self.limits if paths is None else self.limits.confined(paths)
             mapper = MapperFactory(self.encoder, limits, self.settings.thumbnail_size, self.settings.max_downloads)
@@ -120,7 +123,20 @@ class Engine(Catalog):
             report = pipeline.run(request, fan_out(job.progress, progress), count_rows(source), on_report=job.set_outcome)
             self.searcher.serving.maintain(save=True)
             self.tagging.auto_tag()
+            if self.settings.ingest_garments if garments is None else garments:
+                report.garments = self._ingest_garments(limits, fan_out(job.progress, progress))
+                job.set_outcome(report)
             return report
+
+    def _ingest_garments(self, limits: ImageLimits, progress: Progress | None) -> dict[str, Any] | None:
+        """The garments stage after an ingest's write: only photos not looked at yet are read.  The
+        products are already committed, so a failure here is reported, never the ingest's."""
+        if self.settings.detector == "none" or self.closing.is_set():
+            return None
+        try:
+            return find_catalogue_garments(self.store, limits, self.encoder, self.looks.finder(), progress, self.closing).to_dict()
+        except (LookUnavailable, DetectorError, OSError) as exc:
+            return {"error": str(exc)}
 
     def reindex(self, model: str, progress: Progress | None = None, batch_size: int = 64, allow_paths: bool = True, distributor: Distributor | None = None) -> dict[str, Any]:
         """Re-embed the catalogue with another model and switch to it atomically; search keeps

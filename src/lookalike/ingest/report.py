@@ -31,6 +31,7 @@ class IngestReport:
     skip_report: str | None = None
     status: str = "running"
     prune_refused: str | None = None
+    garments: dict[str, Any] | None = None  # the outfit-shot garments stage after the write (None: not run)
 
     @property
     def embedded(self) -> int:
@@ -49,7 +50,7 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "source": self.source, "status": self.status, **self.counts(), "skip_report": self.skip_report,
-                "prune_refused": self.prune_refused,
+                "prune_refused": self.prune_refused, "garments": self.garments,
                 "skipped_items": [s.__dict__ for s in self.skipped[:100]]}
 
     def summary(self) -> str:
@@ -61,6 +62,8 @@ class IngestReport:
         )
         if self.prune_refused:
             text += "\n" + self.prune_refused
+        if self.garments:
+            text += "\n" + garments_summary(self.garments)
         if self.skipped:
             kinds: dict[str, int] = {}
             for s in self.skipped:
@@ -69,6 +72,13 @@ class IngestReport:
             if self.skip_report:
                 text += f"\nfull list: {self.skip_report}"
         return text
+
+
+def garments_summary(garments: dict[str, Any]) -> str:
+    if "error" in garments:
+        return f"garments of outfit shots: not found ({garments['error']}); run: lookalike garments"
+    return (f"garments of outfit shots: {garments.get('looked_at', 0)} photos looked at, {garments.get('with_person', 0)} with a person, "
+            f"{garments.get('garments', 0)} garments stored, {garments.get('skipped', 0)} skipped")
 
 
 def write_skip_report(directory: Path, run_id: int, entries: list[tuple[str, str, str, str]]) -> str:

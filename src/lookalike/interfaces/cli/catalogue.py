@@ -23,24 +23,27 @@ def ingest(
     prune: bool = typer.Option(False, help="Delete products that the catalogue no longer lists."),
     force_prune: bool = typer.Option(False, "--force-prune", help="Prune even when that deletes more than max_prune_fraction of the store."),
     batch_size: Optional[int] = typer.Option(None, min=1, max=512, help="Images per model batch."),
+    garments: Optional[bool] = typer.Option(None, "--garments/--no-garments",
+                                            help="Then find the garments of new outfit shots, as `lookalike garments` does (default: the ingest_garments setting)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Add or update products from a catalogue; only new or changed images are embedded."""
+    """Add or update products from a catalogue; only new or changed images are embedded, then
+    the garments of new photos of people are found (see `lookalike garments`)."""
 
     def body() -> None:
         with state.engine() as engine:
             quiet = as_json or not sys.stderr.isatty()
-            with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} rows/s"),
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} rows/s"),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet) as bar:
                 task = bar.add_task("ingest", total=None, rate="0")
                 started = time.perf_counter()
 
                 def progress(stage: str, done: int, total: int | None) -> None:
                     rate = done / max(time.perf_counter() - started, 1e-6)
-                    bar.update(task, completed=done, total=total, rate=f"{rate:.0f}")
+                    bar.update(task, description=stage, completed=done, total=total, rate=f"{rate:.0f}")
 
                 report = engine.ingest(source, id_column=id_column, image_column=image_column, prune=prune, progress=progress, batch_size=batch_size,
-                                       force_prune=force_prune)
+                                       force_prune=force_prune, garments=garments)
             if as_json:
                 out.print_json(json.dumps(report.to_dict()))
             else:
