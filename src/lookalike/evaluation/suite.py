@@ -30,6 +30,7 @@ class DatasetSpec:
     id_column: str | None = None
     image_column: str | None = None
     where: list[str] = field(default_factory=list)  # rows to keep, filter syntax of lookalike search
+    garments: bool = False  # also find the garments of the data set's outfit shots (ingest's garments stage; minutes on a big set)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def load_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{path}: data set {name!r} needs a 'catalogue' path")
         where = spec.get("where", [])
         datasets[name] = DatasetSpec(name, _resolve(path.parent, spec["catalogue"]), spec.get("id_column"), spec.get("image_column"),
-                                     [where] if isinstance(where, str) else list(where))
+                                     [where] if isinstance(where, str) else list(where), bool(spec.get("garments", False)))
     raw_tasks = data.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise SuiteError(f"{path}: 'tasks' must be a non-empty list")

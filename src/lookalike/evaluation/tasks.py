@@ -51,7 +51,7 @@ def load_dataset(spec: DatasetSpec, engine: Engine) -> DatasetEmbeddings:
     """Ingest (incrementally: cached stores re-embed nothing) and collect the rows the suite keeps."""
     from ..ingest.catalogue import CatalogueRow, read_catalogue
 
-    report = engine.ingest(spec.catalogue, spec.id_column, spec.image_column)
+    report = engine.ingest(spec.catalogue, spec.id_column, spec.image_column, garments=spec.garments)
     rows = [r for r in read_catalogue(spec.catalogue, spec.id_column, spec.image_column) if isinstance(r, CatalogueRow)]
     if spec.where:
         columns = MetadataColumns()
