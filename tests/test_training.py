@@ -497,3 +497,45 @@ def test_a_tagger_file_from_another_store_tags_this_one(engine, tmp_path, demo_s
         chosen = second.tagging.load_file(taggers_file)
         assert second.tagging.tag(taggers=chosen) == 305
         assert second.get("878ff7a3").tags["category"]["value"] == "Blazer"
+
+
+# ---- keeping the backbone's share of the similarity -----------------------------------------------------
+def test_a_backbone_share_mixes_the_two_similarities_and_serves(trained_store, tmp_path):
+    """--backbone-share 0.5: each cosine is half the head's and half the backbone's, the share is
+    part of the hashed weights (an edit is refused), search serves it and codes refuse it."""
+    path, name, _ = trained_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    with Engine.open(store) as engine:
+        plain = load_model(models_dir(store) / name)
+        mixed = engine.train_embedding(EmbeddingOptions(positives=["category"], views=2, holdout=0.3, steps=300, dim=64, hidden=512, batch_classes=12,
+                                                        backbone_share=0.5, name="mixed"))
+        assert mixed.head.dim == 64 + 1280 and load_model(models_dir(store) / "mixed").head.backbone_share == 0.5
+        features = np.random.default_rng(0).normal(size=(5, 1280)).astype(np.float32)
+        unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+        out = mixed.head(features)
+        assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+        head_only = mixed.head(features)[:, :64] / np.sqrt(0.5)
+        assert np.allclose(out @ out.T, 0.5 * head_only @ head_only.T + 0.5 * unit @ unit.T, atol=1e-5)
+        # same seed and data as the plain model: the head part is the plain model's head
+        assert np.allclose(head_only, plain.head(features), atol=1e-5)
+        # a street-like view of a held-out product finds its own photo at least as often as without the share
+        assert mixed.info["validation"]["fine_tuned"]["view_recall_at_1"] >= plain.info["validation"]["fine_tuned"]["view_recall_at_1"]
+        with pytest.raises(ModelError, match="backbone share"):
+            engine.train_quantizer(QuantizerOptions(model="mixed", bits=32, steps=5))
+        engine.reindex("mixed")
+        hits = engine.search(DEMO_CSV.parent / "images" / "878ff7a3.jpg", k=3)
+        assert hits[0].id == "878ff7a3" and hits[0].score > 0.99
+    folder = models_dir(store) / "mixed"
+    weights = np.load(folder / "weights.npz")
+    arrays = {k: weights[k] for k in weights.files}
+    arrays["backbone_share"] = np.array([0.9])
+    np.savez(folder / "weights.npz", **arrays)
+    with pytest.raises(ModelError, match="does not match"):
+        load_model(folder)
+
+
+def test_a_backbone_share_out_of_range_is_refused(engine):
+    for share in (-0.1, 1.0, float("nan")):
+        with pytest.raises(TrainingDataError, match="backbone share"):
+            engine.train_embedding(EmbeddingOptions(positives=["category"], backbone_share=share, steps=1))

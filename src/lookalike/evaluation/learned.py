@@ -73,6 +73,7 @@ def _rerank(coarse: np.ndarray, queries: np.ndarray, vectors: np.ndarray, depth:
 
 def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
     from ..common.untyped import faiss
+    from ..models.artefacts import EmbeddingHead
     from ..training import EmbeddingOptions, QuantizerOptions
     from ..vectors.quantizer import sign_codes
 
@@ -110,6 +111,9 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     tuned_embed = model.head
     columns = [_float_column("off-the-shelf float", lambda b: b, base_vectors),
                _float_column(f"fine-tuned float ({options.loss} loss)", tuned_embed, tuned)]
+    for share in task.options.get("backbone_shares") or []:  # the same head, a share of each similarity kept from the backbone
+        mixed = EmbeddingHead(model.head.layers, model.head.conv, float(share))
+        columns.append(_float_column(f"fine-tuned float, backbone share {float(share):g}", mixed, mixed(base_vectors)))
     if options.street is not None:  # the same training without street positives, for the comparison
         plain = engine.train_embedding(replace(options, street=None), save=False).head
         columns.append(_float_column(f"fine-tuned float ({options.loss} loss), no street positives", plain, plain(base_vectors)))

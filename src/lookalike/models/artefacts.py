@@ -42,14 +42,22 @@ class EmbeddingHead:
 
     layers: list[tuple[np.ndarray, np.ndarray]]
     conv: tuple[np.ndarray, np.ndarray] | None = None
+    # > 0: the unit backbone features are appended, weighted so that this share of every cosine
+    # similarity comes from the backbone: the class structure the head learned, plus the detail
+    # that tells one photo of a product from its near-twins (which a class loss trains away)
+    backbone_share: float = 0.0
 
     @property
     def input_dim(self) -> int:
         return int(self.layers[0][0].shape[0])
 
     @property
-    def dim(self) -> int:
+    def head_dim(self) -> int:
         return int(self.layers[-1][0].shape[1])
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim + (self.input_dim if self.backbone_share > 0 else 0)
 
     def pooled(self, maps: np.ndarray) -> np.ndarray:
         if self.conv is None:
@@ -60,13 +68,20 @@ class EmbeddingHead:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        x = self.pooled(features) if self.conv is not None else np.asarray(features, dtype=np.float32)
+        base = self.pooled(features) if self.conv is not None else np.asarray(features, dtype=np.float32)
+        x = base
         for i, (weight, bias) in enumerate(self.layers):
             x = x @ weight + bias
             if i < len(self.layers) - 1:
                 np.maximum(x, 0, out=x)
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+        x = _unit(x)
+        if self.backbone_share > 0:
+            x = np.concatenate([np.sqrt(1.0 - self.backbone_share) * x, np.sqrt(self.backbone_share) * _unit(base)], axis=1)
+        return x.astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -128,6 +143,8 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
         arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"] = weight.astype(np.float32), bias.astype(np.float32)
     if head.conv is not None:
         arrays["conv_weight"], arrays["conv_bias"] = head.conv[0].astype(np.float32), head.conv[1].astype(np.float32)
+    if head.backbone_share > 0:  # in the weights, so the hash covers it
+        arrays["backbone_share"] = np.array([head.backbone_share], dtype=np.float64)
     if quantizer is not None:
         arrays["codebooks"] = quantizer.codebooks.astype(np.float32)
         arrays["norm_range"] = np.array(quantizer.norm_range, dtype=np.float64)
@@ -183,4 +200,8 @@ def load_model(path: Path) -> TrainedModel:
     layers = [(arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"]) for i in range(int(info["layers"]))]
     quantizer = AdditiveQuantizer(arrays["codebooks"], tuple(arrays["norm_range"].tolist())) if "codebooks" in arrays else None
     conv = (arrays["conv_weight"], arrays["conv_bias"]) if "conv_weight" in arrays else None
-    return TrainedModel(info["name"], path, info, EmbeddingHead(layers, conv), quantizer, holdout)
+    stored = arrays.get("backbone_share", np.zeros(1)).ravel()
+    share = float(stored[0]) if stored.size == 1 and stored.dtype.kind == "f" else float("nan")
+    if not 0.0 <= share < 1.0:
+        raise ModelError(f"model at {path}: backbone share {share} is not in [0, 1)")
+    return TrainedModel(info["name"], path, info, EmbeddingHead(layers, conv, share), quantizer, holdout)
