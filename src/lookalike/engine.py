@@ -16,17 +16,16 @@ from threadpoolctl import threadpool_limits
 from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
 from .config import Settings, load_settings, split_list
-from .detection import DetectorError
 from .detection.service import FinderLoader
-from .images import ImageLimits, ImageSource, set_decode_budget
+from .images import ImageSource, set_decode_budget
 from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory, default_distributor
 from .ingest.catalogue import count_rows
-from .ingest.garments import VERSION_META, find_catalogue_garments
+from .ingest.garments import VERSION_META, find_catalogue_garments, garments_after_ingest
 from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
 from .models import Encoder, adopt_model, get_encoder
 from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex
-from .search.look import Look, LookService, LookUnavailable
+from .search.look import Look, LookService
 from .search.view import CatalogueView
 from .security.paths import PathPolicy
 from .storage import Product
@@ -110,33 +109,19 @@ class Engine(Catalog):
     def ingest(self, source: str | Path, id_column: str | None = None, image_column: str | None = None, prune: bool = False,
                progress: Progress | None = None, distributor: Distributor | None = None, batch_size: int | None = None,
                force_prune: bool = False, paths: PathPolicy | None = None, label: str | None = None, garments: bool | None = None) -> IngestReport:
-        """Add or update every product of a catalogue file or folder (see :mod:`lookalike.ingest`);
-        only new or changed images are embedded; ``prune`` deletes products no longer listed (at
-        most ``max_prune_fraction`` unless ``force_prune``); ``paths`` confines server-side paths;
-        ``garments`` (default: the ``ingest_garments`` setting) then finds the garments of new
-        outfit shots, as :meth:`find_garments` does."""
+        """Add or update a catalogue's products (see :mod:`lookalike.ingest`): only new or changed images are embedded;
+        ``prune`` deletes unlisted products (at most ``max_prune_fraction`` unless ``force_prune``); ``paths`` confines
+        server-side paths; ``garments`` (default: ``ingest_garments``) then finds new outfit shots' garments."""
         with self.jobs.exclusive("ingest", label or str(source)) as job:
-            limits = self.limits if paths is None else self.limits.confined(paths)
+            limits, progress = self.limits if paths is None else self.limits.confined(paths), fan_out(job.progress, progress)
             mapper = MapperFactory(self.encoder, limits, self.settings.thumbnail_size, self.settings.max_downloads)
             pipeline = IngestPipeline(self.store, self.searcher.serving, mapper, self.settings, distributor, batch_size, self.closing)
-            request = IngestRequest(source, id_column, image_column, prune, force_prune, label)
-            report = pipeline.run(request, fan_out(job.progress, progress), count_rows(source), on_report=job.set_outcome)
+            report = pipeline.run(IngestRequest(source, id_column, image_column, prune, force_prune, label), progress, count_rows(source), job.set_outcome)
             self.searcher.serving.maintain(save=True)
             self.tagging.auto_tag()
-            if self.settings.ingest_garments if garments is None else garments:
-                report.garments = self._ingest_garments(limits, fan_out(job.progress, progress))
-                job.set_outcome(report)
+            if (self.settings.ingest_garments if garments is None else garments) and self.settings.detector != "none":
+                report.garments = garments_after_ingest(self.store, limits, self.encoder, self.looks.finder, progress, self.closing)
             return report
-
-    def _ingest_garments(self, limits: ImageLimits, progress: Progress | None) -> dict[str, Any] | None:
-        """The garments stage after an ingest's write: only photos not looked at yet are read.  The
-        products are already committed, so a failure here is reported, never the ingest's."""
-        if self.settings.detector == "none" or self.closing.is_set():
-            return None
-        try:
-            return find_catalogue_garments(self.store, limits, self.encoder, self.looks.finder(), progress, self.closing).to_dict()
-        except (LookUnavailable, DetectorError, OSError) as exc:
-            return {"error": str(exc)}
 
     def reindex(self, model: str, progress: Progress | None = None, batch_size: int = 64, allow_paths: bool = True, distributor: Distributor | None = None) -> dict[str, Any]:
         """Re-embed the catalogue with another model and switch to it atomically; search keeps

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..common.progress import Progress
+from ..detection import DetectorError
 from ..images import ImageError, ImageLimits, load_source_or_thumbnail
 from ..models.encoders import Encoder
 from ..search.look import PERSON_AREA, GarmentFinder, LookUnavailable, crop_box, main_garment
@@ -53,6 +54,19 @@ def find_catalogue_garments(store: Any, limits: ImageLimits, encoder: Encoder, f
     another process was busy)."""
     with threadpool_limits(1, user_api="blas"):
         return _find_garments(store, limits, encoder, finder, progress, stop)
+
+
+def garments_after_ingest(store: Any, limits: ImageLimits, encoder: Encoder, finder: Callable[[], GarmentFinder | None],
+                          progress: Progress | None = None, stop: threading.Event | None = None) -> dict[str, Any] | None:
+    """The garments stage at the end of an ingest: only photos not looked at yet are read.  The
+    products are already committed, so a finder that cannot be loaded is reported in the
+    ingest's report, never costs the ingest."""
+    if stop is not None and stop.is_set():
+        return None
+    try:
+        return find_catalogue_garments(store, limits, encoder, finder(), progress, stop).to_dict()
+    except (LookUnavailable, DetectorError, OSError) as exc:
+        return {"error": str(exc)}
 
 
 def _find_garments(store: Any, limits: ImageLimits, encoder: Encoder, finder: GarmentFinder | None,
