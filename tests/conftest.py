@@ -22,6 +22,11 @@ from lookalike.models.encoders import FakeEncoder
 register_encoder("fake", FakeEncoder.factory)
 register_encoder("fake-wide", lambda settings=None: FakeEncoder(dim=48, name="fake-wide"))  # a second model to re-index to
 
+# The garments stage of ingest (on by default for users) costs ~15 s per demo ingest; tests that
+# are not about it skip it, the CLI and server subprocesses too (they inherit the environment).
+# The tests of the stage ask for it (garments=True, --garments), and the default is tested on its own.
+os.environ.setdefault("LOOKALIKE_INGEST_GARMENTS", "false")
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CSV = ROOT / "examples" / "demo" / "products.csv"
 SHARED = Path(os.environ.get("LOOKALIKE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -37,7 +42,7 @@ def demo_store(tmp_path_factory) -> Path:
     """The demo catalogue ingested once per test session (read-only: copy it to change it)."""
     path = tmp_path_factory.mktemp("demo") / "store"
     with Engine.open(path) as engine:
-        report = engine.ingest(DEMO_CSV, garments=False)  # the garments stage has its own tests (test_look)
+        report = engine.ingest(DEMO_CSV)
         assert report.added == 305 and not report.skipped
     return path
 

@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lookalike import Engine
+from lookalike.config import Settings, load_settings
 from lookalike.detection import DetectorError, GarmentDetector, box_iou, ccp_group_map, load_detector, resolve_detector
 from lookalike.detection.annotations import AnnotationError, read_annotations
 from lookalike.detection.artefact import save_detector
@@ -488,8 +489,9 @@ def _outfit_catalogue(tmp_path: Path) -> Path:
 
 
 def test_ingest_finds_the_garments_of_outfit_shots_by_itself(tmp_path):
+    assert Settings().ingest_garments and load_settings(environ={}).ingest_garments  # on by default (this suite's environment turns it off)
     catalogue = _outfit_catalogue(tmp_path)
-    with Engine.open(tmp_path / "store") as engine:
+    with Engine.open(tmp_path / "store", ingest_garments=True) as engine:
         report = engine.ingest(catalogue)
         assert report.garments is not None and report.garments["looked_at"] == 14 and report.garments["with_person"] >= 2
         regions = engine.store.regions(engine.encoder.identity)
@@ -499,7 +501,7 @@ def test_ingest_finds_the_garments_of_outfit_shots_by_itself(tmp_path):
         assert all(g.hits[0].id == "outfit-0122" and g.hits[0].score > 0.99 for g in found.garments)  # matched by its own garment
         assert engine.ingest(catalogue).garments["looked_at"] == 0  # unchanged photos are not looked at again
     # the CLI reports the stage, and --no-garments skips it
-    result = runner.invoke(app, ["--store", str(tmp_path / "cli"), "ingest", str(catalogue)])
+    result = runner.invoke(app, ["--store", str(tmp_path / "cli"), "ingest", str(catalogue), "--garments"])
     assert result.exit_code == 0 and "garments of outfit shots: 14 photos looked at" in result.output, result.output
     result = runner.invoke(app, ["--store", str(tmp_path / "off"), "ingest", str(catalogue), "--no-garments", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["garments"] is None
@@ -512,12 +514,12 @@ def test_a_damaged_finder_never_costs_an_ingest_its_products(tmp_path):
     folder = _copy_default(tmp_path / "store" / "detectors")
     (folder / "weights.npz").write_bytes(b"not a zip")
     with Engine.open(tmp_path / "store") as engine:
-        report = engine.ingest(catalogue)
+        report = engine.ingest(catalogue, garments=True)
         assert report.added == 14 and engine.store.count() == 14
         assert "weights cannot be read" in report.garments["error"]
         assert "lookalike garments" in report.summary()
     with Engine.open(tmp_path / "none", detector="none") as engine:
-        assert engine.ingest(catalogue).garments is None and engine.store.count() == 14
+        assert engine.ingest(catalogue, garments=True).garments is None and engine.store.count() == 14
 
 
 def test_another_finder_looks_at_every_photo_again(store_copy):
