@@ -28,7 +28,7 @@ import numpy as np
 from ..common.metrics import bootstrap, ranking_metrics
 from ..common.views import ALTERATIONS, alter
 from .suite import Suite, SuiteError, TaskSpec
-from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops, street_photo_keys
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _groups_from_pairs, street_crops, street_photo_keys, street_positives
 
 RERANK_DEPTH = 100
 
@@ -180,15 +180,12 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
 def street_training(task: TaskSpec, suite: Suite) -> Any:
     """With ``street_training: true``, street crops of the task's boxes become cross-domain
     positives, except those in the photos the task measures on (``street_photos``)."""
-    from ..training.street import StreetOptions
-
     if not task.options.get("street_training"):
         return None
     if not task.options.get("boxes") or not task.options.get("street_photos"):
         raise SuiteError(f"task {task.name!r}: street_training needs 'boxes' and 'street_photos' (the photos measured on, never trained on)")
-    column = str(task.options.get("column", "article_type"))
-    return StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": column, "labels": task.options.get("label_map") or {}},
-                         exclude=sorted(street_photo_keys(task, suite) or ()), weight=float(task.options.get("street_weight", 1.0)))
+    return street_positives(task, suite, str(task.options.get("column", "article_type")), task.options.get("label_map") or {},
+                            street_photo_keys(task, suite) or (), float(task.options.get("street_weight", 1.0)))
 
 
 def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Representation]:

@@ -37,7 +37,7 @@ from ..detection.training import score_photo
 from ..images import ImageError, load_image
 from ..search.look import GroupCategories, crop_box
 from .suite import Suite, SuiteError, TaskSpec
-from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _embed_images, summarise
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _embed_images, street_positives, summarise
 
 GALLERY = 6
 
@@ -70,7 +70,7 @@ def _street_model(task: TaskSpec, data: DatasetEmbeddings, suite: Suite, column:
     the run on the catalogue's ``column`` with the street boxes of the photos the detector trained
     on as cross-domain positives (never the photos measured here), and every vector goes through
     its head; otherwise the store's vectors are used as they are."""
-    from ..training import EmbeddingOptions, StreetOptions
+    from ..training import EmbeddingOptions
 
     spec = task.options.get("train_embedding")
     if not spec:
@@ -79,8 +79,7 @@ def _street_model(task: TaskSpec, data: DatasetEmbeddings, suite: Suite, column:
         spec = {}
     if not held:
         raise SuiteError(f"task {task.name!r}: train_embedding needs a detector with a held-out photo list, so training never sees the photos measured")
-    street = StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": column, "labels": label_map}, exclude=sorted(held),
-                           weight=float(spec.get("street_weight", 1.0)))
+    street = street_positives(task, suite, column, label_map, held, float(spec.get("street_weight", 1.0)))
     options = EmbeddingOptions(positives=[column], seed=suite.seed, street=street, steps=int(spec.get("steps", 1500)),
                                holdout=float(spec.get("holdout", 0.2)), loss=str(spec.get("loss", "proxy-anchor")))
     model = data.engine.train_embedding(options, save=False)

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
@@ -324,9 +324,19 @@ def street_photo_keys(task: TaskSpec, suite: Suite) -> set[str] | None:
     return {str(k) for k in keys}
 
 
+def street_positives(task: TaskSpec, suite: Suite, column: str, label_map: dict[str, Any], exclude: Iterable[str], weight: float) -> Any:
+    """The task's street boxes as cross-domain positives of a model trained in the run
+    (:class:`~lookalike.training.StreetOptions`), never from the ``exclude``d photos."""
+    from ..training import StreetOptions
+
+    return StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": column, "labels": label_map}, exclude=sorted(exclude), weight=weight)
+
+
 def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
     """Read the task's boxes file and crop every box whose label has a catalogue mapping
-    (only in the photos of ``street_photos`` when the task names them)."""
+    (only in the photos of ``street_photos`` when the task names them), as training crops them."""
+    from ..training.features import padded_box
+
     boxes_path = task.path("boxes", suite.base)
     images_base = task.path("images", suite.base) if task.options.get("images") else boxes_path.parent
     column, label_map = task.options["column"], task.options.get("label_map") or {}
@@ -350,10 +360,10 @@ def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
             image = current[1] if current is not None and current[0] == path else load_image(path)
             current = (path, image)
             x1, y1, x2, y2 = (float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-            pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
-            crop = image.crop((max(0, x1 - pw), max(0, y1 - ph), min(image.width, x2 + pw), min(image.height, y2 + ph)))
-            if crop.width < 8 or crop.height < 8:
+            region = padded_box((x1, y1, x2, y2), image.width, image.height, padding)
+            if region is None:
                 raise ImageError("corrupt", "box too small")
+            crop = image.crop(region)
         except (ImageError, KeyError, ValueError):
             unreadable += 1
             continue

@@ -64,8 +64,7 @@ class EmbeddingHead:
             raise ModelError("this head has no convolution: it takes pooled features, not feature maps")
         weight, bias = self.conv
         x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1, weight.shape[0]) @ weight + bias
-        x = np.clip(x, 0.0, 6.0).mean(axis=1)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return _unit(np.clip(x, 0.0, 6.0).mean(axis=1))
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         base = self.pooled(features) if self.conv is not None else np.asarray(features, dtype=np.float32)

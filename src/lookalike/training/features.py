@@ -59,10 +59,12 @@ def view_seed(product_id: str, view: int, seed: int) -> int:
 
 
 def padded_box(box: tuple[float, float, float, float], width: int, height: int, padding: float = PADDING) -> tuple[int, int, int, int] | None:
-    """The box with some context, inside the photo; None when it is too small to use."""
+    """The box with some context, inside the photo, in whole pixels rounded as Pillow's crop
+    rounds; None when it is too small to use.  Training and the street-to-shop evaluation crop
+    street garments with this one rule."""
     x1, y1, x2, y2 = box
     pw, ph = (x2 - x1) * padding, (y2 - y1) * padding
-    out = (int(max(0, x1 - pw)), int(max(0, y1 - ph)), int(min(width, x2 + pw)), int(min(height, y2 + ph)))
+    out = (round(max(0, x1 - pw)), round(max(0, y1 - ph)), round(min(width, x2 + pw)), round(min(height, y2 + ph)))
     return out if out[2] - out[0] >= MIN_SIDE and out[3] - out[1] >= MIN_SIDE else None
 
 
