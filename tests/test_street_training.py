@@ -71,6 +71,24 @@ def test_hostile_or_malformed_boxes_are_refused_naming_the_line(tmp_path, row, r
         read_street_boxes(path)
 
 
+def test_oversized_box_files_and_label_maps_are_refused(tmp_path, monkeypatch):
+    import lookalike.training.street as street
+
+    monkeypatch.setattr(street, "MAX_ROWS", 3)
+    path = tmp_path / "boxes.csv"
+    path.write_text(HEADER + "a.jpg,shoes,1,1,20,20\n" * 4)
+    with pytest.raises(TrainingDataError, match="more than 3 rows"):
+        read_street_boxes(path)
+    path.write_text(HEADER + "a.jpg,shoes,1,1,20,20\n" * 3)
+    assert len(read_street_boxes(path)) == 3
+    monkeypatch.setattr(street, "MAX_LABELS", 2)
+    with pytest.raises(TrainingDataError, match="more than 2 labels"):
+        read_label_map({"a": "A", "b": "B", "c": "C"})
+    path.write_bytes(b"image_file,label,x1,y1,x2,y2\n\xff\xfe,shoes,1,1,2,2\n")  # not UTF-8
+    with pytest.raises(TrainingDataError, match="cannot be read"):
+        read_street_boxes(path)
+
+
 def test_boxes_need_their_columns(tmp_path):
     path = tmp_path / "boxes.csv"
     path.write_text("image_file,label\na.jpg,shoes\n")
