@@ -153,6 +153,19 @@ def test_suite_errors_name_the_problem(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+def test_street_label_maps_are_read_by_the_training_rule():
+    from lookalike.evaluation.suite import TaskSpec
+    from lookalike.evaluation.tasks import street_label_map
+    from lookalike.training.street import read_label_map
+
+    raw = {" Shoes ": ["Casual Shoes", "Heels"], "dress": "Dresses"}
+    task = TaskSpec("t", "street_to_shop", "a", {"column": "article_type", "label_map": raw})
+    assert street_label_map(task) == read_label_map(raw)[1] == {"shoes": {"casual shoes", "heels"}, "dress": {"dresses"}}
+    for bad in ({}, None, {"shoes": [{"nested": 1}]}):
+        with pytest.raises(SuiteError, match="task 't'"):
+            street_label_map(TaskSpec("t", "street_to_shop", "a", {"column": "article_type", "label_map": bad}))
+
+
 @requires_shared
 def test_shipped_suite_loads_and_points_at_the_shared_data():
     suite = load_suite(ROOT / "suites" / "shared.yaml")

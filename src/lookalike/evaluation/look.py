@@ -37,7 +37,7 @@ from ..detection.training import score_photo
 from ..images import ImageError, load_image
 from ..search.look import GroupCategories, crop_box
 from .suite import Suite, SuiteError, TaskSpec
-from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _embed_images, street_positives, summarise
+from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, _embed_images, street_label_map, street_positives, summarise
 
 GALLERY = 6
 
@@ -143,7 +143,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     categories = _categories(task, data)
     column = task.options["column"]
     raw_map = task.options.get("label_map") or {}
-    label_map = {str(k).lower(): {str(v).strip().lower() for v in (vs if isinstance(vs, list) else [vs])} for k, vs in raw_map.items()}
+    label_map = street_label_map(task)
     group_map = GroupMap.from_dict(detector.artefact.info.get("label_map") or {}, "the detector's label map")
     images_csv = task.path("annotations", suite.base)
     labels_csv = task.path("labels", suite.base)

@@ -324,6 +324,20 @@ def street_photo_keys(task: TaskSpec, suite: Suite) -> set[str] | None:
     return {str(k) for k in keys}
 
 
+def street_label_map(task: TaskSpec) -> dict[str, set[str]]:
+    """The task's ``label_map`` (street label -> values of its ``column``), read by the same rule
+    as ``lookalike train embedding --street-labels`` so evaluation and training never disagree."""
+    from ..training.street import TrainingDataError, read_label_map
+
+    column, raw = task.options["column"], task.options.get("label_map")
+    if not isinstance(raw, dict) or not raw:
+        raise SuiteError(f"task {task.name!r}: needs 'label_map' from street labels to values of {column!r}")
+    try:
+        return read_label_map({"column": column, "labels": raw})[1] or {}
+    except TrainingDataError as exc:
+        raise SuiteError(f"task {task.name!r}: {exc}") from exc
+
+
 def street_positives(task: TaskSpec, suite: Suite, column: str, label_map: dict[str, Any], exclude: Iterable[str], weight: float) -> Any:
     """The task's street boxes as cross-domain positives of a model trained in the run
     (:class:`~lookalike.training.StreetOptions`), never from the ``exclude``d photos."""
@@ -339,10 +353,7 @@ def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
 
     boxes_path = task.path("boxes", suite.base)
     images_base = task.path("images", suite.base) if task.options.get("images") else boxes_path.parent
-    column, label_map = task.options["column"], task.options.get("label_map") or {}
-    if not isinstance(label_map, dict) or not label_map:
-        raise SuiteError(f"task {task.name!r}: needs 'label_map' from street labels to values of {column!r}")
-    wanted = {str(k).lower(): {str(v).strip().lower() for v in (vs if isinstance(vs, list) else [vs])} for k, vs in label_map.items()}
+    wanted = street_label_map(task)
     padding = float(task.options.get("padding", 0.1))
     rows = list(csv.DictReader(boxes_path.open(newline="", encoding="utf-8")))
     only = street_photo_keys(task, suite)
