@@ -204,3 +204,30 @@ def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
     paths = write_report(result, tmp_path / "report")
     markdown = paths["markdown"].read_text()
     assert "| measure | off-the-shelf float | fine-tuned float (proxy-anchor loss) |" in markdown and "| bytes/product | 5,120 | 512 |" in markdown
+
+
+def test_the_near_duplicate_lift_keeps_a_copy_first_and_the_tuned_order_otherwise():
+    import numpy as np
+
+    from lookalike.evaluation.learned import _gated_column
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+    def head(b):  # a stand-in head that sees only the first two coordinates
+        return unit(b[:, :2])
+
+    rng = np.random.default_rng(0)
+    backbone = unit(rng.normal(size=(6, 16)))
+    copy = unit(backbone[2] + 0.05 * rng.normal(size=16))  # a re-processed photo of product 2
+    backbone[4, :2] = copy[:2] * 3  # product 4 looks exactly like the copy to the head
+    backbone = unit(backbone)
+    tuned = head(backbone)
+    assert float(copy @ backbone[2]) > 0.95 and int(np.argmax(head(copy[None]) @ tuned.T)) == 4
+    column = _gated_column(head, tuned, backbone, margin=0.02, weight=1.0, floor=0.85)
+    score = column.scorer(np.arange(6))
+    assert int(np.argmax(score(copy[None])[0])) == 2
+    far = unit(rng.normal(size=(1, 16)))
+    assert float((far @ backbone.T).max()) < 0.85  # nothing near: the tuned order, untouched
+    np.testing.assert_allclose(score(far)[0], (head(far) @ tuned.T)[0], rtol=1e-6)
+    assert column.bytes_per_item == (2 + 16) * 4

@@ -114,6 +114,10 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     for share in task.options.get("backbone_shares") or []:  # the same head, a share of each similarity kept from the backbone
         mixed = EmbeddingHead(model.head.layers, model.head.conv, float(share))
         columns.append(_float_column(f"fine-tuned float, backbone share {float(share):g}", mixed, mixed(base_vectors)))
+    gate = task.options.get("near_duplicate_gate")
+    if gate:  # the tuned ranking, with the backbone's near-duplicates of each query lifted to the top
+        columns.append(_gated_column(model.head, tuned, base_vectors, float(gate.get("margin", 0.02)), float(gate.get("weight", 1.0)),
+                                     float(gate.get("floor", 0.85))))
     if options.street is not None:  # the same training without street positives, for the comparison
         plain = engine.train_embedding(replace(options, street=None), save=False).head
         columns.append(_float_column(f"fine-tuned float ({options.loss} loss), no street positives", plain, plain(base_vectors)))
@@ -220,6 +224,27 @@ def _float_column(name: str, embed: Callable[[np.ndarray], np.ndarray], gallery:
         return lambda q: q @ selected.T
 
     return Representation(name, gallery.shape[1] * 4, embed, scorer)
+
+
+def _gated_column(head: Callable[[np.ndarray], np.ndarray], tuned: np.ndarray, backbone: np.ndarray, margin: float,
+                  weight: float, floor: float) -> Representation:
+    """Tuned cosine plus ``weight`` times how far the backbone cosine rises into the top ``margin``
+    of the query's own best backbone cosine, and above ``floor`` (re-processed copies of one photo
+    sit above 0.85 with Lite0; a street crop and a packshot rarely do): a photo of the same product
+    stays first, as off the shelf, while everything else keeps the tuned order.  Needs both
+    vectors of every product."""
+    def scorer(rows: np.ndarray) -> Scorer:
+        t_rows, b_rows = np.ascontiguousarray(tuned[rows]), np.ascontiguousarray(backbone[rows])
+
+        def score(queries: np.ndarray) -> np.ndarray:
+            near = queries @ b_rows.T
+            gate = np.maximum(near.max(axis=1, keepdims=True) - margin, floor)
+            lift = np.maximum(0.0, near - gate) / margin
+            return head(queries) @ t_rows.T + weight * lift
+        return score
+
+    return Representation(f"fine-tuned float + backbone near-duplicate lift (margin {margin:g})",
+                          (tuned.shape[1] + backbone.shape[1]) * 4, lambda b: b, scorer)
 
 
 def _pq_scorer(trained: Any, vectors: np.ndarray, rows: np.ndarray) -> Scorer:
