@@ -164,6 +164,8 @@ def test_street_label_maps_are_read_by_the_training_rule():
     for bad in ({}, None, {"shoes": [{"nested": 1}]}):
         with pytest.raises(SuiteError, match="task 't'"):
             street_label_map(TaskSpec("t", "street_to_shop", "a", {"column": "article_type", "label_map": bad}))
+    with pytest.raises(SuiteError, match="needs 'column'"):
+        street_label_map(TaskSpec("t", "street_to_shop", "a", {"label_map": raw}))
 
 
 @requires_shared

@@ -188,8 +188,7 @@ def street_training(task: TaskSpec, suite: Suite) -> Any:
         return None
     if not task.options.get("boxes") or not task.options.get("street_photos"):
         raise SuiteError(f"task {task.name!r}: street_training needs 'boxes' and 'street_photos' (the photos measured on, never trained on)")
-    return street_positives(task, suite, str(task.options.get("column", "article_type")), task.options.get("label_map") or {},
-                            street_photo_keys(task, suite) or (), float(task.options.get("street_weight", 1.0)))
+    return street_positives(task, suite, street_photo_keys(task, suite) or (), float(task.options.get("street_weight", 1.0)))
 
 
 def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Representation]:

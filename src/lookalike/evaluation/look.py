@@ -64,7 +64,7 @@ def _as_stored(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def _street_model(task: TaskSpec, data: DatasetEmbeddings, suite: Suite, column: str, label_map: dict[str, Any],
+def _street_model(task: TaskSpec, data: DatasetEmbeddings, suite: Suite, column: str,
                   held: set[str]) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
     """With ``train_embedding`` (options of `lookalike train embedding`), a model is trained inside
     the run on the catalogue's ``column`` with the street boxes of the photos the detector trained
@@ -79,7 +79,7 @@ def _street_model(task: TaskSpec, data: DatasetEmbeddings, suite: Suite, column:
         spec = {}
     if not held:
         raise SuiteError(f"task {task.name!r}: train_embedding needs a detector with a held-out photo list, so training never sees the photos measured")
-    street = street_positives(task, suite, column, label_map, held, float(spec.get("street_weight", 1.0)))
+    street = street_positives(task, suite, held, float(spec.get("street_weight", 1.0)))
     options = EmbeddingOptions(positives=[column], seed=suite.seed, street=street, steps=int(spec.get("steps", 1500)),
                                holdout=float(spec.get("holdout", 0.2)), loss=str(spec.get("loss", "proxy-anchor")))
     model = data.engine.train_embedding(options, save=False)
@@ -142,7 +142,6 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     detector = _detector(task, data, suite)
     categories = _categories(task, data)
     column = task.options["column"]
-    raw_map = task.options.get("label_map") or {}
     label_map = street_label_map(task)
     group_map = GroupMap.from_dict(detector.artefact.info.get("label_map") or {}, "the detector's label map")
     images_csv = task.path("annotations", suite.base)
@@ -160,7 +159,7 @@ def run_shop_the_look(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(column)])
     allowed = {g: np.isin(values, [v.lower() for v in categories.values.get(g, ())]) for g in detector.groups} if categories else {}
 
-    project, model_notes = _street_model(task, data, suite, column, raw_map, held)
+    project, model_notes = _street_model(task, data, suite, column, held)
     vectors = project(data.vectors)
     garments = {g: (p, project(m)) for g, (p, m) in _catalogue_garments(data, detector.groups).items()}
 

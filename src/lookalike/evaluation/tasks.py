@@ -329,7 +329,9 @@ def street_label_map(task: TaskSpec) -> dict[str, set[str]]:
     as ``lookalike train embedding --street-labels`` so evaluation and training never disagree."""
     from ..training.street import TrainingDataError, read_label_map
 
-    column, raw = task.options["column"], task.options.get("label_map")
+    column, raw = task.options.get("column"), task.options.get("label_map")
+    if not column:
+        raise SuiteError(f"task {task.name!r}: needs 'column', the catalogue column street labels map to")
     if not isinstance(raw, dict) or not raw:
         raise SuiteError(f"task {task.name!r}: needs 'label_map' from street labels to values of {column!r}")
     try:
@@ -338,12 +340,15 @@ def street_label_map(task: TaskSpec) -> dict[str, set[str]]:
         raise SuiteError(f"task {task.name!r}: {exc}") from exc
 
 
-def street_positives(task: TaskSpec, suite: Suite, column: str, label_map: dict[str, Any], exclude: Iterable[str], weight: float) -> Any:
-    """The task's street boxes as cross-domain positives of a model trained in the run
-    (:class:`~lookalike.training.StreetOptions`), never from the ``exclude``d photos."""
+def street_positives(task: TaskSpec, suite: Suite, exclude: Iterable[str], weight: float) -> Any:
+    """The task's street boxes, labelled by its ``column`` and ``label_map``, as cross-domain
+    positives of a model trained in the run (:class:`~lookalike.training.StreetOptions`), never
+    from the ``exclude``d photos.  A bad label map is refused here, before minutes of training."""
     from ..training import StreetOptions
 
-    return StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": column, "labels": label_map}, exclude=sorted(exclude), weight=weight)
+    street_label_map(task)
+    return StreetOptions(boxes=str(task.path("boxes", suite.base)), labels={"column": task.options["column"], "labels": task.options["label_map"]},
+                         exclude=sorted(exclude), weight=weight)
 
 
 def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
