@@ -233,3 +233,13 @@ def test_the_near_duplicate_lift_keeps_a_copy_first_and_the_tuned_order_otherwis
     assert float((far @ backbone.T).max()) < 0.85  # nothing near: the tuned order, untouched
     np.testing.assert_allclose(score(far)[0], (head(far) @ tuned.T)[0], rtol=1e-6)
     assert column.bytes_per_item == (2 + 16) * 4
+
+
+@pytest.mark.parametrize("gate", [{"margin": 0}, {"margin": "x"}, {"floor": 2}, {"weight": -1}, [0.02], {"margn": 0.02}])
+def test_a_bad_near_duplicate_gate_is_refused_naming_the_task(gate):
+    from lookalike.evaluation.learned import _gate_options
+    from lookalike.evaluation.suite import TaskSpec
+
+    assert _gate_options(TaskSpec("t", "learned_codes", "a", {"near_duplicate_gate": {"margin": 0.05}})) == (0.05, 1.0, 0.85)
+    with pytest.raises(SuiteError, match="task 't': near_duplicate_gate"):
+        _gate_options(TaskSpec("t", "learned_codes", "a", {"near_duplicate_gate": gate}))

@@ -114,10 +114,9 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     for share in task.options.get("backbone_shares") or []:  # the same head, a share of each similarity kept from the backbone
         mixed = EmbeddingHead(model.head.layers, model.head.conv, float(share))
         columns.append(_float_column(f"fine-tuned float, backbone share {float(share):g}", mixed, mixed(base_vectors)))
-    gate = task.options.get("near_duplicate_gate")
+    gate = _gate_options(task)
     if gate:  # the tuned ranking, with the backbone's near-duplicates of each query lifted to the top
-        columns.append(_gated_column(model.head, tuned, base_vectors, float(gate.get("margin", 0.02)), float(gate.get("weight", 1.0)),
-                                     float(gate.get("floor", 0.85))))
+        columns.append(_gated_column(model.head, tuned, base_vectors, *gate))
     if options.street is not None:  # the same training without street positives, for the comparison
         plain = engine.train_embedding(replace(options, street=None), save=False).head
         columns.append(_float_column(f"fine-tuned float ({options.loss} loss), no street positives", plain, plain(base_vectors)))
@@ -223,6 +222,22 @@ def _float_column(name: str, embed: Callable[[np.ndarray], np.ndarray], gallery:
         return lambda q: q @ selected.T
 
     return Representation(name, gallery.shape[1] * 4, embed, scorer)
+
+
+def _gate_options(task: TaskSpec) -> tuple[float, float, float] | None:
+    """(margin, weight, floor) of ``near_duplicate_gate``, refused naming the task when out of range."""
+    gate = task.options.get("near_duplicate_gate")
+    if not gate:
+        return None
+    try:
+        if not isinstance(gate, dict) or set(gate) - {"margin", "weight", "floor"}:
+            raise ValueError("expected {margin, weight, floor}")
+        margin, weight, floor = (float(gate.get(k, d)) for k, d in (("margin", 0.02), ("weight", 1.0), ("floor", 0.85)))
+        if not (0 < margin <= 1 and 0 <= weight <= 100 and -1 <= floor <= 1):
+            raise ValueError("margin must be in (0, 1], weight in [0, 100], floor in [-1, 1]")
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"task {task.name!r}: near_duplicate_gate {gate!r}: {exc}") from exc
+    return margin, weight, floor
 
 
 def _gated_column(head: Callable[[np.ndarray], np.ndarray], tuned: np.ndarray, backbone: np.ndarray, margin: float,
