@@ -13,13 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[export,train,test]"
+	$(PY) -m pip install --quiet -e ".[export,train,text,test]"
 	touch $@
 
 setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/lookalike --store $(STORE) ingest examples/demo/products.csv
+	$(VENV)/bin/lookalike --store $(STORE) tag predict   # label-free colour and group tags: words like "red dress" read them
 	@echo "Open http://$(HOST):$(PORT)/ for the web app, http://$(HOST):$(PORT)/docs for the API  (Ctrl-C to stop)"
 	$(VENV)/bin/lookalike --store $(STORE) serve --host $(HOST) --port $(PORT)
 

@@ -16,6 +16,8 @@ RUNS = [
     ["learned_codes.py"],
     ["attack_resources.py"],
     ["look_latency.py"],
+    ["text_search.py"],
+    ["text_latency.py", "--products", "100000"],
 ]
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from lookalike import Engine
+from lookalike.common.colour import COLOUR_FEATURES, colour_features, dominant_colour_name
 from lookalike.tagging import CategoryTree, HierarchyError, RulesError, TaggerError, TextRules, TrainOptions
-from lookalike.tagging.colour import COLOUR_FEATURES, colour_features, dominant_colour_name
 from lookalike.tagging.model import class_weights
 from lookalike.tagging.tagger import current_tagger_path
 

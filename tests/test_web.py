@@ -237,3 +237,65 @@ def test_shop_the_look_click_a_garment_to_see_its_products(page, web_server):
         page.mouse.up()
     page.wait_for_selector("#results .results-heading:has-text('Results')")
     assert page.locator("#result-grid .card").count() > 0
+
+
+# ---- words and "like this, but…" (the demo has no titles: category labels and zero-shot tags) ----
+@pytest.fixture(scope="module")
+def tagged_server(demo_store, tmp_path_factory):
+    from lookalike import Engine
+
+    store = tmp_path_factory.mktemp("web-tagged") / "store"
+    shutil.copytree(demo_store, store)
+    with Engine.open(store) as engine:
+        engine.tag()  # label-free tags: a colour for every product, so product pages get swatches
+    server = Server(store)
+    yield server
+    server.stop()
+
+
+def test_search_by_words_alone_and_with_a_photo(page, tagged_server):
+    page.goto(tagged_server.url + "/")
+    page.evaluate("window.__marker = 1")
+    page.fill("#q", "dress")
+    with page.expect_response(lambda r: "/ui/search/text" in r.url and "q=dress" in r.url):
+        page.press("#q", "Enter")
+    page.wait_for_selector("#results .results-heading:has-text('Results for')")
+    categories = page.eval_on_selector_all("#result-grid .card li[data-column=category]", "els => els.map(e => e.textContent)")
+    dresses = categories.count("Dress")
+    assert len(categories) == 24 and dresses >= 10 and categories[:dresses] == ["Dress"] * dresses  # every dress first
+    assert "category: Dress" in page.inner_text("#read-as") and page.evaluate("window.__marker") == 1  # no reload
+    shot(page, "search-words")
+    # the words change a photo's search: "this blazer, but a dress"
+    with page.expect_response(lambda r: "/ui/search" in r.url and r.request.method == "POST"):
+        page.set_input_files("#file", str(PHOTO))
+    page.wait_for_selector("#results .results-heading:has-text('Like your photo')")
+    categories = page.eval_on_selector_all("#result-grid .card li[data-column=category]", "els => els.map(e => e.textContent)")
+    assert categories[:dresses] == ["Dress"] * dresses
+
+
+def test_words_work_without_the_script(browser, tagged_server):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(tagged_server.url + "/?q=shoes")
+        categories = page.eval_on_selector_all("#result-grid .card li[data-column=category]", "els => els.map(e => e.textContent)")
+        assert categories[:10] == ["Shoes"] * 10
+        page.goto(tagged_server.url + "/?q=" + "x" * 600)
+        assert page.locator("text=String should have at most 500 characters").count() or "500" in page.content()
+    finally:
+        context.close()
+
+
+def test_product_page_swatches_show_the_same_style_in_another_colour(page, tagged_server):
+    page.goto(tagged_server.url + "/product/878ff7a3")
+    swatches = page.locator("#same-style a.swatch")
+    assert swatches.count() >= 2
+    value = swatches.first.get_attribute("data-value")
+    swatches.first.click()
+    page.wait_for_url("**change=colour%3D**")
+    assert f"Like this, but {value}" in page.inner_text("#similar-heading")
+    colours = page.eval_on_selector_all("#similar .card li.tag[data-tag=colour]", "els => els.map(e => e.textContent)")
+    assert colours and set(colours) == {value}
+    shot(page, "product-swatches")
+    page.goto(tagged_server.url + "/product/878ff7a3?change=colour%3Dplaid-ish")
+    assert "no product has colour='plaid-ish'" in page.inner_text(".similar .error")

@@ -24,12 +24,13 @@ from .ingest.garments import VERSION_META, find_catalogue_garments, garments_aft
 from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
 from .models import Encoder, adopt_model, get_encoder
-from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex
+from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex, TextQuery
 from .search.look import Look, LookService
 from .search.view import CatalogueView
 from .security.paths import PathPolicy
 from .storage import Product
 from .tagging.service import TaggingService
+from .text import TextService
 from .vectors import BackendConfig, VectorBackend, create_backend
 
 __all__ = ["BusyError", "Engine", "NotFoundError"]
@@ -46,7 +47,7 @@ class Engine(Catalog):
             threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
             self.closing = threading.Event()  # set by close(): a running ingest stops after its last batch
             self.jobs = JobBoard()
-            self.tagging = TaggingService(self.view)
+            self.tagging, self.text = TaggingService(self.view), TextService(self.view)
             self.finders = FinderLoader(self.directory, self.settings)
             self.looks = LookService(lambda: self.searcher, self.read_image, lambda: self.finders.get(self.settings.detector),
                                      settings.garment_groups, settings.garment_search, self.store.region_matrix,
@@ -79,13 +80,8 @@ class Engine(Catalog):
     def _backend(self, encoder: Encoder) -> VectorBackend:
         return create_backend(encoder.dim, BackendConfig.from_settings(self.settings), getattr(encoder, "quantizer", None))
 
-    @property
-    def encoder(self) -> Encoder:
-        return self.searcher.serving.encoder
-
-    @property
-    def index(self) -> VectorBackend:
-        return self.searcher.serving.backend
+    encoder = property(lambda self: self.searcher.serving.encoder, doc="The serving encoder.")
+    index = property(lambda self: self.searcher.serving.backend, doc="The serving vector backend.")
 
     def view(self) -> CatalogueView:  # what training and tagging may read (and, for tags, write)
         return CatalogueView(self.directory, self.settings, self.limits, self.store, self.searcher)
@@ -174,17 +170,22 @@ class Engine(Catalog):
         return len(self.searcher.serving.delete(product_ids))
 
     # ---- search (the searcher catches up with other processes' writes first) ----------------------
-    def query(self, query: Query) -> list[Hit]:  # a query object (lookalike.search.queries)
-        return self.searcher.search(query)
+    def query(self, query: Query) -> list[Hit]:  # a query object (lookalike.search.queries); words and changes: lookalike.text
+        if isinstance(query, TextQuery):
+            return self.text.search(query)
+        return self.text.similar_changed(query) if isinstance(query, ProductQuery) and query.change else self.searcher.search(query)
 
-    def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:
-        """Products most similar to a photo, best first, among those matching every ``where`` clause."""
+    def search(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None) -> list[Hit]:  # a photo's nearest products
         return self.query(ImageQuery(image, k=k, where=where))  # type: ignore[arg-type]
 
-    def similar(self, product_id: str, k: int = 10, where: Iterable[str] | str | None = None, hide_sharing: Iterable[str] = ()) -> list[Hit]:
-        """Products most similar to a catalogue product (itself excluded); ``hide_sharing``: columns
-        whose value the results must not share with it ("like this, but another colour")."""
-        return self.query(ProductQuery(str(product_id), k=k, where=where, hide_sharing=hide_sharing))  # type: ignore[arg-type]
+    def similar(self, product_id: str, k: int = 10, where: Iterable[str] | str | None = None, hide_sharing: Iterable[str] = (), change: Any = ()) -> list[Hit]:
+        """Products most similar to a catalogue product (itself excluded); ``hide_sharing``: columns whose value the results
+        must not share with it; ``change`` ({"base_colour": "Red"}): "like this, but in red" (see :mod:`lookalike.text`)."""
+        return self.query(ProductQuery(str(product_id), k=k, where=where, hide_sharing=hide_sharing, change=change))  # type: ignore[arg-type]
+
+    def search_text(self, text: str = "", k: int = 10, where: Iterable[str] | str | None = None, image: ImageSource | None = None,
+                    negative: Iterable[str] = ()) -> list[Hit]:  # words, optionally around a photo ("this, but in red")
+        return self.query(TextQuery(k=k, where=where, text=text, image=image, negative=negative))  # type: ignore[arg-type]
 
     def look(self, image: ImageSource, k: int = 10, where: Iterable[str] | str | None = None, **options: Any) -> Look:
         return self.looks.look(image, k, where, **options)  # shop the look (lookalike.search.look)
@@ -206,8 +207,7 @@ class Engine(Catalog):
     def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
         return self.searcher.facets(max_values)
 
-    def __len__(self) -> int:
-        return self.searcher.count()
+    __len__ = lambda self: self.searcher.count()  # noqa: E731
 
     def stats(self) -> dict[str, Any]:
         reindex = self.jobs.latest.get("reindex")

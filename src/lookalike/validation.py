@@ -18,7 +18,7 @@ RESERVED_PREFIX = "tag."
 ID_MAX_LENGTH = 200
 ID_PUNCTUATION = frozenset("-_.~:@+=,()' /")
 # An id ending like a sub-resource could never be read back at /products/{id}.
-ID_RESERVED_ENDINGS = ("/similar", "/thumbnail")
+ID_RESERVED_ENDINGS = ("/similar", "/thumbnail", "/changes")  # the API routes below /products/{id}/
 INT_LIMIT = 2**63  # integers are kept exactly up to 64 bits; bigger ones are not prices or counts
 
 
@@ -37,7 +37,7 @@ class MetadataLimits:
 
 def validate_id(value: Any) -> str:
     """The id itself when acceptable: 1–200 characters of letters, digits and ``- _ . ~ : @ + = , ( ) '``,
-    inner spaces, and ``/`` between non-empty segments; not ending in ``/similar`` or ``/thumbnail``."""
+    inner spaces, and ``/`` between non-empty segments; not ending in ``/similar``, ``/thumbnail`` or ``/changes``."""
     if not isinstance(value, str):
         raise InvalidProductError(f"product id must be text, got {type(value).__name__}")
     shown = _shorten(value)

@@ -24,10 +24,11 @@ from .learned import run_learned_codes
 from .look import run_shop_the_look
 from .suite import EvalConfig, Suite, TaskSpec
 from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, load_dataset, run_classification, run_pairs, run_retrieval, run_street_to_shop, run_tagging, run_views
+from .text import run_text_search
 
 RUNNERS: dict[str, Callable[[TaskSpec, DatasetEmbeddings, ConfigIndex, Suite], TaskResult]] = {
     "retrieval": run_retrieval, "pairs": run_pairs, "views": run_views, "street_to_shop": run_street_to_shop, "shop_the_look": run_shop_the_look, "classification": run_classification,
-    "tagging": run_tagging, "learned_codes": run_learned_codes,
+    "tagging": run_tagging, "learned_codes": run_learned_codes, "text_search": run_text_search,
 }
 
 

