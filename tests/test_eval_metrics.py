@@ -96,3 +96,19 @@ def test_classification_report_by_hand():
     assert r["per_class"]["b"]["precision"] == pytest.approx(0.5) and r["per_class"]["b"]["recall"] == pytest.approx(0.5)
     assert r["macro_f1"] == pytest.approx((2 / 3 + 0.5) / 2)
     assert r["confusion"] == [[1, 1], [0, 1]]  # the missing prediction is in no column
+
+
+def test_found_at_k_counts_a_group_whose_twin_comes_first_as_found():
+    # a listing with two twins: the first result is one of them -> found@1 is 1 (recall@1 is only 1/2)
+    m = ranking_metrics(np.array([0.99, 0.5, 0.98, 0.1]), np.array([1, 0, 1, 0]), ks=(1, 2))
+    assert m["found@1"] == 1.0 and m["r@1"] == pytest.approx(0.5) and m["found@2"] == 1.0
+    assert ranking_metrics(np.array([0.9, 0.5, 0.4]), np.array([0, 1, 1]), ks=(1,))["found@1"] == 0.0
+
+
+def test_found_at_k_in_a_tie_by_hand():
+    # four tied at the top, one of them relevant; two slots: 1 - (3/4)(2/3) = 1/2 of the orders find it
+    m = ranking_metrics(np.array([1.0, 1.0, 1.0, 1.0, 0.2]), np.array([0, 0, 1, 0, 1]), ks=(1, 2, 4))
+    assert m["found@1"] == pytest.approx(0.25) and m["found@2"] == pytest.approx(0.5) and m["found@4"] == 1.0
+    # two relevant among four tied, one slot: half the orders put one first
+    assert ranking_metrics(np.zeros(4), np.array([0, 1, 1, 0]), ks=(1,))["found@1"] == pytest.approx(0.5)
+    assert np.isnan(ranking_metrics(np.zeros(3), np.zeros(3, bool), ks=(1,))["found@1"])

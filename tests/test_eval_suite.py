@@ -243,3 +243,77 @@ def test_a_bad_near_duplicate_gate_is_refused_naming_the_task(gate):
     assert _gate_options(TaskSpec("t", "learned_codes", "a", {"near_duplicate_gate": {"margin": 0.05}})) == (0.05, 1.0, 0.85)
     with pytest.raises(SuiteError, match="task 't': near_duplicate_gate"):
         _gate_options(TaskSpec("t", "learned_codes", "a", {"near_duplicate_gate": gate}))
+
+
+# ---- the evaluation tool's own arithmetic (issue 15) -------------------------------------------
+def _unit(rows: list[list[float]]):
+    import numpy as np
+
+    x = np.asarray(rows, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _toy_data(vectors, ids):
+    from lookalike.evaluation.suite import DatasetSpec
+    from lookalike.evaluation.tasks import DatasetEmbeddings
+
+    return DatasetEmbeddings(DatasetSpec("toy", Path("toy.csv")), None, ids, [{} for _ in ids], [None] * len(ids), [None] * len(ids), vectors)  # type: ignore[arg-type]
+
+
+def test_a_three_listing_group_whose_twin_comes_first_is_found_and_identical_pairs_stay_in_the_histogram(tmp_path):
+    import numpy as np
+
+    from lookalike.config import Settings
+    from lookalike.evaluation.suite import Suite, TaskSpec
+    from lookalike.evaluation.tasks import ConfigIndex, run_pairs
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 16))
+    # a, a2, a3 one listing three times (a2 identical, a3 a little off); b, b2 a pair; c alone
+    vectors = _unit([base[0], base[0], base[0] + 0.05 * base[1], base[2], base[2] + 0.01 * base[3], base[4]])
+    ids = ["a", "a2", "a3", "b", "b2", "c"]
+    (tmp_path / "pairs.csv").write_text("item_id_a,item_id_b,relation\na,a2,identical_image\na,a3,identical_image\nb,b2,identical_image\nb,c,template\n")
+    suite = Suite("s", tmp_path / "suite.yaml", {}, [], bootstrap=10)
+    task = TaskSpec("dups", "pairs", "toy", {"pairs": "pairs.csv", "hard_negative": "template"})
+    data = _toy_data(vectors, ids)
+    result = run_pairs(task, data, ConfigIndex.build(data, Settings()), suite)
+    assert result.metrics["R@1"]["mean"] == 1.0  # every listing's first hit is one of its twins (recall@1 would read 0.7)
+    assert len(result.plots["positive_sims"]) == 4 and max(result.plots["positive_sims"]) == 1.0  # a @ a2 rounds past 1 and is clipped, not dropped
+    assert 0 < result.baseline["R@1"] < 1
+
+
+def test_boxes_too_small_to_search_are_named_as_such(tmp_path):
+    from lookalike.evaluation.suite import Suite, TaskSpec
+    from lookalike.evaluation.tasks import street_crops
+
+    photo = DEMO / "images" / "878ff7a3.jpg"
+    (tmp_path / "boxes.csv").write_text(f"image_file,label,x1,y1,x2,y2\n{photo},top,10,10,200,200\n{photo},top,10,10,14,13\nmissing.jpg,top,1,1,90,90\n")
+    task = TaskSpec("street", "street_to_shop", "toy", {"boxes": "boxes.csv", "column": "category", "label_map": {"top": ["Blazer"]}})
+    street = street_crops(task, Suite("s", tmp_path / "suite.yaml", {}, []))
+    assert len(street.crops) == 1 and street.tiny == 1 and street.unreadable == 1
+    notes = " ".join(street.notes())
+    assert "1 boxes are under 8 px on a side" in notes and "1 boxes were skipped because their photo" in notes
+
+
+def test_a_quantised_configuration_is_scored_by_its_codes():
+    import numpy as np
+
+    from lookalike.config import Settings
+    from lookalike.evaluation.tasks import ConfigIndex
+    from lookalike.vectors.quantizer import AdditiveQuantizer, init_codebooks
+
+    rng = np.random.default_rng(1)
+    vectors = _unit(rng.normal(size=(400, 16)).tolist())
+    quantizer = AdditiveQuantizer(init_codebooks(vectors, m=2, k=16, seed=0, iterations=3)).fit_norms(vectors)
+    data = _toy_data(vectors, [str(i) for i in range(400)])
+    exact = ConfigIndex.build(data, Settings(index="flat"))
+    adc = ConfigIndex.build(data, Settings(rerank_factor=0), quantizer)
+    reranked = ConfigIndex.build(data, Settings(rerank_factor=2), quantizer)
+    assert "ADC" in adc.scored_by.upper() and adc.bytes_per_item == quantizer.bytes_per_code  # codes only, no floats kept
+    assert reranked.bytes_per_item == quantizer.bytes_per_code + 16 * 4
+    queries = vectors[:20]
+    truth, coded, both = exact.score_block(vectors, queries), adc.score_block(vectors, queries), reranked.score_block(vectors, queries)
+    assert np.allclose(coded, quantizer.adc_scores(queries, adc.index.codes[:400]))
+    top = lambda s: np.argsort(-s, axis=1)[:, :10]  # noqa: E731
+    agree = lambda s: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top(s), top(truth))])  # noqa: E731
+    assert agree(coded) < 0.95 and agree(both) > agree(coded)  # 2-byte codes lose neighbours; re-ranking 20 candidates wins some back

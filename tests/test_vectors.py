@@ -151,3 +151,19 @@ def test_filter_compiles_to_an_expression_for_database_backends():
     expression = clauses_expression(parse_where(['colour=Red|Navy "Blue"', "price<50"]))
     assert expression == 'metadata["colour"] in ["Red", "Navy \\"Blue\\""] and metadata["price"] < 50.0'
     assert VectorFilter(None, expression, (3, 4)).full_expression() == f"({expression}) and id not in [3, 4]"
+
+
+def test_codes_answer_filtered_queries_on_a_small_catalogue_too():
+    """A filter leaving few ids (every `similar`, which leaves out the product itself) is answered
+    by the codes the shop chose, not by a silent exact scan."""
+    backend = _codes()
+    assert isinstance(backend, CodesBackend)
+    backend.rerank_factor = 0  # codes alone: their scores are not the true cosines
+    vectors = clustered(500, seed=3)
+    backend.upsert(np.arange(500), vectors)
+    allowed = np.ones(500, bool)
+    allowed[0] = False
+    ids, scores = backend.search(vectors[0], 10, VectorFilter(allowed))
+    assert 0 not in ids.tolist()
+    assert np.allclose(scores, backend.quantizer.adc_scores(vectors[0][None], backend.codes[ids])[0], atol=1e-5)
+    assert not np.allclose(scores, vectors[ids] @ vectors[0], atol=1e-3)

@@ -59,6 +59,22 @@ class TieGroups:
         inside = k - self.starts[g]
         return float(self.relevant_before[g] + inside * self.relevant[g] / self.sizes[g])
 
+    def found_within(self, k: int) -> float:
+        """Probability that at least one relevant item is among the first k (over tied orderings)."""
+        holding = np.flatnonzero(self.relevant > 0)
+        if len(holding) == 0 or k <= 0:
+            return 0.0
+        g = int(holding[0])
+        start, size, relevant = int(self.starts[g]), int(self.sizes[g]), int(self.relevant[g])
+        slots = k - start
+        if slots <= 0:
+            return 0.0
+        if slots >= size:
+            return 1.0
+        # none of the `slots` positions drawn from the tie group holds one of its relevant items
+        misses = np.prod([(size - relevant - i) / (size - i) for i in range(slots)]) if size - relevant >= slots else 0.0
+        return float(1.0 - misses)
+
 
 def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
     """Expected average precision over orderings of tied items; NaN when nothing is relevant."""
@@ -82,7 +98,9 @@ def _average_precision(groups: TieGroups) -> float:
 
 
 def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
-    """AP, precision@k, recall@k and nearest-neighbour accuracy (P@1) of one ranked query."""
+    """AP, precision@k, recall@k (share of the relevant items in the first k), found@k (is any
+    relevant item in the first k: the exact-product "R@k" of SOP / In-shop benchmarks, where a
+    three-listing group whose twin comes first counts 1, not 0.5) and nearest-neighbour accuracy."""
     groups = TieGroups.of(np.asarray(scores, float), np.asarray(relevant, bool))
     total = groups.total_relevant
     out = {"ap": _average_precision(groups), "nn_accuracy": groups.expected_hits(1)}
@@ -90,6 +108,7 @@ def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...
         hits = groups.expected_hits(k)
         out[f"p@{k}"] = hits / k
         out[f"r@{k}"] = hits / total if total else float("nan")
+        out[f"found@{k}"] = groups.found_within(k) if total else float("nan")
     return out
 
 

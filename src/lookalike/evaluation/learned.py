@@ -338,9 +338,10 @@ def _in_shop(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, f
 
 
 def _recall_at_1(scores: np.ndarray, relevant: np.ndarray) -> float:
-    """Tie-aware: codes often give several items the same score, and the twin shares first place."""
+    """Is a relevant item first? Tie-aware: codes often give several items the same score, and the
+    twin shares first place.  With several twins, any of them first counts as found."""
     finite = np.isfinite(scores)
-    return ranking_metrics(scores[finite], relevant[finite], (1,))["r@1"]
+    return ranking_metrics(scores[finite], relevant[finite], (1,))["found@1"]
 
 
 def _duplicate_recall(scores: np.ndarray, groups: list[set[str]], ids: list[str]) -> float:

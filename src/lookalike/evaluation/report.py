@@ -21,9 +21,11 @@ from .runner import Evaluation
 LOWER_IS_BETTER = {"bytes_per_item", "build_s", "query_p50_ms", "query_p99_ms", "embed_ms_per_image"}
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def _fmt(value: float | str | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -62,7 +64,7 @@ def efficiency_rows(ev: Evaluation) -> list[dict[str, Any]]:
         keys = list(dict.fromkeys(k for c in configs for k in ev.efficiency.get(c, {}).get(dataset, {})))
         for key in keys:
             values = {c: ev.efficiency.get(c, {}).get(dataset, {}).get(key) for c in configs}
-            finite = {c: round(v, 3) for c, v in values.items() if v is not None and not math.isnan(v)}
+            finite = {c: round(v, 3) for c, v in values.items() if isinstance(v, (int, float)) and not math.isnan(v)}
             best = (min if key in LOWER_IS_BETTER else max)(finite.values()) if finite and key != "items" else None
             rows.append({"task": f"efficiency: {dataset}", "metric": key, "cells": {c: _fmt(v, 3) for c, v in values.items()},
                          "best": {c for c, v in finite.items() if len(finite) > 1 and v == best}, "baseline": ""})

@@ -85,7 +85,7 @@ def _embedding_map(data: DatasetEmbeddings, column: str, suite: Suite) -> dict[s
             "ids": [data.ids[i] for i in chosen], "positions": chosen.tolist()}
 
 
-def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> dict[str, float]:
+def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> dict[str, Any]:
     rng = np.random.default_rng(suite.seed)
     queries = data.vectors[rng.choice(len(data.ids), min(200, len(data.ids)), replace=False)]
     pixels = []
@@ -104,7 +104,7 @@ def _efficiency(data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> di
             data.engine.encoder.embed(batch)
             runs.append((time.perf_counter() - start) * 1000 / len(pixels))
         embed_ms = min(runs)
-    return {"items": len(data.ids), "bytes_per_item": round(index.bytes_per_item, 1), "build_s": round(index.build_s, 3),
+    return {"items": len(data.ids), "index": index.scored_by, "bytes_per_item": round(index.bytes_per_item, 1), "build_s": round(index.build_s, 3),
             **{k: round(v, 4) for k, v in index.latency(queries).items()}, "embed_ms_per_image": round(embed_ms, 2)}
 
 
@@ -127,7 +127,7 @@ def evaluate(suite: Suite, configs: list[EvalConfig], cache_dir: Path, base: Set
             with Engine.open(store, settings=settings.replace(index="flat", store=str(store))) as engine:
                 data = load_dataset(spec, engine)
                 result.datasets.setdefault(config.name, {})[name] = {"items": len(data.ids), "skipped": data.skipped}
-                index = ConfigIndex.build(data, settings)
+                index = ConfigIndex.build(data, settings, getattr(engine.encoder, "quantizer", None))
                 result.efficiency.setdefault(config.name, {})[name] = _efficiency(data, index, suite)
                 for task in (t for t in suite.tasks if t.dataset == name):
                     progress(f"[{config.name}] task {task.name}")

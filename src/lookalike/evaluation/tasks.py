@@ -18,9 +18,11 @@ from ..common.views import alter
 from ..engine import Engine
 from ..images import ImageError, load_image
 from ..search.filters import MetadataColumns, parse_where
-from ..vectors import FaissBackend, IndexSpec
+from ..vectors import CodesBackend, FaissBackend, IndexSpec
+from ..vectors.codes import Quantizer
 from .suite import ALTERATIONS, DatasetSpec, Suite, SuiteError, TaskSpec
 
+CODE_DEPTH = 10  # a quantised configuration is scored as a top-10 search: this many × rerank_factor candidates re-ranked
 APPROXIMATE_DEPTH = 100  # how deep an approximate index's own ranking is used before exact scores take over
 
 
@@ -70,24 +72,39 @@ def load_dataset(spec: DatasetSpec, engine: Engine) -> DatasetEmbeddings:
 
 @dataclass
 class ConfigIndex:
-    """The configuration's vector index over one data set (positions as ids), with its costs."""
+    """The configuration's vector index over one data set (positions as ids), with its costs.
 
-    index: FaissBackend
+    A configuration whose model is quantised (``lookalike train quantizer``) is scored as it
+    searches: items ranked by their codes (``code_search`` adc or sdc), the first
+    ``CODE_DEPTH × rerank_factor`` re-ranked by their float vectors — not by the float vectors alone.
+    """
+
+    index: FaissBackend | CodesBackend
     build_s: float
     bytes_per_item: float
 
     @classmethod
-    def build(cls, data: DatasetEmbeddings, settings) -> ConfigIndex:
+    def build(cls, data: DatasetEmbeddings, settings, quantizer: Quantizer | None = None) -> ConfigIndex:
+        n = max(1, len(data.ids))
+        if quantizer is not None and settings.code_search != "off":
+            start = time.perf_counter()
+            codes = CodesBackend(data.vectors.shape[1], quantizer, settings.code_search, settings.rerank_factor)
+            codes.upsert(np.arange(len(data.ids)), data.vectors)
+            floats = data.vectors.nbytes if settings.rerank_factor > 0 else 0  # re-ranking keeps the float vectors
+            return cls(codes, time.perf_counter() - start, (codes.codes[: len(data.ids)].nbytes + floats) / n)
         threshold = settings.ann_threshold if settings.index == "auto" else 0
         index = FaissBackend(data.vectors.shape[1], IndexSpec(settings.index, threshold, settings.nprobe, settings.rerank_factor), threads=settings.threads)
         index.upsert(np.arange(len(data.ids)), data.vectors)
         start = time.perf_counter()
         index.build_ann()
         build_s = time.perf_counter() - start
-        n = max(1, len(data.ids))
         ann_bytes = index.ann_bytes()
         # Exact re-ranking keeps the float vectors in memory either way.
         return cls(index, build_s, (data.vectors.nbytes + ann_bytes) / n)
+
+    @property
+    def scored_by(self) -> str:
+        return self.index.describe()
 
     def scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
         """A full ranking's scores: exact similarity, with an approximate index's top results first."""
@@ -95,6 +112,8 @@ class ConfigIndex:
 
     def score_block(self, vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """``scores`` for many queries at once (one matrix product instead of one per query)."""
+        if isinstance(self.index, CodesBackend):
+            return self._code_scores(vectors, queries)
         exact = queries @ vectors.T
         if self.index.ann is None:
             return exact
@@ -102,6 +121,22 @@ class ConfigIndex:
         for row, query in enumerate(queries):
             found, _ = self.index.search(query, APPROXIMATE_DEPTH)
             ranked[row, found] = exact[row, found]
+        return ranked
+
+    def _code_scores(self, vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Code similarities for every item; the first ``CODE_DEPTH × rerank_factor`` of each
+        query get their exact similarity and rank above the rest, as the codes backend answers."""
+        assert isinstance(self.index, CodesBackend)
+        q, codes = self.index.quantizer, self.index.codes[: len(vectors)]
+        approx = q.sdc_scores(q.encode(queries), codes) if self.index.code_search == "sdc" else q.adc_scores(queries, codes)
+        approx = np.asarray(approx, np.float64)
+        depth = min(len(vectors), CODE_DEPTH * self.index.rerank_factor)
+        if depth <= 0:
+            return approx
+        ranked = approx - (approx.max() - approx.min() + 10.0)  # below every re-ranked candidate
+        for row, query in enumerate(queries):
+            candidates = np.argpartition(-approx[row], depth - 1)[:depth]
+            ranked[row, candidates] = vectors[candidates] @ query
         return ranked
 
     def iter_scores(self, vectors: np.ndarray, positions: list[int], block: int = 256):
@@ -161,7 +196,8 @@ def _random_baseline(relevant_counts: list[int], candidates: int, ks=DEFAULT_KS)
         rel[:r] = True
         m = ranking_metrics(np.zeros(candidates), rel, ks)
         weight = relevant_counts.count(r)
-        for key, out in (("ap", "mAP"), ("nn_accuracy", "nn_accuracy"), *[(f"p@{k}", f"P@{k}") for k in ks], *[(f"r@{k}", f"R@{k}") for k in ks]):
+        for key, out in (("ap", "mAP"), ("nn_accuracy", "nn_accuracy"), *[(f"p@{k}", f"P@{k}") for k in ks], *[(f"r@{k}", f"R@{k}") for k in ks],
+                         *[(f"found@{k}", f"found@{k}") for k in ks]):
             values.setdefault(out, []).extend([m[key]] * weight)
     return {k: float(np.nanmean(v)) for k, v in values.items()}
 
@@ -234,8 +270,17 @@ def _groups_from_pairs(task: TaskSpec, suite: Suite, known: set[str]) -> tuple[l
     return [g for g in groups.values() if len(g) > 1], negatives, notes
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of unit vectors, clipped to [-1, 1]: float32 rounding puts identical photos at
+    1.0000009, past the similarity histogram's last bin edge."""
+    return float(np.clip(a @ b, -1.0, 1.0))
+
+
 def run_pairs(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
-    """Exact product / duplicate listings: each listed item queries the rest; its twins are relevant."""
+    """Exact product / duplicate listings: each listed item queries the rest; its twins are relevant.
+
+    R@k is whether a twin is in the first k (found@k): a listing with two twins whose first hit is
+    one of them has found its duplicate, whichever twin it is."""
     position = {item: i for i, item in enumerate(data.ids)}
     groups, negatives, notes = _groups_from_pairs(task, suite, set(position))
     per_query: dict[str, list[float]] = {}
@@ -249,19 +294,20 @@ def run_pairs(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite
             relevant[members] = True
             relevant = np.delete(relevant, q)
             m = ranking_metrics(scores, relevant, (1, 5))
-            per_query.setdefault("R@1", []).append(m["r@1"])
-            per_query.setdefault("R@5", []).append(m["r@5"])
+            per_query.setdefault("R@1", []).append(m["found@1"])
+            per_query.setdefault("R@5", []).append(m["found@5"])
             per_query.setdefault("mAP", []).append(m["ap"])
             counts.append(int(relevant.sum()))
-        positive_sims += [float(data.vectors[a] @ data.vectors[b]) for i, a in enumerate(members) for b in members[i + 1:]]
-    negative_sims = [float(data.vectors[position[a]] @ data.vectors[position[b]]) for a, b in negatives]
+        positive_sims += [_cosine(data.vectors[a], data.vectors[b]) for i, a in enumerate(members) for b in members[i + 1:]]
+    negative_sims = [_cosine(data.vectors[position[a]], data.vectors[position[b]]) for a, b in negatives]
     metrics = summarise(per_query, suite)
     if positive_sims and negative_sims:
         from sklearn.metrics import roc_auc_score
 
         auc = roc_auc_score([1] * len(positive_sims) + [0] * len(negative_sims), positive_sims + negative_sims)
         metrics["AUC twin vs hard negative"] = {"mean": float(auc), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(positive_sims) + len(negative_sims)}
-    baseline = {k: v for k, v in _random_baseline(counts, n - 1, (1, 5)).items() if k in ("R@1", "R@5", "mAP")} if counts else {}
+    random = _random_baseline(counts, n - 1, (1, 5)) if counts else {}
+    baseline = {"R@1": random["found@1"], "R@5": random["found@5"], "mAP": random["mAP"]} if counts else {}
     return TaskResult(metrics, baseline, plots={"positive_sims": positive_sims, "negative_sims": negative_sims}, notes=notes)
 
 
@@ -306,7 +352,18 @@ class StreetCrops:
     labels: list[str]
     wanted: dict[str, set[str]]  # street label -> catalogue values that count as a match
     unmapped: int
-    unreadable: int
+    unreadable: int  # photos that could not be read
+    tiny: int = 0    # boxes under the minimum side (8 px) after padding: nothing to search with
+
+    def notes(self) -> list[str]:
+        from ..training.features import MIN_SIDE
+
+        out = [f"{self.unmapped} boxes have labels without a catalogue mapping and were not used"]
+        if self.tiny:
+            out.append(f"{self.tiny} boxes are under {MIN_SIDE} px on a side (after padding) and were skipped")
+        if self.unreadable:
+            out.append(f"{self.unreadable} boxes were skipped because their photo or coordinates could not be read")
+        return out
 
 
 def street_photo_keys(task: TaskSpec, suite: Suite) -> set[str] | None:
@@ -368,7 +425,7 @@ def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
     if limit and len(usable) > int(limit):
         keep = np.sort(np.random.default_rng(suite.seed).choice(len(usable), int(limit), replace=False))
         usable = [usable[i] for i in keep]
-    crops, labels, unreadable = [], [], 0
+    crops, labels, unreadable, tiny = [], [], 0, 0
     current: tuple[Path | None, Image.Image] | None = None  # boxes of one photo come together
     for row in usable:
         path = images_base / row["image_file"]
@@ -376,22 +433,22 @@ def street_crops(task: TaskSpec, suite: Suite) -> StreetCrops:
             image = current[1] if current is not None and current[0] == path else load_image(path)
             current = (path, image)
             x1, y1, x2, y2 = (float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-            region = padded_box((x1, y1, x2, y2), image.width, image.height, padding)
-            if region is None:
-                raise ImageError("corrupt", "box too small")
-            crop = image.crop(region)
         except (ImageError, KeyError, ValueError):
             unreadable += 1
             continue
-        crops.append(crop)
+        region = padded_box((x1, y1, x2, y2), image.width, image.height, padding)
+        if region is None:
+            tiny += 1
+            continue
+        crops.append(image.crop(region))
         labels.append(row["label"].lower())
-    return StreetCrops(crops, labels, wanted, unmapped, unreadable)
+    return StreetCrops(crops, labels, wanted, unmapped, unreadable, tiny)
 
 
 def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigIndex, suite: Suite) -> TaskResult:
     """Boxes cropped from street photos query the catalogue; relevance through a label → category map."""
     street = street_crops(task, suite)
-    crops, labels, wanted, unmapped, unreadable = street.crops, street.labels, street.wanted, street.unmapped, street.unreadable
+    crops, labels, wanted = street.crops, street.labels, street.wanted
     values = np.array([str(v).strip().lower() if v is not None else "" for v in data.column(task.options["column"])])
     per_query: dict[str, list[float]] = {}
     per_label: dict[str, list[float]] = {}
@@ -405,9 +462,7 @@ def run_street_to_shop(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInd
         per_query.setdefault("mAP", []).append(m["ap"])
         per_label.setdefault(label, []).append(m["p@10"])
         counts.append(int(relevant.sum()))
-    notes = [f"{unmapped} boxes have labels without a catalogue mapping and were not used"]
-    if unreadable:
-        notes.append(f"{unreadable} boxes could not be read or cropped and were skipped")
+    notes = street.notes()
     baseline = {k: v for k, v in _random_baseline(counts, len(data.ids), (1, 10)).items() if k in ("P@1", "P@10", "mAP")} if counts else {}
     return TaskResult(summarise(per_query, suite), baseline, notes=notes,
                       plots={"per_label_p10": {k: float(np.mean(v)) for k, v in sorted(per_label.items())}})

@@ -9,6 +9,7 @@ unchanged title never re-encodes; a refresh reads only products written since th
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import threading
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -23,6 +24,24 @@ from .encoder import SentenceEncoder
 TITLE_REGION = "title"
 ENCODE_BATCH = 256
 COLOUR_MODEL, COLOUR_REGION = "colour:lab-v1", "colour"  # the garment-pixel colour descriptor, cached per photo
+
+# With the text extra, the two big matrices are kept in half precision and scored by torch
+# (imported on the first query, never at start-up: commands that do not search stay quick).
+MATRIX_DTYPE: Any = np.float16 if importlib.util.find_spec("torch") is not None else np.float32
+
+
+def matrix_scores(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` as float32.  A half-precision matrix goes through torch's kernels
+    (numpy has no fast float16 product): 100K × 384 takes 6 ms instead of 14 ms in float32,
+    because the pass is bound by memory bandwidth, and leaves no BLAS threads spinning to slow
+    the next query's sentence encoder."""
+    if matrix.dtype == np.float16 and len(matrix):
+        import torch
+
+        with torch.inference_mode():
+            out = torch.mv(torch.from_numpy(matrix), torch.from_numpy(np.ascontiguousarray(vector, np.float16)))
+        return out.float().numpy()
+    return (matrix @ vector.astype(matrix.dtype)).astype(np.float32)
 
 
 class TextSource(Protocol):
@@ -60,8 +79,8 @@ class TextGallery:
         self.colours = np.zeros((0, COLOUR_FEATURES), np.float32)
         self.generation = -1
         self.capacity = 0
-        self.joint = np.zeros((0, bridge.image_weights.shape[1] if bridge else 0), np.float32)
-        self.titles = np.zeros((0, 0), np.float32)
+        self.joint = np.zeros((0, bridge.image_weights.shape[1] if bridge else 0), MATRIX_DTYPE)  # per rowid: photo in the shared space
+        self.titles = np.zeros((0, 0), MATRIX_DTYPE)  # per rowid: title sentence vector (zeros: no title)
         self.has_title = np.zeros(0, bool)
         # predicted tags as probabilities: tag name -> value (lower case) -> per-rowid probability (the
         # tag's value and its runners-up), so a product whose colour is uncertain still counts a little
@@ -99,9 +118,9 @@ class TextGallery:
             return
         capacity = max(needed, int(self.capacity * 1.5) + 1024)
         extra = capacity - self.capacity
-        self.joint = np.concatenate([self.joint, np.zeros((extra, self.joint.shape[1]), np.float32)])
+        self.joint = np.concatenate([self.joint, np.zeros((extra, self.joint.shape[1]), MATRIX_DTYPE)])
         dim = self.titles.shape[1] or (self._sentences().dim if self.text_columns else 0)
-        self.titles = np.concatenate([self.titles.reshape(self.capacity, dim), np.zeros((extra, dim), np.float32)])
+        self.titles = np.concatenate([self.titles.reshape(self.capacity, dim), np.zeros((extra, dim), MATRIX_DTYPE)])
         self.has_title = np.concatenate([self.has_title, np.zeros(extra, bool)])
         if self.keep_colours:
             self.colours = np.concatenate([self.colours, np.zeros((extra, COLOUR_FEATURES), np.float32)])
@@ -170,14 +189,18 @@ class TextGallery:
             self.titles[rowid] = cached[rowid][1]
             self.has_title[rowid] = True
 
+    def scores(self, text_vector: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(image scores or None, title scores) of the query for ``rows``."""
+        return self.image_scores(text_vector, rows), self.title_scores(text_vector, rows)
+
     def title_scores(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Cosine of the query with each row's title (NaN where there is no title).  One product
         over the whole matrix, then the rows: cheaper than gathering the rows' vectors first."""
-        scores = (self.titles @ text_vector)[rows] if len(self.titles) else np.zeros(len(rows), np.float32)
+        scores = matrix_scores(self.titles, text_vector)[rows] if len(self.titles) else np.zeros(len(rows), np.float32)
         return np.where(self.has_title[rows], scores, np.nan).astype(np.float32)
 
     def image_scores(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
         """Cosine, in the bridge's shared space, of the query with each row's photo (None without a bridge)."""
         if self.bridge is None:
             return None
-        return (self.joint @ self.bridge.text_side(text_vector[None])[0])[rows]
+        return matrix_scores(self.joint, self.bridge.text_side(text_vector[None])[0])[rows]

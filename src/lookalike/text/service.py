@@ -75,7 +75,7 @@ class TextService:
         images = np.stack([view.vector(int(r)) for r in rows]) if len(rows) else np.zeros((0, view.encoder.dim), np.float32)
         log(f"text bridge: {len(rows)} products with a title and a photo")
         colours = gallery.colours[rows] if gallery.keep_colours else None
-        bridge = TextImageBridge.fit(gallery.titles[rows], images, self._sentences().name, view.encoder.identity, options, log, colours)
+        bridge = TextImageBridge.fit(gallery.titles[rows].astype(np.float32), images, self._sentences().name, view.encoder.identity, options, log, colours)
         if save:
             folder = bridge.save(view.directory)
             bridge.info["name"] = folder.name
@@ -159,8 +159,7 @@ class TextService:
         if not text.strip() or (gallery.bridge is None and not gallery.has_title[rows].any()):
             return None
         vector = self._sentences().encode([text])[0]
-        image = gallery.image_scores(vector, rows)
-        title = gallery.title_scores(vector, rows)
+        image, title = gallery.scores(vector, rows)
         titled = ~np.isnan(title)
         out = _standard(image) if image is not None else np.zeros(len(rows), np.float32)
         if titled.any():

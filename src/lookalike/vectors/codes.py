@@ -42,6 +42,9 @@ class CodesBackend(ExactBackend):
     """Float vectors for re-ranking plus one code per id for the candidate pass."""
 
     name = "codes"
+    # Codes answer every query, filtered ones on a small catalogue too: a shop that chose codes
+    # (and measures them) gets code answers, not an exact scan that hides what the codes lose.
+    scan_small_subsets = False
 
     def __init__(self, dim: int, quantizer: Quantizer, mode: str = "adc", rerank_factor: int = 10):
         super().__init__(dim)

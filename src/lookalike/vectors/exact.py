@@ -22,6 +22,7 @@ class ExactBackend:
     """Unit vectors keyed by integer id, searched exactly.  Thread-safe."""
 
     name = "exact"
+    scan_small_subsets = True  # a filter leaving few ids: score those exactly (a subclass that must answer from its own structure says False)
 
     def __init__(self, dim: int):
         self.dim = dim
@@ -148,7 +149,7 @@ class ExactBackend:
             if n_allowed == 0:
                 return no_neighbours()
             k = min(k, n_allowed)
-            if filtered and n_allowed <= EXACT_SUBSET_MAX:
+            if filtered and n_allowed <= EXACT_SUBSET_MAX and self.scan_small_subsets:
                 return self._exact_subset(query, np.flatnonzero(mask), k)
             return self._search(query, k, mask, filtered, n_allowed)
 
