@@ -18,6 +18,7 @@ RUNS = [
     ["look_latency.py"],
     ["text_search.py"],
     ["text_latency.py", "--products", "100000"],
+    ["export_similar.py", "--products", "100000"],
 ]
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from lookalike.storage import ProductWrite
 LABELS = ["gender", "master_category", "sub_category", "article_type", "base_colour", "season", "usage"]
 
 
-def build_store(path: Path, n_products: int) -> None:
+def build_store(path: Path, n_products: int, bridge: bool = True) -> None:
     with open(SHARED / "myntra" / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     catalogue = path.parent / "text-real.csv"
@@ -56,7 +56,7 @@ def build_store(path: Path, n_products: int) -> None:
                     writes.append(ProductWrite(f"syn-{start + i}", None, None, metadata, vectors[i]))
                 engine.searcher.serving.write(writes)
             engine.searcher.serving.maintain(save=True)
-        if engine.text.bridge_folder() is None:
+        if bridge and engine.text.bridge_folder() is None:
             started = time.perf_counter()
             bridge = engine.text.train()
             print(f"bridge trained in {time.perf_counter() - started:.0f} s (titles encoded and colour read once, cached in the store)", flush=True)

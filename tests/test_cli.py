@@ -12,7 +12,8 @@ from .conftest import DEMO_CSV, ROOT
 
 PHOTO = ROOT / "examples" / "demo" / "images" / "878ff7a3.jpg"
 COMMANDS = ["ingest", "search", "similar", "get", "upsert", "delete", "info", "serve", "version", "tag", "tag train", "tag predict",
-            "tag image", "tag review", "tag info", "train", "train embedding", "train quantizer", "train list", "reindex", "eval"]
+            "tag image", "tag review", "tag info", "train", "train embedding", "train quantizer", "train list", "reindex", "eval", "export",
+            "export similar"]
 
 
 def run(*args: str, store=None) -> subprocess.CompletedProcess:

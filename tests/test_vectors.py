@@ -101,12 +101,23 @@ def test_upsert_replaces_and_remove_forgets(filled):
     np.testing.assert_allclose(backend.vector(int(ids[0])), x[100])
 
 
-def test_search_many_matches_search(filled):
-    backend, _, x = filled
-    many = backend.search_many(x[:5], 7)
-    for q, (found, scores) in zip(x[:5], many):
-        one = backend.search(q, 7)
+@pytest.mark.parametrize("share", [None, 0.5, 0.01])
+def test_search_many_matches_search(filled, share):
+    """The batched path (one ANN call for all queries) answers as one query at a time does,
+    unfiltered, with a broad filter and with one narrow enough for an exact scan."""
+    backend, ids, x = filled
+    allowed = None
+    if share is not None:
+        allowed = np.zeros(int(ids.max()) + 1, bool)
+        allowed[ids[np.random.default_rng(2).random(len(ids)) < share]] = True
+    many = backend.search_many(x[:40], 7, allowed)
+    for q, (found, scores) in zip(x[:40], many):
+        one = backend.search(q, 7, allowed)
         assert found.tolist() == one[0].tolist() and np.allclose(scores, one[1])
+        if allowed is not None:
+            assert allowed[found].all()
+    if isinstance(backend, FaissBackend):
+        assert backend.ann is not None  # the ANN index is built: the batched path ran
 
 
 def test_snapshot_restore_round_trip(filled, tmp_path):

@@ -17,6 +17,7 @@ from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
 from .config import Settings, load_settings, split_list
 from .detection.service import FinderLoader
+from .export import SimilarExport
 from .images import ImageSource, set_decode_budget
 from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory, default_distributor
 from .ingest.catalogue import count_rows
@@ -45,9 +46,8 @@ class Engine(Catalog):
         try:
             set_decode_budget(settings.max_decode_pixels)
             threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
-            self.closing = threading.Event()  # set by close(): a running ingest stops after its last batch
-            self.jobs = JobBoard()
-            self.tagging, self.text = TaggingService(self.view), TextService(self.view)
+            self.closing, self.jobs = threading.Event(), JobBoard()  # closing: set by close(), a running ingest stops after its last batch
+            self.tagging, self.text, self.exports = TaggingService(self.view), TextService(self.view), SimilarExport(self.view)
             self.finders = FinderLoader(self.directory, self.settings)
             self.looks = LookService(lambda: self.searcher, self.read_image, lambda: self.finders.get(self.settings.detector),
                                      settings.garment_groups, settings.garment_search, self.store.region_matrix,

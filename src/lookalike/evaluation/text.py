@@ -12,6 +12,8 @@ every figure is measured on the held-out products:
   P@10 of the right type, and of the right type and colour — untitled; titled (hybrid); and a
   title-only ranking (MiniLM cosine with the titles) as the baseline with titles present;
 * a held-out title as the query, its own product in the top 10 — untitled, titled, title-only;
+  and, untitled, within a random gallery of 1,000 held-out products (a top-10 rate falls as the
+  gallery grows, so this is the figure to compare across splits and shops);
 * ``--change colour=X`` for held-out products (X: a colour their type has >= ``min_pair`` of):
   P@10 of colour X and the product's type, and how much of the product's title words (colour
   words removed: brand, fit, pattern, fabric) the results share — against a plain filtered
@@ -41,6 +43,7 @@ from .tasks import ConfigIndex, DatasetEmbeddings, TaskResult, summarise
 BUILD_VERSION = 1
 WORD = re.compile(r"[a-z]+")
 PREFIXES = {"heldout": "", "titled": "t:", "labelled": "l:"}
+POOL = 1000  # free text is also read within a random gallery of this many held-out products
 
 
 def _split(ids: list[str], types: list[str], share: float, seed: int) -> set[str]:
@@ -207,17 +210,26 @@ def _share(shop: TextShop, ids: list[str], kind: str, colour: str | None = None)
 def _free_text(engine: Engine, shop: TextShop, sample: int, per_query: dict[str, list[float]], baseline: dict[str, float],
                title_only: Callable[[str], list[str]], seed: int) -> None:
     rng = np.random.default_rng(seed + 2)
+    pool = min(POOL, len(shop.held))
+    pooled = f"title query finds its product in top 10 among {pool:,} (untitled)"
     for item in rng.choice(shop.held, min(sample, len(shop.held)), replace=False):
         title = str(shop.truth[item].get(shop.title_column) or "")
         if not title:
             continue
-        rankings = {"untitled": [shop.original(h.id) for h in engine.search_text(title, k=10, where="split=heldout")],
-                    "titled": [shop.original(h.id) for h in engine.search_text(title, k=10, where="split=titled")],
+        untitled = [shop.original(h.id) for h in engine.search_text(title, k=POOL, where="split=heldout")]
+        rankings = {"untitled": untitled[:10], "titled": [shop.original(h.id) for h in engine.search_text(title, k=10, where="split=titled")],
                     "title-only": title_only(title)}
         for name, ids in rankings.items():
             per_query.setdefault(f"title query finds its product in top 10 ({name})", []).append(float(item in ids))
+        # the same ranking read within a random gallery of a fixed size, so that figures from sets of
+        # different sizes (development, held-out, another shop) can be compared
+        others = [h for h in shop.held if h != item]
+        gallery = set(rng.choice(others, pool - 1, replace=False).tolist()) | {item}
+        before = [i for i in untitled[: untitled.index(item)] if i in gallery] if item in untitled else None
+        per_query.setdefault(pooled, []).append(float(before is not None and len(before) < 10))
     for name in ("untitled", "titled", "title-only"):
         baseline[f"title query finds its product in top 10 ({name})"] = min(1.0, 10 / len(shop.held))
+    baseline[pooled] = min(1.0, 10 / pool)
 
 
 def _style_words(shop: TextShop, item: str, colours: set[str]) -> set[str]:

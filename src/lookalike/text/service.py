@@ -9,9 +9,10 @@ Evidence, each turned into comparable units before it is mixed:
 * **image** — the query in the bridge's shared space against the photo (every product, titled or not);
 * **photo** — with an uploaded photo, its cosine to the product's photo.
 
-Semantic evidence is standardised over the candidates (z-scores, squashed beyond ±2 so that no
-outlier passes ±3) and weighs ``SEMANTIC_WEIGHT`` per standard deviation, so facets decide first
-and similarity orders within them.  Each hit says which
+Semantic evidence is standardised over the candidates (z-scores; an uploaded photo's are squashed
+beyond ±2 so that its own product, a far outlier, cannot outvote a facet the words name) and weighs
+``SEMANTIC_WEIGHT`` per standard deviation, so facets decide first and similarity orders within
+them.  Words keep their outliers: a title matched almost word for word should come first.  Each hit says which
 evidence ranked it.
 """
 
@@ -137,12 +138,12 @@ class TextService:
                 words = -NEGATIVE_SHARE * against if words is None else words - NEGATIVE_SHARE * against
         semantic: np.ndarray | None = words
         if query.image is not None:
-            photo = self._photo(view, query.image, rows)
+            photo = _bounded(self._photo(view, query.image, rows))  # the photo's own product is a far outlier: it must not outvote the words
             semantic = photo if words is None else PHOTO_SHARE * photo + (1 - PHOTO_SHARE) * words
         if semantic is None and not wanted and not parsed.unwanted:
             raise TextError("nothing in this catalogue can read these words: no title column, no text bridge "
                             "(`lookalike train text`) and no facet value named" if query.text else "no evidence to rank by")
-        score = facet_score + (SEMANTIC_WEIGHT * _bounded(semantic) if semantic is not None else 0)
+        score = facet_score + (SEMANTIC_WEIGHT * semantic if semantic is not None else 0)
         return self._hits(view, gallery, facets, rows, score, query.k, parsed.describe(), wanted)
 
     def _allowed_rows(self, view: CatalogueView, where: tuple[str, ...], exclude: tuple[str, ...], capacity: int,
@@ -302,7 +303,7 @@ def _standard(values: np.ndarray) -> np.ndarray:
 
 def _bounded(z: np.ndarray) -> np.ndarray:
     """z-scores as they are up to ±2, then squashed towards ±3: an outlier (the uploaded photo's own
-    product, a near-copy title) orders first among its kind but cannot outvote a named facet."""
+    product) orders first among its kind but cannot outvote a named facet."""
     excess = np.maximum(np.abs(z) - 2.0, 0.0)
     return np.where(excess > 0, np.sign(z) * (2.0 + np.tanh(excess)), z).astype(np.float32)
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..common.untyped import faiss
-from .base import BackendError, Neighbours, no_neighbours
-from .exact import ExactBackend
+from .base import BackendError, Neighbours, VectorFilter, no_neighbours
+from .exact import EXACT_SUBSET_MAX, ExactBackend
 
 # Filtered queries probe enough lists to meet this fraction of an unfiltered query's candidates.
 FILTER_PROBE_FRACTION = 0.5
@@ -75,7 +75,8 @@ class FaissBackend(ExactBackend):
         self.spec = spec
         self.ann: faiss.Index | None = None
         self.ann_factory: str | None = None
-        faiss.omp_set_num_threads(max(1, threads))
+        self.threads = max(1, threads)
+        faiss.omp_set_num_threads(self.threads)
 
     # ---- keeping the ANN index in step ------------------------------------------------------
     def _added(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -200,6 +201,34 @@ class FaissBackend(ExactBackend):
         return super().memory_bytes() + self.ann_bytes()
 
     # ---- search -----------------------------------------------------------------------------
+    def search_many(self, queries: np.ndarray, k: int, filter: VectorFilter | np.ndarray | None = None) -> list[Neighbours]:
+        """One ANN call for all the queries (one filter for all), then each query's candidates
+        re-ranked exactly: what a batch job (similar-items export) needs, without a call per query.
+        Answers equal :meth:`search`'s; cases search answers exactly are delegated to it."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        where = VectorFilter.coerce(filter)
+        with self._lock:
+            filtered = where is not None and where.restricts
+            mask = where.bitmap(self.live) if filtered and where is not None else self.live
+            n_allowed = int(np.count_nonzero(mask)) if filtered else self._count
+            batched = self.ann is not None and len(queries) > 1 and k > 0 and queries.shape[1] == self.dim and \
+                n_allowed > (EXACT_SUBSET_MAX if filtered else 0)
+            if not batched:
+                return super().search_many(queries, k, filter)
+            assert self.ann is not None
+            k = min(k, n_allowed)
+            fetch = min(self.count, k * max(1, self.spec.rerank_factor))
+            params, keep_alive = self._search_params(mask if filtered else None, n_allowed)
+            with _all_cores(self.threads):  # a batch is throughput work: every core (single queries keep the pinned budget)
+                _, found = self.ann.search(queries, fetch, params=params)
+            del keep_alive
+            out: list[Neighbours] = []
+            for query, row in zip(queries, found):
+                candidates = np.unique(row[row >= 0])
+                candidates = candidates[mask[candidates]]
+                out.append(self._exact_subset(query, candidates, k) if len(candidates) >= k else self._exact_masked(query, mask, k))
+            return out
+
     def _search(self, query: np.ndarray, k: int, mask: np.ndarray, filtered: bool, n_allowed: int) -> Neighbours:
         if self.ann is None:
             return self._exact_masked(query, mask, k)
@@ -241,6 +270,15 @@ class FaissBackend(ExactBackend):
         if isinstance(self.ann, faiss.IndexPreTransform) and inner is not None:
             params = faiss.SearchParametersPreTransform(index_params=inner)
         return params, (bits, selector, inner)
+
+
+@contextlib.contextmanager
+def _all_cores(pinned: int):
+    faiss.omp_set_num_threads(max(pinned, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(pinned)
 
 
 def snapshot_info(directory: Path, model: str) -> dict[str, Any] | None:
