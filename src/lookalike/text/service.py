@@ -11,8 +11,8 @@ Evidence, each turned into comparable units before it is mixed:
 
 Semantic evidence is standardised over the candidates (z-scores; an uploaded photo's are squashed
 beyond ±2 so that its own product, a far outlier, cannot outvote a facet the words name) and weighs
-``SEMANTIC_WEIGHT`` per standard deviation, so facets decide first and similarity orders within
-them.  Words keep their outliers: a title matched almost word for word should come first.  Each hit says which
+``SEMANTIC_WEIGHT`` per standard deviation (more when many of the query's words name no facet),
+so facets decide first and similarity orders within them.  Words keep their outliers: a title matched almost word for word should come first.  Each hit says which
 evidence ranked it.
 """
 
@@ -33,10 +33,11 @@ from .bridge import BridgeOptions, TextImageBridge, current_bridge_folder
 from .encoder import SentenceEncoder, TextError, guess_text_columns, sentence_encoder
 from .facets import Facets
 from .gallery import TextGallery
-from .vocabulary import FacetMatch
+from .vocabulary import FacetMatch, ParsedQuery, tokens
 
 FACET_WEIGHT = 1.0
 SEMANTIC_WEIGHT = 0.2       # per standard deviation of the mixed semantic evidence (chosen on a development split, see benchmarks/text_search.py)
+UNREAD_WEIGHT = 0.6         # more semantic weight per share of the query's words that name no facet (brand, fit, fabric…)
 IMAGE_SHARE = 0.3           # titled products: image evidence's share beside the title's
 PHOTO_SHARE = 0.7           # words with a photo: the photo's share beside the words'
 NEGATIVE_SHARE = 0.5        # how hard a negative phrase pushes, relative to the positive words
@@ -143,7 +144,7 @@ class TextService:
         if semantic is None and not wanted and not parsed.unwanted:
             raise TextError("nothing in this catalogue can read these words: no title column, no text bridge "
                             "(`lookalike train text`) and no facet value named" if query.text else "no evidence to rank by")
-        score = facet_score + (SEMANTIC_WEIGHT * semantic if semantic is not None else 0)
+        score = facet_score + (_semantic_weight(parsed) * semantic if semantic is not None else 0)
         return self._hits(view, gallery, facets, rows, score, query.k, parsed.describe(), wanted)
 
     def _allowed_rows(self, view: CatalogueView, where: tuple[str, ...], exclude: tuple[str, ...], capacity: int,
@@ -299,6 +300,17 @@ def _standard(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.float32)
     spread = float(values.std()) if len(values) else 0.0
     return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
+
+
+def _semantic_weight(parsed: ParsedQuery) -> float:
+    """``SEMANTIC_WEIGHT``, raised by ``UNREAD_WEIGHT`` times the share of the query's words no
+    facet value took: those words ("puma", "slim", "linen") can only be read by the sentence
+    vectors, so a query made of them leans on similarity; "black tshirts" stays with its facets."""
+    words = tokens(parsed.text)
+    if not words:
+        return SEMANTIC_WEIGHT
+    read = {w for match in parsed.wanted for w in tokens(match.phrase)}
+    return SEMANTIC_WEIGHT + UNREAD_WEIGHT * sum(w not in read for w in words) / len(words)
 
 
 def _bounded(z: np.ndarray) -> np.ndarray:
