@@ -186,3 +186,38 @@ def test_with_an_ann_index_the_batched_lists_agree_with_similar(store_copy, tmp_
         sample = sorted(found)[::15]
         overlap = [len({i for i, _ in found[p]} & {h.id for h in engine.similar(p, k=8)}) / 8 for p in sample]
     assert len(found) == 305 and sum(overlap) / len(overlap) >= 0.95
+
+
+def test_http_export_job_download_and_hostile_names(server, store_copy):
+    import time
+
+    import httpx
+
+    body = {"name": "similar.csv", "k": 4, "same": ["kids"], "cap": "category=2"}
+    assert httpx.post(server.url + "/exports/similar", json=body).status_code in (401, 403)  # writes need a key
+    started = httpx.post(server.url + "/exports/similar", json=body, headers=server.auth)
+    assert started.status_code == 202, started.text
+    assert started.json()["download_url"] == "/exports/similar.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        job = httpx.get(server.url + "/export/status", headers=server.auth).json()["job"]
+        if job and not job["running"]:
+            break
+        time.sleep(0.3)
+    assert job["error"] is None and job["outcome"]["mode"] == "full" and job["outcome"]["rows"] == 305 * 4 and job["outcome"]["path"] is None
+    assert job["done"] == job["total"] == 305
+    assert httpx.get(server.url + "/exports/similar.csv").status_code in (401, 403)  # downloads are for the operator
+    download = httpx.get(server.url + "/exports/similar.csv", headers=server.auth)
+    assert download.status_code == 200 and download.text.startswith('"product_id","rank","similar_id","score"')
+    assert len(download.text.strip().splitlines()) == 305 * 4 + 1
+    for name in ["../similar.csv", "a/b.csv", ".hidden.csv", "x.txt", "x" * 65 + ".csv", "similar.csv\n", "con sole.csv"]:
+        refused = httpx.post(server.url + "/exports/similar", json={**body, "name": name}, headers=server.auth)
+        assert refused.status_code == 422, (name, refused.text)
+    for bad in [{"k": 0}, {"k": 101}, {"cap": "brand=2"}, {"same": ["nope"]}, {"where": ["price>>1"]}, {"where": ["x"] * 21}, {"cap": "category"}]:
+        refused = httpx.post(server.url + "/exports/similar", json={**body, **bad}, headers=server.auth)
+        assert refused.status_code == 422, (bad, refused.text)
+    assert httpx.get(server.url + "/exports/..%2Fmeta.json", headers=server.auth).status_code in (404, 422)
+    assert httpx.get(server.url + "/exports/missing.csv", headers=server.auth).status_code == 404
+    assert not list(store_copy.parent.glob("*.csv"))  # nothing written outside the store's exports folder
+    schema = httpx.get(server.url + "/openapi.json").json()
+    assert "/exports/similar" in schema["paths"] and "/exports/{name}" in schema["paths"]

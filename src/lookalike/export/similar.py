@@ -166,6 +166,10 @@ class SimilarExport:
         only what changed since the last export to ``out`` is recomputed unless ``incremental`` is False."""
         return self.run(out, SimilarRules.parse(k, where, for_where, same, cap, exclude_duplicates), incremental, progress)
 
+    def check(self, rules: SimilarRules) -> None:
+        """Refuse rules naming columns the catalogue does not have (ExportError), before any work."""
+        self._check_columns(rules, self._view())
+
     def run(self, out: str | Path, rules: SimilarRules, incremental: bool = True, progress: Progress | None = None) -> SimilarExportReport:
         with self._running:
             self.view = self._view()
@@ -180,7 +184,7 @@ class SimilarExport:
         out.parent.mkdir(parents=True, exist_ok=True)
         view = self.view
         view.searcher.serving.sync()
-        self._check_columns(rules)
+        self._check_columns(rules, view)
         generation = view.store.generation
         live = view.live_mask()
         catalogue = _Catalogue(view, rules, live)
@@ -214,8 +218,9 @@ class SimilarExport:
                                    rows, short, round(time.perf_counter() - started, 2), generation, notes)
 
     # ---- what to compute ---------------------------------------------------------------------
-    def _check_columns(self, rules: SimilarRules) -> None:
-        known = set(self.view.column_names())
+    @staticmethod
+    def _check_columns(rules: SimilarRules, view: CatalogueView) -> None:
+        known = set(view.column_names())
         for column in [*rules.same, *([rules.cap_column] if rules.cap_column else [])]:
             if column not in known:
                 raise ExportError(f"{column!r} is not a column of this catalogue; columns: {', '.join(sorted(known)[:40])}")
