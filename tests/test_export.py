@@ -137,6 +137,9 @@ def test_a_damaged_work_folder_means_a_full_export_not_a_failure(engine, tmp_pat
     assert again.mode == "full" and again.recomputed == 305
     (work / "state.json").write_text(json.dumps({"version": 1, "rules": "x", "generation": "NaN"}))
     assert engine.exports.similar(target, k=4).mode == "full"
+    state = json.loads((work / "state.json").read_text())
+    (work / "state.json").write_text(json.dumps({**state, "generation": "NaN"}))  # its own rules, but no usable generation
+    assert engine.exports.similar(target, k=4).mode == "full"
 
 
 @pytest.mark.parametrize("arguments, message", [

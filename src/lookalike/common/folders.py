@@ -25,6 +25,22 @@ def write_folder(target: Path, fill: Callable[[Path], None]) -> Path:
     return target
 
 
+def replace_atomically(target: Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
+    """Call ``write(temporary)`` on a fresh file next to ``target``, then rename it over ``target``:
+    a reader (or a kill) sees the old file or the complete new one, never half of one.  ``suffix``
+    ends the temporary name (numpy's savers append ``.npz``/``.npy`` to names without it)."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=suffix)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
 # A trained artefact's name: a folder name that is safe everywhere (no separators, no dot files).
 ARTEFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..common.folders import replace_atomically
 from ..common.progress import Progress
 from ..search.filters import parse_where
 from ..search.view import CatalogueView
@@ -120,9 +120,8 @@ class _Lists:
         return cls(np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, rowids=self.rowids, neighbours=self.neighbours, scores=self.scores)
-        os.replace(tmp, path)
+        replace_atomically(path, lambda temporary: np.savez(temporary, rowids=self.rowids, neighbours=self.neighbours, scores=self.scores),
+                           suffix=".npz")
 
     @classmethod
     def load(cls, path: Path) -> _Lists:
@@ -239,9 +238,10 @@ class SimilarExport:
             lists = _Lists.load(work / "lists.npz")
         except (OSError, ValueError, KeyError):
             return None, None  # unreadable: computed afresh, never trusted
-        if lists.neighbours.shape[1:] != (k,):
-            return None, None
-        return lists, int(state["generation"])
+        generation = state.get("generation")
+        if lists.neighbours.shape[1:] != (k,) or not isinstance(generation, int) or isinstance(generation, bool):
+            return None, None  # a state that does not say when its lists were computed cannot be updated from
+        return lists, generation
 
     def _resume(self, work: Path, identity: dict[str, Any], generation: int) -> tuple[np.ndarray | None, str, int]:
         run = _read_json(work / "run.json")
@@ -258,33 +258,35 @@ class SimilarExport:
     def _start_run(work: Path, identity: dict[str, Any], generation: int, todo: np.ndarray) -> None:
         shutil.rmtree(work / "parts", ignore_errors=True)
         (work / "parts").mkdir()
-        tmp = work / "todo.tmp.npy"
-        np.save(tmp, todo)
-        os.replace(tmp, work / "todo.npy")
+        replace_atomically(work / "todo.npy", lambda temporary: np.save(temporary, todo), suffix=".npy")
         _write_json(work / "run.json", {**identity, "generation": generation, "chunk": CHUNK})
 
     def _to_update(self, previous: _Lists, since: int, targets: np.ndarray, catalogue: _Catalogue, rules: SimilarRules) -> np.ndarray:
         """The lists that can differ from the last export's (see the module docstring)."""
         store = self.view.store
-        changed = np.concatenate([rowids for rowids, _, _ in store.iter_vectors(since_gen=since)] or [np.zeros(0, np.int64)])
+        written = list(store.iter_vectors(since_gen=since))
+        changed = np.concatenate([rowids for rowids, _, _ in written] or [np.zeros(0, np.int64)])
         gone = np.union1d(store.tombstones_since(since), changed)
         update = np.setdiff1d(targets, previous.rowids)                          # products without a list yet
         update = np.union1d(update, np.intersect1d(changed, targets))            # products that changed
         named = np.isin(previous.neighbours, gone).any(axis=1)                  # lists naming a changed or deleted product
         update = np.union1d(update, previous.rowids[named])
-        live_changed = changed[catalogue.known[changed[changed < catalogue.capacity]]] if len(changed) else changed
+        # changed products that are live in this export's snapshot (a write after it started is the next export's)
+        incoming = np.concatenate([vectors for _, vectors, _ in written]) if written else np.zeros((0, 0), np.float32)
+        live = changed < catalogue.capacity
+        live[live] = catalogue.known[changed[live]]
         still = np.isin(previous.rowids, targets)  # listed last time and still to be listed
-        if len(live_changed) and still.any():
+        if live.any() and still.any():
             kept = _Lists(previous.rowids[still], previous.neighbours[still], previous.scores[still])
-            update = np.union1d(update, self._outranked(kept, live_changed, rules.k))
+            update = np.union1d(update, self._outranked(kept, incoming[live], rules.k))
         return np.intersect1d(update, targets)
 
-    def _outranked(self, previous: _Lists, changed: np.ndarray, k: int) -> np.ndarray:
-        """Products some changed product is now closer to than the last item of their list."""
+    def _outranked(self, previous: _Lists, incoming: np.ndarray, k: int) -> np.ndarray:
+        """Products that one of the ``incoming`` (changed products') vectors is now closer to than
+        the last item of their list."""
         backend = self.view.searcher.serving.backend
-        if len(changed) > max(1000, len(previous.rowids) // 4):
+        if len(incoming) > max(1000, len(previous.rowids) // 4):
             return previous.rowids  # so much changed that checking costs more than recomputing
-        incoming = np.stack([backend.vector(int(r)) for r in changed])
         last = np.where(previous.neighbours[:, k - 1] >= 0, previous.scores[:, k - 1], -np.inf)
         hit = np.zeros(len(previous.rowids), bool)
         for start in range(0, len(previous.rowids), 8192):
@@ -335,34 +337,35 @@ class SimilarExport:
     # ---- writing ---------------------------------------------------------------------------------
     def _write(self, out: Path, lists: _Lists, catalogue: _Catalogue) -> int:
         valid = lists.neighbours >= 0
-        product = np.repeat(lists.rowids, valid.sum(axis=1))
-        similar = lists.neighbours[valid]
+        counts = valid.sum(axis=1)
         ranks = (np.cumsum(valid, axis=1))[valid]
         scores = np.round(lists.scores[valid].astype(np.float64), 5)
-        ids, similar_ids = catalogue.ids[product], catalogue.ids[similar]
-        tmp = out.with_name(f".{out.name}.tmp")
-        suffix = out.suffix.lower()
-        if suffix == ".jsonl":
-            with tmp.open("w", encoding="utf-8") as handle:
+        similar_ids = catalogue.ids[lists.neighbours[valid]]
+
+        def jsonl(temporary: Path) -> None:
+            with temporary.open("w", encoding="utf-8") as handle:
                 position = 0
-                for rowid, count in zip(lists.rowids.tolist(), valid.sum(axis=1).tolist()):
+                for rowid, count in zip(lists.rowids.tolist(), counts.tolist()):
                     items = [{"id": similar_ids[position + i], "score": float(scores[position + i])} for i in range(count)]
                     handle.write(json.dumps({"id": catalogue.ids[rowid], "similar": items}, ensure_ascii=False) + "\n")
                     position += count
-        else:
+
+        def table(temporary: Path) -> None:
             import pyarrow as pa
 
-            table = pa.table({"product_id": pa.array(ids.tolist(), pa.string()), "rank": pa.array(ranks, pa.int16()),
-                              "similar_id": pa.array(similar_ids.tolist(), pa.string()), "score": pa.array(scores, pa.float32())})
-            if suffix == ".parquet":
+            rows = pa.table({"product_id": pa.array(catalogue.ids[np.repeat(lists.rowids, counts)].tolist(), pa.string()),
+                             "rank": pa.array(ranks, pa.int16()), "similar_id": pa.array(similar_ids.tolist(), pa.string()),
+                             "score": pa.array(scores, pa.float32())})
+            if out.suffix.lower() == ".parquet":
                 import pyarrow.parquet as pq
 
-                pq.write_table(table, tmp)
+                pq.write_table(rows, temporary)
             else:
                 import pyarrow.csv as pcsv
 
-                pcsv.write_csv(table, tmp)
-        os.replace(tmp, out)
+                pcsv.write_csv(rows, temporary)
+
+        replace_atomically(out, jsonl if out.suffix.lower() == ".jsonl" else table)
         return int(valid.sum())
 
 
@@ -449,9 +452,7 @@ class _Lister:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    replace_atomically(path, lambda temporary: temporary.write_text(json.dumps(value, indent=1), encoding="utf-8"))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..common.colour import colour_features
+from ..common.folders import replace_atomically
 from ..common.progress import Progress
 from ..images import thumbnail_jpeg
 from ..models import EncoderError, get_encoder
@@ -217,9 +218,7 @@ class TaggerSet:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    replace_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def current_tagger_path(view: CatalogueView) -> Path | None:
