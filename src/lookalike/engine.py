@@ -17,6 +17,7 @@ from .catalog import Catalog
 from .common.progress import Log, Progress, fan_out, no_log
 from .config import Settings, load_settings, split_list
 from .detection.service import FinderLoader
+from .duplicates import DuplicateFinder
 from .export import SimilarExport
 from .images import ImageSource, set_decode_budget
 from .ingest import Distributor, IngestPipeline, IngestReport, IngestRequest, MapperFactory, default_distributor
@@ -48,6 +49,7 @@ class Engine(Catalog):
             threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
             self.closing, self.jobs = threading.Event(), JobBoard()  # closing: set by close(), a running ingest stops after its last batch
             self.tagging, self.text, self.exports = TaggingService(self.view), TextService(self.view), SimilarExport(self.view)
+            self.duplicates = DuplicateFinder(self.view, threads=settings.threads)  # duplicate listings (lookalike.duplicates)
             self.finders = FinderLoader(self.directory, self.settings)
             self.looks = LookService(lambda: self.searcher, self.read_image, lambda: self.finders.get(self.settings.detector),
                                      settings.garment_groups, settings.garment_search, self.store.region_matrix,
@@ -201,11 +203,9 @@ class Engine(Catalog):
         with self.jobs.exclusive("garments", "catalogue") as job:
             return find_catalogue_garments(self.store, self.limits, self.encoder, self.looks.finder(), fan_out(job.progress, progress), self.closing).to_dict()
 
-    def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]:
-        return self.searcher.browse(where, offset, limit)
+    def browse(self, where: Iterable[str] | str | None = None, offset: int = 0, limit: int = 48) -> tuple[int, list[Product]]: return self.searcher.browse(where, offset, limit)  # noqa: E704
 
-    def facets(self, max_values: int = 100) -> list[dict[str, Any]]:
-        return self.searcher.facets(max_values)
+    def facets(self, max_values: int = 100) -> list[dict[str, Any]]: return self.searcher.facets(max_values)  # noqa: E704
 
     __len__ = lambda self: self.searcher.count()  # noqa: E731
 

@@ -50,9 +50,21 @@ def _to_lab() -> ImageCms.ImageCmsTransform:
 
 
 def lab_pixels(image: Image.Image) -> np.ndarray:
-    """(h, w, 3) float32 CIELAB: L in 0..100, a and b in about -128..127."""
+    """(h, w, 3) float32 CIELAB as the colour descriptor (``colour:lab-v1``) reads it.
+
+    Pillow stores a* and b* as signed bytes; this reads them unsigned minus 128, which folds
+    neutral greys onto -128 and flips the sign of a*/b* (red reads -64, not +64).  Trained
+    taggers and text bridges learned on this reading, so it stays until the descriptor's version
+    is raised (and they are retrained); new code wants :func:`signed_lab`."""
     lab = np.asarray(ImageCms.applyTransform(image.convert("RGB"), _to_lab()), dtype=np.float32)
     return np.stack([lab[..., 0] * (100.0 / 255.0), lab[..., 1] - 128.0, lab[..., 2] - 128.0], axis=-1)
+
+
+def signed_lab(image: Image.Image) -> np.ndarray:
+    """(h, w, 3) float32 CIELAB: L in 0..100, a* and b* signed (neutral grey 0, red a* > 0)."""
+    lab = np.asarray(ImageCms.applyTransform(image.convert("RGB"), _to_lab()))
+    chroma = lab[..., 1:].view(np.int8).astype(np.float32)  # Pillow's LAB mode keeps a*/b* as two's-complement bytes
+    return np.concatenate([lab[..., :1].astype(np.float32) * (100.0 / 255.0), chroma], axis=-1)
 
 
 @lru_cache(maxsize=1)

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS tags (
     tagger TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pair_marks (
+    first TEXT NOT NULL,
+    second TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    who TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (first, second)
+);
 """
 
 
@@ -428,6 +436,31 @@ class ProductStore:
             return [r[0] for r in self._db.execute(
                 f"SELECT rowid FROM products p WHERE EXISTS ({self._SERVING_VECTOR}) AND rowid NOT IN (SELECT rowid FROM tags) ORDER BY rowid",
                 (self.serving_model,))]
+
+    def mark_pairs(self, pairs: Iterable[tuple[str, str]], verdict: str, who: str) -> int:
+        """Remember a person's verdict on pairs of listings (by product id, either order);
+        ``verdict`` "" forgets them.  Not a product change: no new generation."""
+        ordered = sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b})
+        now = time.time()
+        with self._write_transaction(new_generation=False):
+            for first, second in ordered:
+                if verdict:
+                    self._db.execute("INSERT OR REPLACE INTO pair_marks(first, second, verdict, who, at) VALUES (?, ?, ?, ?, ?)",
+                                     (first, second, verdict, who, now))
+                else:
+                    self._db.execute("DELETE FROM pair_marks WHERE first = ? AND second = ?", (first, second))
+        return len(ordered)
+
+    def pair_marks(self, verdict: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT first, second, verdict, who, at FROM pair_marks", [] if verdict is None else [verdict]
+        if verdict is not None:
+            sql += " WHERE verdict = ?"
+        try:
+            with self._lock:
+                rows = self._db.execute(sql + " ORDER BY first, second", params).fetchall()
+        except sqlite3.OperationalError:  # an older store opened read-only has no marks table yet: no marks
+            rows = []
+        return [{"first": r[0], "second": r[1], "verdict": r[2], "who": r[3], "at": r[4]} for r in rows]
 
     def thumbnails(self, rowids: Iterable[int]) -> dict[int, bytes]:
         return dict(self._select_in("SELECT rowid, jpeg FROM thumbnails WHERE rowid IN ({marks})", [int(r) for r in rowids]))

@@ -26,6 +26,8 @@ from ...search.look import Look
 from ...search.queries import MAX_TEXT
 from ...security.http import SESSION_COOKIE, AccessPolicy, AuthError
 from ..errors import IMAGE_STATUS, read_upload
+from .forms import FormGuard
+from .workbench import duplicates_router
 
 HERE = Path(__file__).parent
 KEY_COLUMNS = ("article_type", "category", "base_colour", "colour", "color", "brand", "gender", "price")
@@ -243,6 +245,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
         return page(request, "_status.html", **_admin_status(engine))
 
     app.include_router(router)
+    app.include_router(duplicates_router(engine, page, administrator, FormGuard(policy)))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
 

@@ -1,0 +1,82 @@
+"""The decision "same photo, re-processed" from a pair's :class:`~.compare.PairEvidence`.
+
+A logistic model over the evidence's features, fitted by ``scripts/fit_duplicate_rule.py`` on
+the training part of a catalogue (synthetic copies of its photos — re-encoded, resized,
+cropped, re-exposed — against its own template look-alikes) and shipped as ``default_rule.json``
+with its provenance.  A shop can fit its own and pass it (``--rule FILE``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .compare import PairEvidence
+
+FEATURES = ("peak", "log1p lightness median", "log1p lightness p90", "log1p chroma median", "log1p chroma p90")
+MAX_RULE_BYTES = 64_000
+
+
+class RuleError(ValueError):
+    """A rule file that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class DuplicateRule:
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    provenance: str = ""
+
+    def probability(self, evidence: PairEvidence) -> float:
+        if not evidence.aligned:
+            return 0.0
+        score = float(np.dot(self.weights, evidence.features())) + self.bias
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, score))))
+
+    def is_duplicate(self, evidence: PairEvidence) -> bool:
+        return self.probability(evidence) >= self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold,
+                "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> DuplicateRule:
+        if not isinstance(data, dict):
+            raise RuleError(f"{source}: a rule is a JSON object with weights, bias and threshold")
+        weights: Any = data.get("weights")
+        bias: Any = data.get("bias")
+        threshold: Any = data.get("threshold")
+        if not isinstance(weights, list) or len(weights) != len(FEATURES) or not all(_finite(w) for w in weights):
+            raise RuleError(f"{source}: weights must be {len(FEATURES)} finite numbers ({', '.join(FEATURES)})")
+        if not _finite(bias):
+            raise RuleError(f"{source}: bias must be a finite number")
+        if not _finite(threshold) or not 0.0 < float(threshold) < 1.0:
+            raise RuleError(f"{source}: threshold must be a probability strictly between 0 and 1")
+        return cls(tuple(float(w) for w in weights), float(bias), float(threshold), str(data.get("provenance", ""))[:2000])
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> DuplicateRule:
+        """The shipped rule, or one from a JSON file."""
+        if path is None:
+            text = resources.files(__package__).joinpath("default_rule.json").read_text(encoding="utf-8")
+            return cls.from_dict(json.loads(text), "the default duplicate rule")
+        file = Path(path)
+        try:
+            if file.stat().st_size > MAX_RULE_BYTES:
+                raise RuleError(f"{file}: a rule file is at most {MAX_RULE_BYTES:,} bytes")
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RuleError(f"{file}: cannot read the rule ({exc})") from exc
+        return cls.from_dict(data, str(file))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

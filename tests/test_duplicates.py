@@ -1,0 +1,246 @@
+"""Duplicate listings: re-processed copies are grouped with their original, different items are not,
+people's verdicts are remembered, and every entry point refuses bad input naming it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.duplicates import DuplicateError, DuplicateOptions, DuplicateRule, RuleError, compare_photos
+from lookalike.duplicates.synthetic import COPY_KINDS, make_copy
+
+from .conftest import DEMO_CSV, SHARED, requires_shared
+from .test_cli import run
+
+IMAGES = DEMO_CSV.parent / "images"
+DEMO_CROPPED_TWICE = ("9fba5065", "b0d71fba")  # one photo listed twice, once cut shorter (256×192 and 256×170)
+
+
+def demo_rows() -> list[dict[str, str]]:
+    with open(DEMO_CSV, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def add_copies(engine, tmp_path, ids: list[str], seed: int = 0) -> dict[str, str]:
+    """Four re-processed copies of each product, listed under new ids; returns copy id -> original id."""
+    rng, made = np.random.default_rng(seed), {}
+    for product_id in ids:
+        original = Image.open(IMAGES / f"{product_id}.jpg").convert("RGB")
+        for kind in COPY_KINDS:
+            path = tmp_path / f"{product_id}-{kind}.jpg"
+            make_copy(original, kind, rng).save(path, quality=95)
+            engine.upsert(f"{product_id}~{kind}", str(path), {"category": "copy"})
+            made[f"{product_id}~{kind}"] = product_id
+    return made
+
+
+def group_of(report) -> dict[str, int]:
+    return {member: group.group for group in report.groups for member in group.members}
+
+
+def test_the_shipped_rule_accepts_copies_and_refuses_other_photos():
+    rows = demo_rows()[:40:4]
+    rule, rng = DuplicateRule.load(), np.random.default_rng(3)
+    photos = [Image.open(IMAGES / f"{r['id']}.jpg").convert("RGB") for r in rows]
+    for photo in photos:
+        for kind in COPY_KINDS:
+            assert rule.is_duplicate(compare_photos(photo, make_copy(photo, kind, rng))), kind
+    others = [rule.probability(compare_photos(a, b)) for a, b in zip(photos, photos[1:])]
+    assert max(others) < rule.threshold
+    assert "Fitted by benchmarks/duplicates.py" in rule.provenance
+
+
+def test_a_crop_is_found_at_its_scale_and_its_original_is_the_larger_photo(engine, tmp_path):
+    product = demo_rows()[7]["id"]
+    photo = Image.open(IMAGES / f"{product}.jpg").convert("RGB")
+    crop = photo.crop((10, 12, 10 + int(photo.width * 0.85), 12 + int(photo.height * 0.85)))
+    evidence = compare_photos(photo, crop)
+    assert evidence.aligned and abs(evidence.scale - 0.85) < 0.02
+    crop.save(tmp_path / "crop.jpg", quality=95)
+    engine.upsert("cropped-copy", str(tmp_path / "crop.jpg"), {"category": "copy"})
+    report = engine.duplicates.find()
+    [group] = [g for g in report.groups if "cropped-copy" in g.members]
+    assert set(group.members) == {product, "cropped-copy"} and group.original == product
+
+
+def test_copies_and_identical_photos_are_grouped_and_nothing_else(engine, tmp_path):
+    originals = [r["id"] for r in demo_rows()[::30]]
+    copies = add_copies(engine, tmp_path, originals)
+    engine.upsert("same-photo-twice", str(IMAGES / f"{originals[0]}.jpg"), {"category": "copy"})
+    report = engine.duplicates.find(DuplicateOptions(k=5))
+    groups = group_of(report)
+    for copy_id, original in copies.items():
+        assert groups.get(copy_id) is not None and groups.get(copy_id) == groups.get(original), copy_id
+    assert groups["same-photo-twice"] == groups[originals[0]]
+    strays = [g for g in report.groups if not set(g.members) <= set(copies) | set(originals) | {"same-photo-twice"}]
+    # the demo catalogue (CC0 phone photos) itself lists one photo twice, once cut shorter: found
+    assert [sorted(g.members) for g in strays] == [sorted(DEMO_CROPPED_TWICE)], [g.to_dict() for g in strays]
+    assert not strays[0].pairs[0].identical  # different bytes: found by comparing the pixels
+    assert {g.original for g in report.groups} == set(originals) | {DEMO_CROPPED_TWICE[0]}  # the taller photo is the original
+    identical = [p for g in report.groups for p in g.pairs if p.identical]
+    assert [sorted((p.first, p.second)) for p in identical] == [sorted(("same-photo-twice", originals[0]))]
+    rows = report.write_csv(tmp_path / "dups.csv")
+    with open(tmp_path / "dups.csv", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert rows == len(table) == sum(len(g.members) for g in report.groups)
+    assert {r["product_id"] for r in table if r["original"] == "True"} == set(originals) | {DEMO_CROPPED_TWICE[0]}
+
+
+def test_a_mark_is_remembered_and_can_be_forgotten(engine, tmp_path):
+    original = demo_rows()[40]["id"]
+    add_copies(engine, tmp_path, [original])
+    before = engine.duplicates.find()
+    assert any(f"{original}~jpeg" in g.members for g in before.groups)
+    assert engine.duplicates.mark_not_duplicate([original, f"{original}~jpeg"], who="merchandiser") == 1
+    after = engine.duplicates.find()
+    assert not any({original, f"{original}~jpeg"} <= set(g.members) and len(g.members) == 2 for g in after.groups)
+    assert after.marked_skipped == 1
+    [mark] = engine.duplicates.marks()
+    assert mark["who"] == "merchandiser" and mark["verdict"] == "not_duplicate" and mark["at"] > time.time() - 60
+    engine.duplicates.forget_marks([original, f"{original}~jpeg"])
+    assert engine.duplicates.marks() == [] and engine.duplicates.find().marked_skipped == 0
+
+
+@pytest.mark.parametrize("options, message", [({"k": 0}, "k=0"), ({"k": 21}, "k=21"), ({"min_cosine": 0.2}, "min_cosine=0.2"),
+                                              ({"min_cosine": 1.5}, "min_cosine=1.5")])
+def test_bad_options_are_refused_with_the_reason(options, message):
+    with pytest.raises(DuplicateError, match=message):
+        DuplicateOptions(**options)
+
+
+def test_bad_marks_and_rule_files_are_refused(engine, tmp_path):
+    known = demo_rows()[0]["id"]
+    with pytest.raises(DuplicateError, match="between 2 and 50"):
+        engine.duplicates.mark_not_duplicate([known], who="x")
+    with pytest.raises(DuplicateError, match="between 2 and 50"):
+        engine.duplicates.mark_not_duplicate([f"id{i}" for i in range(51)], who="x")
+    with pytest.raises(DuplicateError, match="no product with id 'nope'"):
+        engine.duplicates.mark_not_duplicate([known, "nope"], who="x")
+    for content, message in [("[1, 2]", "JSON object"), ('{"weights": [1, 2], "bias": 0, "threshold": 0.5}', "weights must be 5"),
+                             ('{"weights": [1, 1, 1, 1, 1], "bias": "x", "threshold": 0.5}', "bias"),
+                             ('{"weights": [1, 1, 1, 1, 1], "bias": 0, "threshold": 1}', "threshold"),
+                             ('{"weights": [1e999, 1, 1, 1, 1], "bias": 0, "threshold": 0.5}', "finite"), ("{not json", "cannot read")]:
+        path = tmp_path / "rule.json"
+        path.write_text(content)
+        with pytest.raises(RuleError, match=message):
+            DuplicateRule.load(path)
+    (tmp_path / "big.json").write_text(" " * 70_000)
+    with pytest.raises(RuleError, match="at most"):
+        DuplicateRule.load(tmp_path / "big.json")
+    with pytest.raises(Exception, match="price"):
+        engine.duplicates.find(DuplicateOptions(where=("price>>1",)))
+
+
+def test_cli_duplicates(store_copy, tmp_path):
+    from lookalike import Engine
+
+    original = demo_rows()[50]["id"]
+    with Engine.open(store_copy) as engine:
+        add_copies(engine, tmp_path, [original])
+    found = run("duplicates", "--json", "--csv", str(tmp_path / "d.csv"), store=store_copy)
+    assert found.returncode == 0, found.stderr
+    report = json.loads(found.stdout)
+    [group] = [g for g in report["groups"] if original in g["members"]]
+    assert set(group["members"]) == {original, *(f"{original}~{k}" for k in COPY_KINDS)} and group["original"] == original
+    assert (tmp_path / "d.csv").read_text().startswith("group,product_id,original")
+    marked = run("duplicates", "not-duplicates", original, f"{original}~crop", "--who", "ana", store=store_copy)
+    assert marked.returncode == 0 and "1 pair(s)" in marked.stdout
+    assert "ana" in run("duplicates", "marks", store=store_copy).stdout
+    refused = run("duplicates", "not-duplicates", original, "missing-id", store=store_copy)
+    assert refused.returncode == 1 and "no product with id 'missing-id'" in refused.stderr
+    kept = run("duplicates", "keep", original, "--drop", f"{original}~jpeg", "--drop", f"{original}~half", "--yes", store=store_copy)
+    assert kept.returncode == 0 and "deleted 2" in kept.stdout
+    assert run("duplicates", "keep", original, "--drop", original, "--yes", store=store_copy).returncode == 1
+    assert run("duplicates", "-k", "0", store=store_copy).returncode == 2
+    assert run("duplicates", "--rule", str(tmp_path / "missing.json"), store=store_copy).returncode == 1
+    for command in (["duplicates", "--help"], ["duplicates", "keep", "--help"], ["duplicates", "not-duplicates", "--help"]):
+        assert run(*command, store=store_copy).returncode == 0
+
+
+def test_http_duplicates_job_report_csv_and_marks(server, store_copy):
+    body = {"k": 5, "min_cosine": 0.85}
+    assert httpx.post(server.url + "/duplicates", json=body).status_code in (401, 403)
+    started = httpx.post(server.url + "/duplicates", json=body, headers=server.auth)
+    assert started.status_code == 202, started.text
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        job = httpx.get(server.url + "/duplicates/status", headers=server.auth).json()["job"]
+        if job and not job["running"]:
+            break
+        time.sleep(0.3)
+    assert job["error"] is None and job["outcome"]["products"] == 305
+    report = httpx.get(server.url + "/duplicates", params={"limit": 2}, headers=server.auth).json()
+    assert report["total_groups"] == job["outcome"]["groups"] and len(report["groups"]) <= 2
+    assert httpx.get(server.url + "/duplicates").status_code in (401, 403)
+    download = httpx.get(server.url + "/duplicates.csv", headers=server.auth)
+    assert download.status_code == 200 and download.text.startswith("group,product_id")
+    a, b = demo_rows()[0]["id"], demo_rows()[1]["id"]
+    assert httpx.post(server.url + "/duplicates/not-duplicates", json={"ids": [a, b]}).status_code in (401, 403)
+    marked = httpx.post(server.url + "/duplicates/not-duplicates", json={"ids": [a, b]}, headers=server.auth)
+    assert marked.status_code == 200 and marked.json() == {"marked_pairs": 1}
+    [mark] = httpx.get(server.url + "/duplicates/marks", headers=server.auth).json()["marks"]
+    assert mark["who"] == "tests"
+    for hostile in [{"ids": [a]}, {"ids": [a] + [f"x{i}" for i in range(50)]}, {"ids": [a, "x" * 201]}, {"ids": [a, ""]},
+                    {"ids": [a, "missing"]}, {"ids": "a,b"}, {"ids": [a, {"$gt": ""}]}]:
+        refused = httpx.post(server.url + "/duplicates/not-duplicates", json=hostile, headers=server.auth)
+        assert refused.status_code == 422, (hostile, refused.text)
+    for bad in [{"k": 0}, {"k": 21}, {"min_cosine": 0.1}, {"min_cosine": "x"}, {"where": ["price>>1"]}, {"where": ["x"] * 21}]:
+        refused = httpx.post(server.url + "/duplicates", json={**body, **bad}, headers=server.auth)
+        assert refused.status_code == 422, (bad, refused.text)
+    assert "/duplicates" in httpx.get(server.url + "/openapi.json").json()["paths"]
+
+
+@requires_shared
+def test_on_real_catalogue_photos_copies_are_found_and_template_look_alikes_are_not(tmp_path):
+    """Myntra products (a slice the rule was not fitted on: its fitting part is crc32 % 10 < 7)
+    with four copies of some of them; every copy is grouped with its original, and products
+    that share a photo template but are different items stay apart."""
+    import zlib
+
+    from lookalike import Engine
+
+    with open(SHARED / "myntra" / "labels.csv", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if zlib.crc32(r["item_id"].encode()) % 10 >= 7]
+    rows = rows[:400]
+    rng = np.random.default_rng(5)
+    listing = [{"id": r["item_id"], "image": str(SHARED / "myntra" / r["image_file"])} for r in rows]
+    originals = [rows[i]["item_id"] for i in rng.choice(len(rows), 12, replace=False)]
+    for product_id in originals:
+        photo = Image.open(SHARED / "myntra" / "images" / f"{product_id}.jpg").convert("RGB")
+        for kind in COPY_KINDS:
+            make_copy(photo, kind, rng).save(tmp_path / f"{product_id}-{kind}.jpg", quality=95)
+            listing.append({"id": f"{product_id}~{kind}", "image": str(tmp_path / f"{product_id}-{kind}.jpg")})
+    with open(tmp_path / "catalogue.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["id", "image"])
+        writer.writeheader()
+        writer.writerows(listing)
+    with Engine.open(tmp_path / "store") as engine:
+        engine.ingest(tmp_path / "catalogue.csv", garments=False)
+        report = engine.duplicates.find()
+        survey = engine.duplicates.survey()
+    groups = group_of(report)
+    found = [groups.get(f"{p}~{k}") is not None and groups.get(f"{p}~{k}") == groups.get(p) for p in originals for k in COPY_KINDS]
+    assert sum(found) >= 0.95 * len(found)
+    look_alikes = [f for f in survey.findings if not f.identical and f.cosine >= 0.93 and f.first.split("~")[0] != f.second.split("~")[0]]
+    grouped = [f for f in look_alikes if groups.get(f.first) is not None and groups.get(f.first) == groups.get(f.second)]
+    assert len(look_alikes) >= 20 and len(grouped) <= max(1, 0.02 * len(look_alikes)), [(f.first, f.second, f.probability) for f in grouped]
+
+
+def test_worker_processes_measure_what_this_process_measures(engine, tmp_path, monkeypatch):
+    """Large batches are compared on worker processes (the GIL would serialise threads); they
+    must measure every pair exactly as an in-process run does."""
+    from lookalike.duplicates import finder
+
+    add_copies(engine, tmp_path, [demo_rows()[60]["id"]])
+    engine.duplicates.threads = 1
+    alone = {(f.first, f.second): f.evidence for f in engine.duplicates.survey().findings}
+    monkeypatch.setattr(finder, "PROCESS_MIN_PAIRS", 0)
+    engine.duplicates.threads = 2
+    pooled = {(f.first, f.second): f.evidence for f in engine.duplicates.survey().findings}
+    assert len(alone) > 10 and pooled == alone
