@@ -80,6 +80,15 @@ CREATE TABLE IF NOT EXISTS tags (
     tagger TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS label_changes (
+    change INTEGER PRIMARY KEY AUTOINCREMENT,
+    product TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    old TEXT,
+    new TEXT NOT NULL,
+    who TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pair_marks (
     first TEXT NOT NULL,
     second TEXT NOT NULL,
@@ -436,6 +445,32 @@ class ProductStore:
             return [r[0] for r in self._db.execute(
                 f"SELECT rowid FROM products p WHERE EXISTS ({self._SERVING_VECTOR}) AND rowid NOT IN (SELECT rowid FROM tags) ORDER BY rowid",
                 (self.serving_model,))]
+
+    def relabel(self, product_id: str, column: str, value: str, who: str) -> str | None:
+        """Set one product's label and record the change (who, when, the old value) in one
+        transaction; returns the old value.  The product's vector and predicted tags stay."""
+        with self._write_transaction() as gen:
+            row = self._db.execute("SELECT metadata FROM products WHERE id = ?", (product_id,)).fetchone()
+            if row is None:
+                raise KeyError(product_id)
+            metadata = self.parse_json(row[0], product_id)
+            old = metadata.get(column)
+            metadata[column] = value
+            self._db.execute("UPDATE products SET metadata = ?, gen = ?, updated_at = ? WHERE id = ?",
+                             (canonical_json(metadata), gen, time.time(), product_id))
+            self._db.execute("INSERT INTO label_changes(product, column_name, old, new, who, at) VALUES (?, ?, ?, ?, ?, ?)",
+                             (product_id, column, None if old is None else str(old), value, who, time.time()))
+        return None if old is None else str(old)
+
+    def label_changes(self, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Recorded label changes, newest first."""
+        try:
+            with self._lock:
+                rows = self._db.execute("SELECT change, product, column_name, old, new, who, at FROM label_changes ORDER BY change DESC LIMIT ?",
+                                        (limit,)).fetchall()
+        except sqlite3.OperationalError:  # an older store opened read-only has no such table yet
+            rows = []
+        return [{"change": r[0], "id": r[1], "column": r[2], "old": r[3], "new": r[4], "who": r[5], "at": r[6]} for r in rows]
 
     def mark_pairs(self, pairs: Iterable[tuple[str, str]], verdict: str, who: str) -> int:
         """Remember a person's verdict on pairs of listings (by product id, either order);

@@ -15,8 +15,9 @@ from PIL import Image
 
 from ..common.progress import Log, Progress, no_log
 from ..search.view import CatalogueView
+from .review import LabelReview
 from .rules import TextRules
-from .tagger import TaggerError, TaggerSet, TagPredictor, TrainOptions, current_tagger_path, load_taggers, train_taggers, untrained_taggers
+from .tagger import TaggerError, TaggerSet, TagPredictor, TrainOptions, current_tagger_path, load_taggers, retrain_options, train_taggers, untrained_taggers
 
 
 class TaggingService:
@@ -24,6 +25,7 @@ class TaggingService:
         self._view = view  # a callable: a re-index swaps the serving model the view reads
         self._taggers: tuple[Path, TaggerSet | None] | None = None
         self._predictor: tuple[Any, TagPredictor] | None = None
+        self.review = LabelReview(view, lambda: self.taggers)  # the F1 and contradicted-labels views, label fixes
 
     @property
     def taggers(self) -> TaggerSet | None:
@@ -35,6 +37,13 @@ class TaggingService:
         if self._taggers is None or self._taggers[0] != path:
             self._taggers = (path, load_taggers(view, path))
         return self._taggers[1]
+
+    def retrain(self, progress: Progress | None = None, log: Log = no_log) -> TaggerSet:
+        """Train again with the current set's options, on the labels as they are now (after review)."""
+        current = self.taggers
+        if current is None:
+            raise TaggerError("no trained taggers to retrain: run `lookalike tag train` first")
+        return self.train(retrain_options(current.report), progress, log)
 
     def train(self, options: TrainOptions, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> TaggerSet:
         """Train taggers from the catalogue's labelled columns; saved as the store's next version."""

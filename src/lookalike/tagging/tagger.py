@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -260,6 +260,18 @@ def load_taggers(view: CatalogueView, path: str | Path | None = None) -> TaggerS
 
 
 # ---- training ------------------------------------------------------------------------------------
+def _replayable(options: TrainOptions) -> dict[str, Any]:
+    """The options as plain data, so a later run (retraining after labels were fixed) can repeat them."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+
+
+def retrain_options(report: dict[str, Any]) -> TrainOptions:
+    """The options a tagger set was trained with (defaults for a set trained before they were kept)."""
+    stored = report.get("options")
+    known = {f.name for f in fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in stored.items() if k in known}) if isinstance(stored, dict) else TrainOptions(columns=sorted(report.get("columns", {})))
+
+
 def _per_class(classes: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> list[dict[str, Any]]:
     from sklearn.metrics import precision_recall_fscore_support  # scikit-learn loads only when a tagger trains
 
@@ -331,7 +343,8 @@ def train_taggers(view: CatalogueView, options: TrainOptions, progress: Progress
     builder = FeatureBuilder(view, options.image_model, text_columns, text_model)
     needed = sorted({i for values in targets.values() for i, v in enumerate(values) if v is not None})
     taggers: dict[str, ColumnTagger] = {}
-    report: dict[str, Any] = {"columns": {}, "trained_at": _now(), "folds": options.folds, "products": len(rowids)}
+    report: dict[str, Any] = {"columns": {}, "trained_at": _now(), "folds": options.folds, "products": len(rowids),
+                              "options": _replayable(options)}
     if needed:
         evidence = builder.for_rowids([rowids[i] for i in needed], progress=progress, label="features")
         position = {row: k for k, row in enumerate(needed)}

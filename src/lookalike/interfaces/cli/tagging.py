@@ -154,6 +154,63 @@ def tag_review(
     guarded(body)
 
 
+@tag_app.command("relabel")
+def tag_relabel(
+    product_id: str = typer.Argument(..., help="The product."),
+    column: str = typer.Argument(..., help="A column the taggers were trained on."),
+    value: str = typer.Argument(..., help="The right label."),
+    who: Optional[str] = typer.Option(None, "--who", help="Who decided (default: your user name)."),
+) -> None:
+    """Fix one product's label (recorded with who and when); the next `tag train` / `tag retrain` learns from it."""
+
+    def body() -> None:
+        import getpass
+
+        with state.engine() as engine:
+            change = engine.tagging.review.relabel(product_id, column, value, who or getpass.getuser())
+        out.print(f"{change['id']}: {change['column']} {change['old']!r} -> {change['new']!r} (by {change['who']})", highlight=False)
+
+    guarded(body)
+
+
+@tag_app.command("changes")
+def tag_changes(
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write every recorded change to this CSV file."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Recorded label changes (review fixes), newest first: who changed what, from what, when."""
+
+    def body() -> None:
+        from ...tagging.review import changes_csv
+
+        with state.engine() as engine:
+            changes = engine.tagging.review.changes()
+        if csv_path:
+            csv_path.write_text(changes_csv(changes), encoding="utf-8")
+        if as_json:
+            out.print_json(json.dumps(changes))
+            return
+        for change in changes[:50]:
+            out.print(f"{change['id']}  {change['column']}: {change['old']!r} -> {change['new']!r}  by {change['who']}", highlight=False)
+
+    guarded(body)
+
+
+@tag_app.command("retrain")
+def tag_retrain(as_json: bool = typer.Option(False, "--json", help="Print the new set's summary as JSON.")) -> None:
+    """Train the taggers again with their last options, on the labels as they are now."""
+
+    def body() -> None:
+        with state.engine() as engine, progress_bar(as_json or not sys.stderr.isatty()) as bar:
+            taggers = engine.tagging.retrain(progress=bar_progress(bar))
+        if as_json:
+            out.print_json(json.dumps(taggers.summary()))
+            return
+        out.print(f"retrained: {taggers.name} ({', '.join(sorted(taggers.report.get('columns', {})))})", highlight=False)
+
+    guarded(body)
+
+
 @tag_app.command("info")
 def tag_info(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Show the current tagger set: version, columns, encoders, training scores."""

@@ -1,4 +1,5 @@
-"""The merchandiser's workbench pages: duplicate listings (groups, evidence, keep one, not duplicates, CSV).
+"""The merchandiser's workbench pages: duplicate listings (groups, evidence, keep one, not duplicates,
+CSV) and label review (the F1 view, contradicted labels with one-click fixes, the change log, retraining).
 
 Pages render for an ``admin`` view; their forms change the catalogue through :class:`~.forms.FormGuard`
 (a ``write`` key signed in, and the session's form token).  Every action answers with a redirect back
@@ -8,6 +9,7 @@ to the page (post/redirect/get), so a reload never repeats it, and works without
 from __future__ import annotations
 
 from typing import Any, Callable, List
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -15,7 +17,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ...duplicates import NOT_DUPLICATE, DuplicateOptions, load_latest
 from ...engine import Engine
 from ...security.keys import ApiKey
+from ...tagging.review import MAX_VALUE
 from ..api.routes.duplicates import MAX_ID, start_search
+from ..api.routes.tagging import start_retrain
 from .forms import FormGuard
 
 GROUPS_PER_PAGE = 20
@@ -55,6 +59,35 @@ def duplicates_router(engine: Engine, render: Render, administrator: Any, forms:
             raise ValueError(f"{keep_id[:80]!r} is not in the group")
         engine.delete_many([m for m in members if m != keep_id])
         return RedirectResponse(f"/admin/duplicates?page={back}", status_code=303)
+
+    return router
+
+
+def labels_router(engine: Engine, render: Render, administrator: Any, forms: FormGuard) -> APIRouter:
+    """The label review page: a column's F1 view, the labels the taggers contradict with one-click
+    fixes, the change log and its CSV, and retraining."""
+    router = APIRouter(include_in_schema=False)
+    writer, admin = forms.requires("write"), forms.requires("admin")
+
+    @router.get("/admin/labels", response_class=HTMLResponse, dependencies=[administrator])
+    def labels_page(request: Request, column: str = Query("", max_length=200)) -> HTMLResponse:
+        columns = engine.tagging.review.columns()
+        chosen = column if column in columns else (columns[0] if columns else "")
+        review = engine.tagging.review.column(chosen) if chosen else None
+        job = engine.jobs.latest.get("tag-train")
+        return render(request, "labels.html", columns=columns, column=chosen, review=review, changes=engine.tagging.review.changes(20),
+                      taggers=engine.taggers, job=None if job is None else job.to_dict(), form_token=forms.token(request))
+
+    @router.post("/ui/labels")
+    def relabel(product_id: str = Form(..., alias="id", max_length=MAX_ID), column: str = Form(..., max_length=200),
+                value: str = Form(..., max_length=MAX_VALUE), key: ApiKey = writer) -> Response:
+        engine.tagging.review.relabel(product_id, column, value, who=key.name)
+        return RedirectResponse(f"/admin/labels?column={quote(column, safe='')}#review", status_code=303)
+
+    @router.post("/ui/labels/retrain")
+    def retrain(column: str = Form("", max_length=200), key: ApiKey = admin) -> Response:
+        start_retrain(engine)
+        return RedirectResponse(f"/admin/labels?column={quote(column, safe='')}", status_code=303)
 
     return router
 

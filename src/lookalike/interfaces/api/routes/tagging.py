@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Optional
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from ....engine import Engine
+from ....jobs import BusyError
+from ....security.keys import ApiKey
+from ....tagging.review import MAX_VALUE, changes_csv
+from ....tagging.tagger import TaggerError
 from ...errors import error_response, read_upload
+from ..access import requires
 from ..context import ApiContext
 from ..schemas import TagsOut
 
@@ -16,6 +25,7 @@ from ..schemas import TagsOut
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["tagging"])
     engine = ctx.engine
+    writer = requires(ctx.scopes.policy, "write")
 
     @api.post("/tag", response_model=TagsOut, summary="Tag an uploaded photo (nothing is stored)", dependencies=[ctx.scopes.read])
     async def tag(
@@ -45,4 +55,50 @@ def router(ctx: ApiContext) -> APIRouter:
         rows = taggers.review(column)
         return {"total": len(rows), "items": rows[:limit_]}
 
+    @api.get("/labels/review", summary="One labelled column's per-class F1 and the labels the taggers contradict, as they stand now",
+             dependencies=[ctx.scopes.admin_view])
+    def labels_review(column: str = Query(..., min_length=1, max_length=200), limit_: int = Query(200, ge=1, le=10_000, alias="limit")) -> Any:
+        return asdict(engine.tagging.review.column(column, limit_))
+
+    @api.post("/labels", summary="Set a product's label in a reviewed column (recorded with who and when)")
+    def relabel(body: RelabelIn, key: Optional[ApiKey] = Depends(writer)) -> Any:
+        return engine.tagging.review.relabel(body.id, body.column, body.value, key.name if key else "anonymous")
+
+    @api.get("/labels/changes", summary="Recorded label changes, newest first", dependencies=[ctx.scopes.admin_view])
+    def label_changes(limit_: int = Query(1000, ge=1, le=100_000, alias="limit")) -> Any:
+        return {"changes": engine.tagging.review.changes(limit_)}
+
+    @api.get("/labels/changes.csv", summary="Recorded label changes as CSV", dependencies=[ctx.scopes.admin_view],
+             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+    def label_changes_csv() -> Response:
+        return Response(changes_csv(engine.tagging.review.changes()), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="label-changes.csv"'})
+
+    @api.post("/tags/retrain", status_code=202, summary="Retrain the taggers with their last options on the labels as they are now",
+              dependencies=[ctx.scopes.admin])
+    def retrain() -> Any:
+        return start_retrain(engine)
+
     return api
+
+
+class RelabelIn(BaseModel):
+    id: str = Field(..., min_length=1, max_length=200, description="Product id")
+    column: str = Field(..., min_length=1, max_length=200, description="A column the taggers were trained on")
+    value: str = Field(..., min_length=1, max_length=MAX_VALUE, description="The right label")
+
+
+def start_retrain(engine: Engine) -> dict[str, Any]:
+    """Retraining as a background job (one at a time); the new set serves as soon as it is saved."""
+    running = engine.jobs.latest.get("tag-train")
+    if running is not None and running.running:
+        raise BusyError("the taggers are already retraining; GET /jobs or the label review page shows progress")
+    if engine.taggers is None:
+        raise TaggerError("no trained taggers to retrain: run `lookalike tag train` first")
+
+    def run() -> None:
+        status = engine.jobs.latest["tag-train"]
+        taggers = engine.tagging.retrain(progress=status.progress)
+        status.set_outcome({"taggers": taggers.name, "columns": sorted(taggers.report.get("columns", {}))})
+
+    return dict(engine.jobs.start("tag-train", run, label="retrain"))
