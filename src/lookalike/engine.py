@@ -25,6 +25,7 @@ from .ingest.catalogue import count_rows
 from .ingest.garments import VERSION_META, find_catalogue_garments, garments_after_ingest
 from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
+from .judging import Rounds
 from .models import Encoder, adopt_model, get_encoder
 from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex, TextQuery
 from .search.look import Look, LookService
@@ -49,7 +50,7 @@ class Engine(Catalog):
             threadpool_limits(max(1, settings.threads), user_api="blas")  # exact search's BLAS joins the pinned budget
             self.closing, self.jobs = threading.Event(), JobBoard()  # closing: set by close(), a running ingest stops after its last batch
             self.tagging, self.text, self.exports = TaggingService(self.view), TextService(self.view), SimilarExport(self.view)
-            self.duplicates = DuplicateFinder(self.view, threads=settings.threads)  # duplicate listings (lookalike.duplicates)
+            self.duplicates, self.judging = DuplicateFinder(self.view, threads=settings.threads), Rounds(self.view)  # lookalike.duplicates, .judging
             self.finders = FinderLoader(self.directory, self.settings)
             self.looks = LookService(lambda: self.searcher, self.read_image, lambda: self.finders.get(self.settings.detector),
                                      settings.garment_groups, settings.garment_search, self.store.region_matrix,
@@ -88,8 +89,7 @@ class Engine(Catalog):
     def view(self) -> CatalogueView:  # what training and tagging may read (and, for tags, write)
         return CatalogueView(self.directory, self.settings, self.limits, self.store, self.searcher)
 
-    def sync(self) -> bool:  # catch up with writes other processes committed to the store
-        return self.searcher.serving.sync()
+    def sync(self) -> bool: return self.searcher.serving.sync()  # noqa: E704  (catch up with writes other processes committed)
 
     def close(self, wait: float = 30.0) -> None:
         """Stop a running job after its last committed batch, snapshot, and close the store."""

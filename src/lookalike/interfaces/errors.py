@@ -16,6 +16,7 @@ from ..detection import DetectorError
 from ..images import ImageError, clean_message
 from ..ingest.catalogue import CatalogueError
 from ..jobs import BusyError
+from ..judging import UnknownRound
 from ..models import EncoderError, ModelError
 from ..search import NotFoundError
 from ..search.filters import FilterError
@@ -35,6 +36,7 @@ ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
     (TaggerError, 409, "tagger"),
     (FilterError, 422, "bad_filter"),
     (NotFoundError, 404, "not_found"),
+    (UnknownRound, 404, "not_found"),
     (BusyError, 409, "busy"),
     (EncoderError, 404, "unknown_model"),
     (ModelError, 409, "model"),

@@ -89,6 +89,15 @@ CREATE TABLE IF NOT EXISTS label_changes (
     who TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS votes (
+    round TEXT NOT NULL,
+    query TEXT NOT NULL,
+    judge TEXT NOT NULL,
+    shown TEXT NOT NULL,
+    choice TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (round, query, judge)
+);
 CREATE TABLE IF NOT EXISTS pair_marks (
     first TEXT NOT NULL,
     second TEXT NOT NULL,
@@ -471,6 +480,21 @@ class ProductStore:
         except sqlite3.OperationalError:  # an older store opened read-only has no such table yet
             rows = []
         return [{"change": r[0], "id": r[1], "column": r[2], "old": r[3], "new": r[4], "who": r[5], "at": r[6]} for r in rows]
+
+    def add_vote(self, round_name: str, query: str, shown: str, choice: str, judge: str) -> bool:
+        """Record a judge's vote; False when this judge already voted on this query of the round."""
+        with self._write_transaction(new_generation=False):
+            cursor = self._db.execute("INSERT OR IGNORE INTO votes(round, query, judge, shown, choice, at) VALUES (?, ?, ?, ?, ?, ?)",
+                                      (round_name, query, judge, shown, choice, time.time()))
+            return cursor.rowcount == 1
+
+    def votes(self, round_name: str) -> list[dict[str, Any]]:
+        try:
+            with self._lock:
+                rows = self._db.execute("SELECT query, judge, shown, choice, at FROM votes WHERE round = ? ORDER BY at, query", (round_name,)).fetchall()
+        except sqlite3.OperationalError:  # an older store opened read-only has no votes table yet
+            rows = []
+        return [{"query": r[0], "judge": r[1], "shown": r[2], "choice": r[3], "at": r[4]} for r in rows]
 
     def mark_pairs(self, pairs: Iterable[tuple[str, str]], verdict: str, who: str) -> int:
         """Remember a person's verdict on pairs of listings (by product id, either order);

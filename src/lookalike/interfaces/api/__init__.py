@@ -24,7 +24,7 @@ from ..errors import ERROR_RESPONSES, install_error_handlers
 from ..web import mount_web
 from .access import Scopes
 from .context import ApiContext
-from .routes import duplicates, exports, ingest, models, products, search, service, tagging
+from .routes import duplicates, exports, ingest, judging, models, products, search, service, tagging
 
 
 def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool = False) -> FastAPI:
@@ -48,7 +48,7 @@ def create_app(engine: Engine, keys: KeyRing | None = None, close_engine: bool =
                        body_limit=settings.max_image_bytes + 1024 * 1024,
                        large_body_paths={"/ingest/upload": settings.max_catalogue_bytes + 1024 * 1024})
     ctx = ApiContext(engine, settings, Scopes.of(policy), PathPolicy.confined(split_list(settings.ingest_roots)))
-    for module in (service, search, tagging, products, ingest, models, exports, duplicates):  # order matters: /products/{id}/similar before /products/{id}
+    for module in (service, search, tagging, products, ingest, models, exports, duplicates, judging):  # order matters: /products/{id}/similar before /products/{id}
         app.include_router(module.router(ctx))
     mount_web(app, engine, policy)
     return app

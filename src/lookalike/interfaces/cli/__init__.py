@@ -4,7 +4,7 @@
 its commands on the root app.
 """
 
-from . import catalogue, duplicates, evaluate, export, keys, look, models, search, serve, tagging  # noqa: F401  (registers the commands)
+from . import catalogue, duplicates, evaluate, export, judging, keys, look, models, search, serve, tagging  # noqa: F401  (registers the commands)
 from .common import app
 
 

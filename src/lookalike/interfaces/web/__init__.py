@@ -27,7 +27,7 @@ from ...search.queries import MAX_TEXT
 from ...security.http import SESSION_COOKIE, AccessPolicy, AuthError
 from ..errors import IMAGE_STATUS, read_upload
 from .forms import FormGuard
-from .workbench import duplicates_router, labels_router
+from .workbench import duplicates_router, judging_router, labels_router
 
 HERE = Path(__file__).parent
 KEY_COLUMNS = ("article_type", "category", "base_colour", "colour", "color", "brand", "gender", "price")
@@ -248,6 +248,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
     forms = FormGuard(policy)
     app.include_router(duplicates_router(engine, page, administrator, forms))
     app.include_router(labels_router(engine, page, administrator, forms))
+    app.include_router(judging_router(engine, page, _page_access(policy, "write"), administrator, forms))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
 

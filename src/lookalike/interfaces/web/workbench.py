@@ -1,5 +1,6 @@
 """The merchandiser's workbench pages: duplicate listings (groups, evidence, keep one, not duplicates,
-CSV) and label review (the F1 view, contradicted labels with one-click fixes, the change log, retraining).
+CSV), label review (the F1 view, contradicted labels with one-click fixes, the change log, retraining)
+and blind judging of two configurations (one task per screen; the operator's leaderboards).
 
 Pages render for an ``admin`` view; their forms change the catalogue through :class:`~.forms.FormGuard`
 (a ``write`` key signed in, and the session's form token).  Every action answers with a redirect back
@@ -11,11 +12,13 @@ from __future__ import annotations
 from typing import Any, Callable, List
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ...duplicates import NOT_DUPLICATE, DuplicateOptions, load_latest
 from ...engine import Engine
+from ...judging import JudgingError
+from ...security.http import SESSION_COOKIE
 from ...security.keys import ApiKey
 from ...tagging.review import MAX_VALUE
 from ..api.routes.duplicates import MAX_ID, start_search
@@ -88,6 +91,38 @@ def labels_router(engine: Engine, render: Render, administrator: Any, forms: For
     def retrain(column: str = Form("", max_length=200), key: ApiKey = admin) -> Response:
         start_retrain(engine)
         return RedirectResponse(f"/admin/labels?column={quote(column, safe='')}", status_code=303)
+
+    return router
+
+
+def judging_router(engine: Engine, render: Render, judge_access: Any, administrator: Any, forms: FormGuard) -> APIRouter:
+    """The blind judging page (a phone is enough: one task per screen) and the operator's leaderboards."""
+    router = APIRouter(include_in_schema=False)
+    voter = forms.requires("write")
+
+    @router.get("/judge/{name}", response_class=HTMLResponse, dependencies=[judge_access])
+    def judge_page(request: Request, name: str = Path(..., max_length=64)) -> HTMLResponse:
+        round_ = engine.judging.get(name)
+        key = forms.policy.keys.verify(request.cookies.get(SESSION_COOKIE) or "")
+        judge = key.name if key is not None else "anonymous"  # votes are kept per judge: the signed-in key's name
+        done = engine.judging.judged_by(name, judge)
+        return render(request, "judge.html", round=round_, task=round_.task(judge, done), judged=len(done), total=len(round_.queries),
+                      form_token=forms.token(request))
+
+    @router.post("/ui/judge/{name}/vote")
+    def vote(name: str = Path(..., max_length=64), query: str = Form(..., max_length=MAX_ID), shown: str = Form(..., max_length=10),
+             choice: str = Form(..., max_length=10), key: ApiKey = voter) -> Response:
+        try:
+            positions = [int(p) for p in shown.split(",")]
+        except ValueError:
+            raise JudgingError(f"shown {shown!r}: configuration positions such as 1,0") from None
+        engine.judging.vote(name, query, positions, choice, key.name)
+        return RedirectResponse(f"/judge/{quote(name, safe='')}", status_code=303)
+
+    @router.get("/admin/judging", response_class=HTMLResponse, dependencies=[administrator])
+    def judging_page(request: Request) -> HTMLResponse:
+        boards = [{"round": engine.judging.get(n), "board": engine.judging.standings(n)} for n in engine.judging.names()]
+        return render(request, "judging.html", boards=boards)
 
     return router
 
