@@ -100,6 +100,15 @@ class Server:
         self.stop()
         raise RuntimeError("server did not start within 60 s")
 
+    def finished_job(self, status_path: str, timeout: float = 60) -> dict:
+        """Poll a background job's status route until it stops running; its last status."""
+        deadline = time.time() + timeout
+        while True:
+            job = httpx.get(self.url + status_path, headers=self.auth).json()["job"]
+            if (job and not job["running"]) or time.time() > deadline:
+                return job
+            time.sleep(0.3)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
