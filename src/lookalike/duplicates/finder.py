@@ -178,14 +178,14 @@ class DuplicateFinder:
     def survey(self, options: DuplicateOptions = DuplicateOptions(), progress: Progress | None = None,
                rule: DuplicateRule | None = None) -> Survey:
         """Every identical pair and every verified candidate pair with its evidence, accepted or
-        not: what :meth:`find` decides on, and what ``scripts/fit_duplicate_rule.py`` learns from."""
+        not: what :meth:`find` decides on, and what ``benchmarks/duplicates.py --fit`` learns from."""
         view, rule = self._view(), rule or self.rule
         rowids = view.matching_rowids(options.where)
         products = view.store.get_by_rowids(rowids.tolist()) if len(rowids) else {}
         ids = {r: p.id for r, p in products.items()}
         hashes = {r: p.image_hash for r, p in products.items()}
         refused = {(m["first"], m["second"]) for m in view.store.pair_marks(NOT_DUPLICATE)}
-        identical = [(a, b) for a, b in _identical_pairs(hashes)]
+        identical = _identical_pairs(hashes)
         candidates = [pair for pair in _merged(self._candidates(view, rowids, options, progress), _layout_candidates(view, rowids, progress))
                       if pair[0] in ids and pair[1] in ids and not (hashes[pair[0]] and hashes[pair[0]] == hashes[pair[1]])]
         open_identical = [(a, b) for a, b in identical if _key(ids[a], ids[b]) not in refused]
@@ -399,9 +399,3 @@ def _pixels(jpeg: bytes) -> int:
             return image.width * image.height
     except (OSError, ValueError):
         return 0
-
-
-def evidence_of(a: Image.Image, b: Image.Image, rule: DuplicateRule | None = None) -> tuple[PairEvidence, float]:
-    """One pair's evidence and probability, for tools that fit or inspect the rule."""
-    evidence = compare_photos(a, b)
-    return evidence, (rule or DuplicateRule.load()).probability(evidence)

@@ -1,6 +1,6 @@
 """The decision "same photo, re-processed" from a pair's :class:`~.compare.PairEvidence`.
 
-A logistic model over the evidence's features, fitted by ``scripts/fit_duplicate_rule.py`` on
+A logistic model over the evidence's features, fitted by ``benchmarks/duplicates.py --fit`` on
 the training part of a catalogue (synthetic copies of its photos — re-encoded, resized,
 cropped, re-exposed — against its own template look-alikes) and shipped as ``default_rule.json``
 with its provenance.  A shop can fit its own and pass it (``--rule FILE``).
