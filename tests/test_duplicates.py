@@ -56,6 +56,53 @@ def test_the_shipped_rule_accepts_copies_and_refuses_other_photos():
     assert "Fitted by benchmarks/duplicates.py" in rule.provenance
 
 
+def test_a_recoloured_variant_is_refused_and_the_colour_screen_never_drops_a_copy():
+    """The cheap colour screen must never drop a copy: a brightened or darkened copy keeps its
+    garment's colour.  The same photo with its hues turned (a colour variant shot once and
+    recoloured) is not a duplicate: for a colourful garment the screen alone sets it aside."""
+    from lookalike.duplicates.compare import PhotoPrint, colours_differ
+    from lookalike.duplicates.synthetic import is_colourful, make_variant
+
+    rng, rule = np.random.default_rng(5), DuplicateRule.load()
+    photos = [Image.open(IMAGES / f"{row['id']}.jpg").convert("RGB") for row in demo_rows()[:120:3]]
+    for photo in photos[:10]:
+        for kind in COPY_KINDS:
+            assert not colours_differ(PhotoPrint(photo), PhotoPrint(make_copy(photo, kind, rng))), kind
+    colourful = [photo for photo in photos if is_colourful(photo)]
+    verdicts = [compare_photos(photo, make_variant(photo, rng)) for photo in colourful]
+    assert len(colourful) >= 10 and not any(rule.is_duplicate(evidence) for evidence in verdicts)
+    assert sum(bool(evidence.screened) for evidence in verdicts) >= 0.8 * len(verdicts)
+
+
+def test_the_vectorised_sub_pixel_shift_and_line_fit_match_the_library_routines():
+    from scipy.ndimage import shift
+
+    from lookalike.duplicates.compare import _line, _shifted
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(40, 30, 6)).astype(np.float32)
+    for fy, fx in ((0.3, 0.7), (0.0, 0.5), (0.99, 0.01)):
+        expected = np.stack([shift(image[..., c], (fy, fx), order=1, mode="nearest") for c in range(6)], axis=-1)
+        assert np.abs(_shifted(image, fy, fx) - expected).max() < 1e-4
+    x = rng.uniform(0, 100, 500)
+    y = 0.8 * x + 3 + rng.normal(0, 2, 500)
+    assert np.allclose(_line(x, y), np.polyfit(x, y, 1), atol=1e-9)
+
+
+def test_pairs_go_to_workers_in_an_order_that_keeps_each_photos_pairs_together():
+    from lookalike.duplicates.finder import _in_local_order, _tasks
+
+    rng = np.random.default_rng(1)
+    labels = rng.permutation(400)  # a chain of photos 0-1-2-…, numbered at random: a sort by number scatters it
+    pairs = [(int(min(labels[i], labels[i + 1])), int(max(labels[i], labels[i + 1])), 0.9, False) for i in range(399)]
+    ordered = _in_local_order(pairs)
+    assert sorted(ordered) == sorted(pairs)
+
+    def prints(order):
+        return sum(len({r for a, b, _, _ in task for r in (a, b)}) for task in _tasks(order, 50))
+    assert prints(ordered) <= 400 + 10 < prints(sorted(pairs))
+
+
 def test_a_crop_is_found_at_its_scale_and_its_original_is_the_larger_photo(engine, tmp_path):
     product = demo_rows()[7]["id"]
     photo = Image.open(IMAGES / f"{product}.jpg").convert("RGB")

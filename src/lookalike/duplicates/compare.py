@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFilter
-from scipy.ndimage import shift as subpixel_shift
+from scipy import fft
 
 from ..common.colour import signed_lab
 
@@ -38,6 +38,10 @@ CHROMA_GAIN = (0.7, 1.4)
 EXPOSURE_GAIN = (0.5, 2.0)  # an sRGB gain outside this is not an exposure change
 CLEAR_PEAK = 0.3      # a phase-correlation peak this high at scale 1: aligned, no scale search
 POLISH_PEAK = 0.3      # below this peak a rescaled pair is neither refined nor polished: crops peak higher (5th percentile 0.33)
+COARSE_FLOOR = 0.25   # below this best half-width peak over the scale grid nothing is a crop (fitting-part crops: lowest 0.335): no full-width search
+CHROMA_APART = 10.0   # garments' mean (a*, b*) this far apart, after the best chroma gain, are not one photo (fitting-part copies: at most 6.5)
+COARSE_STRONG = 0.4   # a half-width peak this high is worth a third and fourth full-width try when the first two do not align
+FULL_TRIES = 4
 POLISH_STEPS = ((0.004, 0.3), (0.004, 0.3), (0.002, 0.15), (0.002, 0.15))  # (relative scale, pixels) per round
 TAPER = 0.1           # share of each side faded out before correlating
 CANVAS_MARGIN = 12    # pixels of padding beyond the larger photo: room for the shifts a crop needs
@@ -57,6 +61,7 @@ class PairEvidence:
     chroma_median: float
     chroma_p90: float
     aligned: bool = True
+    screened: str = ""    # why the pair was set aside before aligning, if it was
 
     def features(self) -> np.ndarray:
         """The decision rule's inputs (residuals on a log scale: their spread spans decades)."""
@@ -67,6 +72,7 @@ class PairEvidence:
 
 
 NOT_ALIGNED = PairEvidence(0.0, 1.0, 99.0, 99.0, 99.0, 99.0, aligned=False)
+COLOURS_DIFFER = PairEvidence(0.0, 1.0, 99.0, 99.0, 99.0, 99.0, aligned=False, screened="the garments' colours differ")
 
 
 def _shrunk(image: Image.Image, width: float, blur: bool = True) -> Image.Image:
@@ -80,22 +86,23 @@ def _shrunk(image: Image.Image, width: float, blur: bool = True) -> Image.Image:
     return drawn.filter(ImageFilter.GaussianBlur(BLUR)) if blur else drawn
 
 
-def _lab(image: Image.Image, width: float) -> np.ndarray:
-    return signed_lab(_shrunk(image.convert("RGB"), width))
-
-
 def _colour(image: Image.Image, width: float) -> np.ndarray:
     """(h, w, 6): CIELAB and the sRGB it came from, drawn ``width`` wide."""
     drawn = _shrunk(image.convert("RGB"), width)
     return np.concatenate([signed_lab(drawn), np.asarray(drawn, np.float32)], axis=-1)
 
 
-def _referenced(lightness: np.ndarray) -> np.ndarray:
-    """The lightness minus its border's (the background's), faded to zero towards the frame: the
-    padding then continues the photo smoothly, so neither a studio frame nor the hard edge of a
-    crop through a textured floor dominates the correlation."""
-    border = np.concatenate([lightness[0], lightness[-1], lightness[:, 0], lightness[:, -1]])
-    return (lightness - np.median(border)) * _taper(lightness.shape[0])[:, None] * _taper(lightness.shape[1])[None, :]
+def _referenced(lightness: np.ndarray, level: float | None = None) -> np.ndarray:
+    """The lightness minus its border's (the background's, or ``level`` when known), faded to zero
+    towards the frame: the padding then continues the photo smoothly, so neither a studio frame
+    nor the hard edge of a crop through a textured floor dominates the correlation."""
+    if level is None:
+        level = _border_level(lightness)
+    return (lightness - level) * _taper(lightness.shape[0])[:, None] * _taper(lightness.shape[1])[None, :]
+
+
+def _border_level(lightness: np.ndarray) -> float:
+    return float(np.median(np.concatenate([lightness[0], lightness[-1], lightness[:, 0], lightness[:, -1]])))
 
 
 @lru_cache(maxsize=256)
@@ -108,10 +115,11 @@ def _taper(length: int) -> np.ndarray:
     return window
 
 
-def _padded_spectrum(lightness: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _spectrum(referenced: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The spectrum of background-referenced lightness zero-padded to ``shape``."""
     padded = np.zeros(shape, np.float32)
-    padded[:lightness.shape[0], :lightness.shape[1]] = _referenced(lightness)
-    return np.fft.rfft2(padded)
+    padded[:referenced.shape[0], :referenced.shape[1]] = referenced
+    return fft.rfft2(padded)
 
 
 def _peak_offset(values: tuple[float, float, float]) -> float:
@@ -124,7 +132,7 @@ def _correlate(spectrum_a: np.ndarray, spectrum_b: np.ndarray, shape: tuple[int,
     """Phase correlation: (peak, dy, dx) with A[y, x] ≈ B[y - dy, x - dx], sub-pixel."""
     cross = spectrum_a * np.conj(spectrum_b)
     cross /= np.abs(cross) + 1e-3
-    surface = np.fft.irfft2(cross, s=shape)
+    surface = fft.irfft2(cross, s=shape)
     y, x = np.unravel_index(int(np.argmax(surface)), surface.shape)
     height, width = shape
     dy = y + _peak_offset((surface[(y - 1) % height, x], surface[y, x], surface[(y + 1) % height, x]))
@@ -145,7 +153,7 @@ def _canvas(height_a: int, height_b: int, width: int) -> tuple[int, int]:
 
 class PhotoPrint:
     """One photo's alignment material, computed once however many pairs it takes part in:
-    CIELAB at ``ALIGN_WIDTH`` and at half of it, and lightness spectra per canvas."""
+    CIELAB and sRGB at ``ALIGN_WIDTH``, lightness at other widths, and lightness spectra per canvas."""
 
     def __init__(self, image: Image.Image):
         self.rgb = image.convert("RGB")
@@ -155,20 +163,15 @@ class PhotoPrint:
         self.lab = self.colour[..., :3]
         ring = np.concatenate([self.lab[:2].reshape(-1, 3), self.lab[-2:].reshape(-1, 3), self.lab[:, :2].reshape(-1, 3), self.lab[:, -2:].reshape(-1, 3)])
         self.background = np.median(ring, axis=0)  # the studio backdrop's colour, from the photo's border
-        self._half: np.ndarray | None = None
+        self.chroma = _garment_chroma(self.lab, self.background)
+        self._grey_level: float | None = None
         self._spectra: dict[tuple[int, int], np.ndarray] = {}
         self._coarse: dict[float, np.ndarray] = {}
-
-    @property
-    def half_lab(self) -> np.ndarray:
-        if self._half is None:
-            self._half = _lab(self.rgb, ALIGN_WIDTH // 2)
-        return self._half
 
     def spectrum(self, shape: tuple[int, int], half: bool = False) -> np.ndarray:
         key = (shape[0], -shape[1]) if half else shape
         if key not in self._spectra:  # two threads may both compute it once: same value, no lock needed
-            self._spectra[key] = _padded_spectrum((self.half_lab if half else self.lab)[..., 0], shape)
+            self._spectra[key] = _spectrum(self.coarse(1.0) if half else _referenced(self.lab[..., 0]), shape)
         return self._spectra[key]
 
     def lightness(self, width: float, blur: bool = True) -> np.ndarray:
@@ -177,22 +180,41 @@ class PhotoPrint:
     def coarse(self, scale: float) -> np.ndarray:
         """Background-referenced lightness at half width and ``scale``, kept: a photo is B in several pairs."""
         if scale not in self._coarse:
-            self._coarse[scale] = _referenced(self.lightness(ALIGN_WIDTH // 2 * scale, blur=False))
+            if self._grey_level is None:  # one background level for every scale: the backdrop does not change with it
+                self._grey_level = _border_level(self.lightness(ALIGN_WIDTH // 2, blur=False))
+            self._coarse[scale] = _referenced(self.lightness(ALIGN_WIDTH // 2 * scale, blur=False), self._grey_level)
         return self._coarse[scale]
+
+
+def _garment_chroma(lab: np.ndarray, background: np.ndarray) -> np.ndarray | None:
+    """The mean (a*, b*) of the pixels that stand out from the backdrop; None for a nearly blank photo."""
+    pixels = lab.reshape(-1, 3).T
+    garment = _squared_distance(pixels, background) > SEPARATION ** 2
+    return pixels[1:, garment].mean(axis=1) if garment.sum() >= 30 else None
+
+
+def colours_differ(a: PhotoPrint, b: PhotoPrint) -> bool:
+    """The cheapest test first: a copy keeps its garment's colour up to an exposure change (a chroma
+    gain), cropping and compression noise; variants shot on one template usually differ in it.
+    Conservative: copies in the fitting part differ by at most two thirds of ``CHROMA_APART``."""
+    if a.chroma is None or b.chroma is None:
+        return False
+    gain = float(np.clip(a.chroma @ b.chroma / (a.chroma @ a.chroma + 1e-6), *CHROMA_GAIN))
+    return float(np.linalg.norm(b.chroma - gain * a.chroma)) > CHROMA_APART
 
 
 def _coarse_peaks(a: PhotoPrint, b: PhotoPrint, scales: tuple[float, ...]) -> np.ndarray:
     """Phase-correlation peaks of B at each scale against A, at half width, in one batched transform
     (resampling at half width smooths enough: no blur)."""
     width = ALIGN_WIDTH // 2
-    shape = _canvas(a.half_lab.shape[0], b.half_lab.shape[0], width)
+    shape = _canvas(a.coarse(1.0).shape[0], b.coarse(1.0).shape[0], width)
     stack = np.zeros((len(scales), *shape), np.float32)
     for i, scale in enumerate(scales):
         drawn = b.coarse(scale)
         stack[i, :drawn.shape[0], :drawn.shape[1]] = drawn
-    cross = a.spectrum(shape, half=True)[None] * np.conj(np.fft.rfft2(stack))
+    cross = a.spectrum(shape, half=True)[None] * np.conj(fft.rfft2(stack))
     cross /= np.abs(cross) + 1e-3
-    return np.fft.irfft2(cross, s=shape).reshape(len(scales), -1).max(axis=1)
+    return fft.irfft2(cross, s=shape).reshape(len(scales), -1).max(axis=1)
 
 
 def align(a: PhotoPrint, b: PhotoPrint, search_scales: bool = True) -> tuple[float, float, float, float]:
@@ -209,25 +231,43 @@ def align(a: PhotoPrint, b: PhotoPrint, search_scales: bool = True) -> tuple[flo
         return best
 
     def at(scale: float, width: int | float, canvas: tuple[int, int], spectrum_a: np.ndarray) -> tuple[float, float, float, float]:
-        peak, dy, dx = _correlate(spectrum_a, _padded_spectrum(b.lightness(width * scale), canvas), canvas)
+        peak, dy, dx = _correlate(spectrum_a, _spectrum(_referenced(b.lightness(width * scale)), canvas), canvas)
         return peak, scale, dy, dx
 
     peaks = _coarse_peaks(a, b, SCALES[1:])
-    best = max([best, *(at(SCALES[1 + int(i)], ALIGN_WIDTH, shape, a.spectrum(shape)) for i in np.argsort(-peaks)[:2])], key=lambda t: t[0])
+    if peaks.max() < COARSE_FLOOR:  # no scale aligns even roughly: a look-alike framed differently, not a crop
+        return best
+    for tried, i in enumerate(np.argsort(-peaks)[:FULL_TRIES]):
+        # the best two always; more only while nothing aligns yet and the half-width peak is strong: on a textured
+        # photo neighbouring scales can peak alike at half width, and the right one is then not always among the first two
+        if tried >= 2 and (best[0] >= POLISH_PEAK or peaks[i] < COARSE_STRONG):
+            break
+        best = max(best, at(SCALES[1 + int(i)], ALIGN_WIDTH, shape, a.spectrum(shape)), key=lambda t: t[0])
     if best[0] < POLISH_PEAK:  # nothing here aligns like a crop does: not worth refining (most look-alikes end here)
         return best
     return max([best, *(at(best[1] * r, ALIGN_WIDTH, shape, a.spectrum(shape)) for r in REFINE)], key=lambda t: t[0])
 
 
+def _shifted(image: np.ndarray, fy: float, fx: float) -> np.ndarray:
+    """``image`` (h, w, c) moved down by ``fy`` and right by ``fx`` (each in [0, 1)), bilinear, edges
+    repeated: out[y, x] = image[y - fy, x - fx].  All channels in four array operations (a spline
+    routine per channel costs twenty times as much here)."""
+    if fy > 1e-4:
+        image = (1 - fy) * image + fy * np.concatenate([image[:1], image[:-1]], axis=0)
+    if fx > 1e-4:
+        image = (1 - fx) * image + fx * np.concatenate([image[:, :1], image[:, :-1]], axis=1)
+    return image
+
+
 def _overlap(lab_a: np.ndarray, lab_b: np.ndarray, dy: float, dx: float) -> tuple[np.ndarray, np.ndarray] | None:
     """A's and B's pixels where B, shifted by (dy, dx) sub-pixel, covers A; None if too little does."""
     whole_y, whole_x = int(np.floor(dy)), int(np.floor(dx))
-    shifted = np.stack([subpixel_shift(lab_b[..., c], (dy - whole_y, dx - whole_x), order=1, mode="nearest") for c in range(lab_b.shape[-1])], axis=-1)
     top, left = max(0, whole_y) + 1, max(0, whole_x) + 1  # one pixel in: the shifted edge is interpolated
-    bottom = min(lab_a.shape[0], shifted.shape[0] + whole_y) - 1
-    right = min(lab_a.shape[1], shifted.shape[1] + whole_x) - 1
+    bottom = min(lab_a.shape[0], lab_b.shape[0] + whole_y) - 1
+    right = min(lab_a.shape[1], lab_b.shape[1] + whole_x) - 1
     if bottom - top < MIN_OVERLAP or right - left < MIN_OVERLAP:
         return None
+    shifted = _shifted(lab_b, dy - whole_y, dx - whole_x)
     return (lab_a[top:bottom, left:right].reshape(-1, lab_a.shape[-1]),
             shifted[top - whole_y:bottom - whole_y, left - whole_x:right - whole_x].reshape(-1, lab_b.shape[-1]))
 
@@ -266,6 +306,8 @@ def compare_photos(a: Image.Image | PhotoPrint, b: Image.Image | PhotoPrint, sea
     False compares at scale 1 only (a caller that knows the pair cannot be a crop)."""
     first = a if isinstance(a, PhotoPrint) else PhotoPrint(a)
     second = b if isinstance(b, PhotoPrint) else PhotoPrint(b)
+    if colours_differ(first, second):
+        return COLOURS_DIFFER
     peak, scale, dy, dx = align(first, second, search_scales)
     if scale != 1.0 and peak >= POLISH_PEAK:  # a likely crop: worth the sub-pixel work (most look-alikes peak lower)
         scale, dy, dx = _polish(first, second, scale, dy, dx)
@@ -273,34 +315,52 @@ def compare_photos(a: Image.Image | PhotoPrint, b: Image.Image | PhotoPrint, sea
     pixels = _overlap(first.colour, drawn_b, dy, dx)
     if pixels is None:
         return NOT_ALIGNED
-    lab_a = _exposed_like(pixels[0], pixels[1])
-    return _residuals(peak, scale, lab_a, pixels[1][:, :3], first.background, second.background)
+    a_pixels, b_pixels = (np.ascontiguousarray(side.T) for side in pixels)  # channels first: each channel's arithmetic runs on contiguous memory
+    return _residuals(peak, scale, _exposed_like(a_pixels, b_pixels), b_pixels[:3], first.background, second.background)
 
 
 def _exposed_like(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A's CIELAB as it would look after B's exposure change.  Brightening multiplies sRGB values
     and clips them at white, which moves hue and chroma in CIELAB in ways no fit there undoes; so
-    the gain is read in sRGB from pixels neither photo clipped, applied to A, and A converted again."""
-    rgb_a, rgb_b = a[:, 3:], b[:, 3:]
-    usable = (rgb_a.min(axis=1) > 8) & (rgb_a.max(axis=1) < 247) & (rgb_b.min(axis=1) > 8) & (rgb_b.max(axis=1) < 247)
+    the gain is read in sRGB from pixels neither photo clipped, applied to A, and A converted again.
+    ``a`` and ``b``: (6, n) CIELAB and sRGB, channels first; returns (3, n)."""
+    usable = np.ones(a.shape[1], bool)
+    for channel in (*a[3:], *b[3:]):
+        usable &= (channel > 8) & (channel < 247)
     if usable.sum() < 30:
-        return a[:, :3]
-    gain = float(np.clip(np.median(rgb_b[usable].sum(axis=1) / rgb_a[usable].sum(axis=1)), *EXPOSURE_GAIN))
+        return a[:3]
+    sum_a, sum_b = a[3:].sum(axis=0)[usable], b[3:].sum(axis=0)[usable]
+    gain = float(np.clip(np.median(sum_b / sum_a), *EXPOSURE_GAIN))
     if abs(gain - 1.0) < 0.02:
-        return a[:, :3]
-    exposed = np.clip(np.rint(rgb_a * gain), 0, 255).astype(np.uint8)
-    return signed_lab(Image.fromarray(exposed[None], "RGB"))[0]
+        return a[:3]
+    exposed = np.clip(np.rint(a[3:].T * gain), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(signed_lab(Image.fromarray(exposed[None], "RGB"))[0].T)
 
 
 def _residuals(peak: float, scale: float, a: np.ndarray, b: np.ndarray, background_a: np.ndarray, background_b: np.ndarray) -> PairEvidence:
+    """The evidence from (3, n) CIELAB pixels of A (as exposed like B) and of B, channels first."""
     # the garment: pixels that stand out from their own photo's background (a darkened copy's white is grey)
-    garment = (np.linalg.norm(a - background_a, axis=1) > SEPARATION) | (np.linalg.norm(b - background_b, axis=1) > SEPARATION)
-    if garment.sum() < 30:  # a nearly blank photo: compare everything
-        garment = np.ones(len(a), bool)
-    slope, intercept = np.polyfit(a[garment, 0], b[garment, 0], 1)  # an exposure change moves lightness along a line
-    lightness = np.abs(slope * a[garment, 0] + intercept - b[garment, 0])
-    chroma_pairs = a[garment, 1:], b[garment, 1:]  # exposure also scales chroma, within reason
-    gain = float(np.clip((chroma_pairs[0] * chroma_pairs[1]).sum() / ((chroma_pairs[0] ** 2).sum() + 1e-6), *CHROMA_GAIN))
-    chroma = np.hypot(*(chroma_pairs[1] - gain * chroma_pairs[0]).T)
-    return PairEvidence(float(peak), float(scale), float(np.median(lightness)), float(np.quantile(lightness, 0.9)),
-                        float(np.median(chroma)), float(np.quantile(chroma, 0.9)))
+    garment = (_squared_distance(a, background_a) > SEPARATION ** 2) | (_squared_distance(b, background_b) > SEPARATION ** 2)
+    if garment.sum() >= 30:  # else a nearly blank photo: compare everything
+        a, b = a[:, garment], b[:, garment]
+    slope, intercept = _line(a[0], b[0])  # an exposure change moves lightness along a line
+    lightness = np.abs(slope * a[0] + intercept - b[0])
+    # exposure also scales chroma, within reason
+    gain = float(np.clip((a[1] @ b[1] + a[2] @ b[2]) / (a[1] @ a[1] + a[2] @ a[2] + 1e-6), *CHROMA_GAIN))
+    chroma = np.hypot(b[1] - gain * a[1], b[2] - gain * a[2])
+    (lightness_median, lightness_p90), (chroma_median, chroma_p90) = np.quantile(lightness, (0.5, 0.9)), np.quantile(chroma, (0.5, 0.9))
+    return PairEvidence(float(peak), float(scale), float(lightness_median), float(lightness_p90), float(chroma_median), float(chroma_p90))
+
+
+def _squared_distance(lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per pixel of (3, n) CIELAB, the squared distance to one colour."""
+    return (lab[0] - reference[0]) ** 2 + (lab[1] - reference[1]) ** 2 + (lab[2] - reference[2]) ** 2
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares y ≈ slope·x + intercept (what ``np.polyfit(x, y, 1)`` gives, without its generality's cost)."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    centred = x64 - x64.mean()
+    spread = float(centred @ centred)
+    slope = float(centred @ (y64 - y64.mean())) / spread if spread > 1e-9 else 1.0
+    return slope, float(y64.mean() - slope * x64.mean())

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -37,11 +39,14 @@ from ..vectors import VectorFilter
 from .compare import PairEvidence, PhotoPrint, compare_photos
 from .rule import DuplicateRule
 
+log = logging.getLogger("lookalike.duplicates")
+
 NOT_DUPLICATE = "not_duplicate"
 Candidate = tuple[int, int, float, bool]  # rowids (lower first), embedding cosine, search over scales
 MAX_K = 20
 BATCH = 1024           # queries per batched vector search
-PAIR_CHUNK = 4000      # pairs verified together (their thumbnails read once)
+TASK_PAIRS = 1000      # pairs compared by one worker task (at most; its photos printed once per task)
+IN_FLIGHT_PER_WORKER = 3  # tasks queued per worker process (their thumbnails held in memory)
 PROCESS_MIN_PAIRS = 2000  # fewer pairs than this are compared in this process: starting workers costs about a second
 SIGNATURE_SIZE = (12, 16)
 SIGNATURE_BATCH = 5000
@@ -186,12 +191,15 @@ class DuplicateFinder:
         hashes = {r: p.image_hash for r, p in products.items()}
         refused = {(m["first"], m["second"]) for m in view.store.pair_marks(NOT_DUPLICATE)}
         identical = _identical_pairs(hashes)
-        candidates = [pair for pair in _merged(self._candidates(view, rowids, options, progress), _layout_candidates(view, rowids, progress))
-                      if pair[0] in ids and pair[1] in ids and not (hashes[pair[0]] and hashes[pair[0]] == hashes[pair[1]])]
-        open_identical = [(a, b) for a, b in identical if _key(ids[a], ids[b]) not in refused]
-        open_candidates = [pair for pair in candidates if _key(ids[pair[0]], ids[pair[1]]) not in refused]
-        findings = [PairFinding(ids[a], ids[b], 1.0, 1.0, identical=True) for a, b in open_identical]
-        findings += self._verify(view, open_candidates, ids, rule, progress)
+        with _Workers(self.threads) as workers:
+            if len(rowids) >= PROCESS_MIN_PAIRS // 2:
+                workers.start()  # the workers start up while the candidates are searched
+            candidates = [pair for pair in _merged(self._candidates(view, rowids, options, progress), _layout_candidates(view, rowids, progress))
+                          if pair[0] in ids and pair[1] in ids and not (hashes[pair[0]] and hashes[pair[0]] == hashes[pair[1]])]
+            open_identical = [(a, b) for a, b in identical if _key(ids[a], ids[b]) not in refused]
+            open_candidates = [pair for pair in candidates if _key(ids[pair[0]], ids[pair[1]]) not in refused]
+            findings = [PairFinding(ids[a], ids[b], 1.0, 1.0, identical=True) for a, b in open_identical]
+            findings += self._verify(view, open_candidates, ids, rule, progress, workers)
         skipped = len(identical) - len(open_identical) + len(candidates) - len(open_candidates)
         return Survey({p.id: p for p in products.values()}, findings, len(candidates), len(open_identical), skipped)
 
@@ -221,27 +229,60 @@ class DuplicateFinder:
         return _merged(pairs)
 
     def _verify(self, view: CatalogueView, pairs: list[Candidate], ids: dict[int, str], rule: DuplicateRule,
-                progress: Progress | None) -> list[PairFinding]:
+                progress: Progress | None, workers: _Workers) -> list[PairFinding]:
         """Compares every pair on its thumbnails.  The comparison is Python-heavy (the GIL would
-        serialise threads), so a large batch runs on worker processes, one per configured thread."""
-        findings: list[PairFinding] = []
-        parallel = self.threads > 1 and len(pairs) >= PROCESS_MIN_PAIRS
-        with ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("spawn")) if parallel else nullcontext() as pool:
-            for start in range(0, len(pairs), PAIR_CHUNK):
-                chunk = pairs[start:start + PAIR_CHUNK]
-                jpegs = view.store.thumbnails(sorted({r for a, b, _, _ in chunk for r in (a, b)}))
-                if pool is None:
-                    compared = compare_batch(chunk, jpegs)
-                else:
-                    parts = [chunk[i::self.threads * 2] for i in range(self.threads * 2)]
-                    futures = [pool.submit(compare_batch, part, {r: jpegs[r] for a, b, _, _ in part for r in (a, b) if r in jpegs}) for part in parts]
-                    compared = sorted((row for future in futures for row in future.result()), key=lambda row: (row[0], row[1]))
-                for a, b, cosine, measured in compared:
-                    evidence = PairEvidence(**measured)
-                    findings.append(PairFinding(ids[a], ids[b], cosine, rule.probability(evidence), evidence=evidence.to_dict()))
-                if progress:
-                    progress("verify", min(start + PAIR_CHUNK, len(pairs)), len(pairs))
+        serialise threads), so a large batch runs on worker processes, one per configured thread,
+        a few tasks in flight per worker.  Pairs go out in tasks of neighbouring pairs
+        (:func:`_in_local_order`) so that a photo's print, the costly part of its first comparison,
+        is made in one task rather than in many."""
+        size = max(50, min(TASK_PAIRS, -(-len(pairs) // (8 * self.threads))))  # several tasks per worker: none idles long at the end
+        tasks = iter(_tasks(_in_local_order(pairs), size))
+        compared: list[tuple[int, int, float, dict[str, Any]]] = []
+        done = 0
+
+        def payload(task: list[Candidate]) -> tuple[list[Candidate], dict[int, bytes]]:
+            return task, view.store.thumbnails(sorted({r for a, b, _, _ in task for r in (a, b)}))
+
+        def finished(rows: list[tuple[int, int, float, dict[str, Any]]], pairs_done: int) -> None:
+            nonlocal done
+            compared.extend(rows)
+            done += pairs_done
+            if progress:
+                progress("verify", done, len(pairs))
+
+        if self.threads > 1 and len(pairs) >= PROCESS_MIN_PAIRS:
+            left = self._on_workers(workers.start(), tasks, payload, finished)
+            tasks = iter(left)  # what the workers could not finish (a pool that broke) is compared here
+        for task in tasks:
+            finished(compare_batch(*payload(task)), len(task))
+        compared.sort(key=lambda row: (row[0], row[1]))
+        findings = []
+        for a, b, cosine, measured in compared:
+            evidence = PairEvidence(**measured)
+            findings.append(PairFinding(ids[a], ids[b], cosine, rule.probability(evidence), evidence=evidence.to_dict()))
         return findings
+
+    def _on_workers(self, pool: ProcessPoolExecutor, tasks: Iterator[list[Candidate]],
+                    payload: Callable[[list[Candidate]], tuple[list[Candidate], dict[int, bytes]]],
+                    finished: Callable[[list[tuple[int, int, float, dict[str, Any]]], int], None]) -> list[list[Candidate]]:
+        """Runs the tasks on the pool, a few in flight per worker; returns the tasks left undone if
+        the pool broke (a worker killed, or a main module that spawned workers cannot import)."""
+        in_flight: dict[Future[list[tuple[int, int, float, dict[str, Any]]]], list[Candidate]] = {}
+        try:
+            for task in itertools.islice(tasks, IN_FLIGHT_PER_WORKER * self.threads):
+                in_flight[pool.submit(compare_batch, *payload(task))] = task
+            while in_flight:
+                ready, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    rows = future.result()
+                    finished(rows, len(in_flight.pop(future)))
+                    following = next(tasks, None)
+                    if following is not None:
+                        in_flight[pool.submit(compare_batch, *payload(following))] = following
+        except BrokenProcessPool as exc:
+            log.warning("duplicate check: worker processes failed (%s); comparing the remaining pairs in this process", exc)
+            return [*in_flight.values(), *tasks]
+        return []
 
     # ---- people's verdicts ----------------------------------------------------------------------
     def mark_not_duplicate(self, product_ids: Iterable[str], who: str) -> int:
@@ -308,6 +349,56 @@ def _merged(*sources: list[Candidate]) -> list[Candidate]:
     return [(a, b, cosine, scales) for (a, b), (cosine, scales) in sorted(merged.items())]
 
 
+class _Workers:
+    """Worker processes for the comparisons, started on demand (``start``) and shut down on exit.
+    Spawned, not forked: the parent holds threads (FAISS, ONNX Runtime) that a fork would copy
+    mid-flight."""
+
+    def __init__(self, count: int):
+        self.count, self._pool = count, None  # type: int, ProcessPoolExecutor | None
+
+    def start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(self.count):  # each worker imports this module now, not when the first pairs arrive
+                self._pool.submit(_ready)
+        return self._pool
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _in_local_order(pairs: list[Candidate]) -> list[Candidate]:
+    """The pairs sorted so that pairs sharing a photo sit close together: photos ordered by
+    reverse Cuthill-McKee over the candidate graph (which keeps each photo's neighbours near it in
+    the order), each pair placed at its earlier photo."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    if not pairs:
+        return []
+    nodes = sorted({r for a, b, _, _ in pairs for r in (a, b)})
+    position = {rowid: i for i, rowid in enumerate(nodes)}
+    rows = np.array([position[a] for a, _, _, _ in pairs])
+    columns = np.array([position[b] for _, b, _, _ in pairs])
+    graph = coo_matrix((np.ones(len(pairs)), (rows, columns)), shape=(len(nodes), len(nodes))).tocsr()
+    order = np.empty(len(nodes), np.int64)
+    order[reverse_cuthill_mckee(graph, symmetric_mode=False)] = np.arange(len(nodes))
+    return sorted(pairs, key=lambda pair: (min(order[position[pair[0]]], order[position[pair[1]]]), pair[0], pair[1]))
+
+
+def _tasks(pairs: list[Candidate], size: int) -> list[list[Candidate]]:
+    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+
+
 def compare_batch(pairs: list[Candidate], jpegs: dict[int, bytes]) -> list[tuple[int, int, float, dict[str, Any]]]:
     """Pairs compared on their thumbnails (each decoded once): (a, b, cosine, evidence fields).
     Top-level and plain-data in and out, so a worker process can run it; a pair with an
@@ -372,15 +463,18 @@ def _group(findings: list[PairFinding], products: dict[str, Any], view: Catalogu
     members: dict[str, list[str]] = {}
     for item in parent:
         members.setdefault(root(item), []).append(item)
+    pairs_of: dict[str, list[PairFinding]] = {}
+    for finding in findings:  # one pass: a scan of every finding per group is quadratic on a large catalogue
+        pairs_of.setdefault(root(finding.first), []).append(finding)
+    sizes = _thumbnail_sizes(view, [products[item].rowid for item in parent])
     groups = []
     for number, (top, listed) in enumerate(sorted(members.items(), key=lambda kv: min(products[i].rowid for i in kv[1])), start=1):
         listed.sort(key=lambda i: products[i].rowid)
-        pairs = [f for f in findings if root(f.first) == top]
-        groups.append(DuplicateGroup(number, listed, _original(listed, pairs, products, view), pairs))
+        groups.append(DuplicateGroup(number, listed, _original(listed, pairs_of[top], products, sizes), pairs_of[top]))
     return groups
 
 
-def _original(members: list[str], pairs: list[PairFinding], products: dict[str, Any], view: CatalogueView) -> str:
+def _original(members: list[str], pairs: list[PairFinding], products: dict[str, Any], sizes: dict[int, int]) -> str:
     """The listing the others look derived from: others are crops of it, then the larger photo, then the oldest."""
     covers = dict.fromkeys(members, 0)
     for pair in pairs:
@@ -389,8 +483,15 @@ def _original(members: list[str], pairs: list[PairFinding], products: dict[str, 
             covers[pair.first] += 1   # the second fits inside the first at a smaller width: a crop of it
         elif scale > CROP_SCALE:
             covers[pair.second] += 1
-    sizes = {rowid: _pixels(jpeg) for rowid, jpeg in view.store.thumbnails([products[m].rowid for m in members]).items()}
     return max(members, key=lambda m: (covers[m], sizes.get(products[m].rowid, 0), -products[m].rowid))
+
+
+def _thumbnail_sizes(view: CatalogueView, rowids: list[int]) -> dict[int, int]:
+    """Pixels per stored thumbnail (only the JPEG headers are read), in batches."""
+    sizes: dict[int, int] = {}
+    for start in range(0, len(rowids), SIGNATURE_BATCH):
+        sizes.update((rowid, _pixels(jpeg)) for rowid, jpeg in view.store.thumbnails(rowids[start:start + SIGNATURE_BATCH]).items())
+    return sizes
 
 
 def _pixels(jpeg: bytes) -> int:

@@ -1,4 +1,5 @@
-"""Re-processed copies of a photo, as shops make them by accident: for fitting and measuring the rule."""
+"""Re-processed copies of a photo, as shops make them by accident, and recoloured variants, as
+studios make them on purpose (one shot, one colour per variant): for fitting and measuring the rule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 COPY_KINDS = ("jpeg", "half", "crop", "exposure")
+COLOURFUL = 12.0  # median chroma (CIELAB) of the garment from which turning its hue shows: a grey garment recoloured looks the same
 
 
 def make_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
@@ -26,3 +28,22 @@ def make_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.
     if kind == "exposure":
         return ImageEnhance.Brightness(image).enhance(float(rng.choice([0.75, 1.3])))
     raise ValueError(f"unknown copy kind {kind!r}: one of {', '.join(COPY_KINDS)}")
+
+
+def make_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The same photo with every hue turned by 60-180 degrees: another colour variant of the product,
+    pixel for pixel on the same template — the hardest "not a duplicate" there is."""
+    hue, saturation, value = image.convert("RGB").convert("HSV").split()
+    turn = int(rng.integers(43, 129))  # Pillow's hue runs 0..255 for 0..360 degrees
+    return Image.merge("HSV", (hue.point(lambda h: (h + turn) % 256), saturation, value)).convert("RGB")
+
+
+def is_colourful(image: Image.Image) -> bool:
+    """Whether the garment (the pixels that stand out from the photo's border) carries enough colour
+    for a recoloured variant to look different at all."""
+    from .compare import PhotoPrint  # the same garment mask as the comparison's
+
+    photo = PhotoPrint(image)
+    pixels = photo.lab.reshape(-1, 3)
+    garment = np.linalg.norm(pixels - photo.background, axis=1) > 6.0
+    return bool(garment.sum() >= 30 and np.median(np.hypot(pixels[garment, 1], pixels[garment, 2])) >= COLOURFUL)
