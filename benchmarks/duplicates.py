@@ -31,7 +31,7 @@ from PIL import Image
 from _common import ROOT, SHARED, need_shared, report
 from lookalike import Engine
 from lookalike.duplicates import DuplicateOptions, DuplicateRule, PairEvidence, PairFinding
-from lookalike.duplicates.rule import FEATURES
+from lookalike.duplicates.rule import FEATURES, colour_shift
 from lookalike.duplicates.synthetic import COPY_KINDS, is_colourful, make_copy, make_variant
 
 HARD_NEGATIVE_COSINE = 0.93   # "template look-alikes": different photos this close in the embedding
@@ -112,16 +112,20 @@ def fit(store: Path, out: Path, negative_rate: float, hard_weight: float) -> Non
     # the hard negatives weigh more: the easy ones (other products, other framing) would otherwise set the boundary
     model = LogisticRegression(C=10.0, max_iter=5000).fit(features, truth, sample_weight=np.where(hard, hard_weight, 1.0))
     probability = model.predict_proba(features)[:, 1]
+    shifts = np.array([colour_shift(PairEvidence(**f.evidence)) for f, t in zip(verified, truth) if t])
+    max_shift = round(float(shifts.max()) * 4 / 3, 2)  # the largest a fitting-part copy showed, a third to spare
+    probability = np.where([colour_shift(PairEvidence(**f.evidence)) > max_shift for f in verified], 0.0, probability)
     threshold = float(np.quantile(probability[hard], 1 - negative_rate)) if hard.any() else 0.5
     threshold = min(max(threshold, 0.5), 0.999)
     recall = {kind: float(np.mean([p >= threshold for f, p, t in zip(verified, probability, truth) if t and kind_of(f.first, f.second) == kind]))
               for kind in (*COPY_KINDS, "copies")}
-    rule = DuplicateRule(tuple(float(w) for w in model.coef_[0]), float(model.intercept_[0]), threshold,
+    rule = DuplicateRule(tuple(float(w) for w in model.coef_[0]), float(model.intercept_[0]), threshold, max_colour_shift=max_shift,
                          provenance=(f"Fitted by benchmarks/duplicates.py --fit on the fitting 70 % of the shared Myntra catalogue "
                                      f"(split by crc32 of the product id): {int(truth.sum())} copy pairs (JPEG q50, half size, 90 % crop, "
                                      f"brightness x0.75/x1.3) against {int((~truth).sum())} other candidate pairs, of which {int(hard.sum())} "
                                      f"template look-alikes (cosine >= {HARD_NEGATIVE_COSINE}) or recoloured variants ({int(variant.sum())}), "
-                                     f"weighted x{hard_weight:g}; threshold: at most {negative_rate:.1%} of those accepted. "
+                                     f"weighted x{hard_weight:g}; threshold: at most {negative_rate:.1%} of those accepted; "
+                                     f"max_colour_shift: the largest a copy pair showed ({shifts.max():.2f}) plus a third. "
                                      f"Fitting-part recall {json.dumps({k: round(v, 3) for k, v in recall.items()})}."))
     out.write_text(json.dumps(rule.to_dict(), indent=2) + "\n", encoding="utf-8")
     print(rule.provenance)

@@ -74,6 +74,20 @@ def test_a_recoloured_variant_is_refused_and_the_colour_screen_never_drops_a_cop
     assert sum(bool(evidence.screened) for evidence in verdicts) >= 0.8 * len(verdicts)
 
 
+def test_a_pair_that_aligns_but_changed_colour_is_never_a_copy():
+    """The rule's colour-shift guard: perfectly aligned (tiny lightness residual) but the garment's
+    colour moved is a recoloured variant, whatever the linear part says; the same colour residual
+    with a misaligned lightness (a copy aligned to within a pixel) is left to the linear part."""
+    from lookalike.duplicates import PairEvidence
+
+    rule = DuplicateRule.load()
+    recoloured = PairEvidence(0.8, 1.0, lightness_median=0.5, lightness_p90=1.2, chroma_median=10.0, chroma_p90=14.0)
+    assert rule.probability(recoloured) == 0.0
+    assert rule.probability(PairEvidence(0.8, 1.0, 0.5, 1.2, 1.0, 3.0)) >= rule.threshold  # the same pair, colours kept
+    default = DuplicateRule.from_dict({"weights": [1, 1, 1, 1, 1], "bias": 0, "threshold": 0.5}, "old rule")
+    assert default.max_colour_shift == 3.0  # a rule file from before the guard still loads
+
+
 def test_the_vectorised_sub_pixel_shift_and_line_fit_match_the_library_routines():
     from scipy.ndimage import shift
 
@@ -172,7 +186,9 @@ def test_bad_marks_and_rule_files_are_refused(engine, tmp_path):
     for content, message in [("[1, 2]", "JSON object"), ('{"weights": [1, 2], "bias": 0, "threshold": 0.5}', "weights must be 5"),
                              ('{"weights": [1, 1, 1, 1, 1], "bias": "x", "threshold": 0.5}', "bias"),
                              ('{"weights": [1, 1, 1, 1, 1], "bias": 0, "threshold": 1}', "threshold"),
-                             ('{"weights": [1e999, 1, 1, 1, 1], "bias": 0, "threshold": 0.5}', "finite"), ("{not json", "cannot read")]:
+                             ('{"weights": [1e999, 1, 1, 1, 1], "bias": 0, "threshold": 0.5}', "finite"), ("{not json", "cannot read"),
+                             ('{"weights": [1, 1, 1, 1, 1], "bias": 0, "threshold": 0.5, "max_colour_shift": -1}', "max_colour_shift"),
+                             ('{"weights": [1, 1, 1, 1, 1], "bias": 0, "threshold": 0.5, "max_colour_shift": "3"}', "max_colour_shift")]:
         path = tmp_path / "rule.json"
         path.write_text(content)
         with pytest.raises(RuleError, match=message):

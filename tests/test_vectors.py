@@ -120,6 +120,27 @@ def test_search_many_matches_search(filled, share):
         assert backend.ann is not None  # the ANN index is built: the batched path ran
 
 
+@pytest.mark.parametrize("make", [lambda: ExactBackend(DIM), lambda: FaissBackend(DIM, IndexSpec("auto", ann_threshold=10**6))])
+def test_a_batch_below_the_ann_threshold_is_scored_in_matrix_products(make, monkeypatch):
+    """Below the ANN threshold a batch is one matrix product per block of queries (blocks of a
+    few queries here), answering as one query at a time does."""
+    from lookalike.vectors import exact
+
+    backend = make()
+    x = clustered(1500)
+    backend.upsert(np.arange(1500, dtype=np.int64), x)
+    backend.maintain()
+    monkeypatch.setattr(exact, "EXACT_BLOCK_SCORES", 1500 * 7)  # 7 queries per product block
+    calls = []
+    monkeypatch.setattr(type(backend), "search", lambda self, *a, **k: calls.append(1) or ExactBackend.search(self, *a, **k))
+    many = backend.search_many(x[:30], 5)
+    assert not calls  # no query went one at a time
+    monkeypatch.undo()
+    for q, (found, scores) in zip(x[:30], many):
+        one = backend.search(q, 5)
+        assert found.tolist() == one[0].tolist() and np.allclose(scores, one[1], atol=1e-5)
+
+
 def test_snapshot_restore_round_trip(filled, tmp_path):
     backend, ids, x = filled
     backend.snapshot(tmp_path, generation=5, model="m@1")

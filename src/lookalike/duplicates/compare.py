@@ -19,6 +19,7 @@ while a variant differs somewhere on the garment — its colour, its print, its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -32,6 +33,7 @@ ALIGN_WIDTH = 64
 # B's width relative to A's: a crop down to 80 % of either photo is found.
 SCALES = (1.0, 0.95, 1 / 0.95, 0.9, 1 / 0.9, 0.85, 1 / 0.85, 0.8, 1 / 0.8)
 REFINE = (0.98, 0.99, 1.01, 1.02)
+WIDEST = math.ceil(ALIGN_WIDTH * max(SCALES) * max(REFINE))  # the widest a photo is ever drawn: no need to decode it larger
 BLUR = 0.8            # pixels at ALIGN_WIDTH: resampling noise is not a difference
 SEPARATION = 6.0      # CIELAB distance from the photo's border colour beyond which a pixel is the garment, not the backdrop
 CHROMA_GAIN = (0.7, 1.4)

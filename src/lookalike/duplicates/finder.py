@@ -36,7 +36,7 @@ from ..common.folders import replace_atomically
 from ..common.progress import Progress
 from ..search.view import CatalogueView
 from ..vectors import VectorFilter
-from .compare import PairEvidence, PhotoPrint, compare_photos
+from .compare import WIDEST, PairEvidence, PhotoPrint, compare_photos
 from .rule import DuplicateRule
 
 log = logging.getLogger("lookalike.duplicates")
@@ -235,7 +235,9 @@ class DuplicateFinder:
         a few tasks in flight per worker.  Pairs go out in tasks of neighbouring pairs
         (:func:`_in_local_order`) so that a photo's print, the costly part of its first comparison,
         is made in one task rather than in many."""
-        size = max(50, min(TASK_PAIRS, -(-len(pairs) // (8 * self.threads))))  # several tasks per worker: none idles long at the end
+        # the same number of tasks per worker (none idles long at the end), as few as memory allows (a task prints its photos afresh)
+        count = self.threads * max(2, -(-len(pairs) // (self.threads * TASK_PAIRS)))
+        size = max(1, -(-len(pairs) // count))
         tasks = iter(_tasks(_in_local_order(pairs), size))
         compared: list[tuple[int, int, float, dict[str, Any]]] = []
         done = 0
@@ -442,6 +444,7 @@ def _prints(jpegs: dict[int, bytes]) -> dict[int, PhotoPrint]:
     for rowid, jpeg in jpegs.items():
         try:
             with Image.open(io.BytesIO(jpeg)) as image:
+                image.draft("RGB", (WIDEST, WIDEST))  # a JPEG decoded straight at the size the comparison needs: cheaper than decoding and shrinking
                 photos[rowid] = PhotoPrint(image)
         except (OSError, ValueError):
             continue

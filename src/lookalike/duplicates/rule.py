@@ -33,9 +33,10 @@ class DuplicateRule:
     bias: float
     threshold: float
     provenance: str = ""
+    max_colour_shift: float = 3.0  # see colour_shift: beyond this no copy of the fitting part went (with a third to spare)
 
     def probability(self, evidence: PairEvidence) -> float:
-        if not evidence.aligned:
+        if not evidence.aligned or colour_shift(evidence) > self.max_colour_shift:
             return 0.0
         score = float(np.dot(self.weights, evidence.features())) + self.bias
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, score))))
@@ -45,7 +46,7 @@ class DuplicateRule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(FEATURES), "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold,
-                "provenance": self.provenance}
+                "max_colour_shift": self.max_colour_shift, "provenance": self.provenance}
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> DuplicateRule:
@@ -60,7 +61,10 @@ class DuplicateRule:
             raise RuleError(f"{source}: bias must be a finite number")
         if not _finite(threshold) or not 0.0 < float(threshold) < 1.0:
             raise RuleError(f"{source}: threshold must be a probability strictly between 0 and 1")
-        return cls(tuple(float(w) for w in weights), float(bias), float(threshold), str(data.get("provenance", ""))[:2000])
+        shift: Any = data.get("max_colour_shift", cls.max_colour_shift)
+        if not _finite(shift) or float(shift) <= 0:
+            raise RuleError(f"{source}: max_colour_shift must be a positive number")
+        return cls(tuple(float(w) for w in weights), float(bias), float(threshold), str(data.get("provenance", ""))[:2000], float(shift))
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> DuplicateRule:
@@ -76,6 +80,14 @@ class DuplicateRule:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RuleError(f"{file}: cannot read the rule ({exc})") from exc
         return cls.from_dict(data, str(file))
+
+
+def colour_shift(evidence: PairEvidence) -> float:
+    """How far the garment's colour moved beyond what the alignment explains: the chroma residual's
+    median over one plus the lightness residual's 90th percentile.  A copy that aligns well keeps
+    its colours (a misaligned one differs in both); a recoloured variant aligns perfectly and
+    differs in colour only — a linear rule over the residuals cannot express that, this ratio can."""
+    return evidence.chroma_median / (1.0 + evidence.lightness_p90)
 
 
 def _finite(value: Any) -> bool:

@@ -16,6 +16,7 @@ from .base import Neighbours, VectorFilter, no_neighbours, top_k
 
 # Below this many allowed ids a filtered query is answered by scanning them exactly.
 EXACT_SUBSET_MAX = 4096
+EXACT_BLOCK_SCORES = 8_000_000  # scores computed at once by a batched exact search (32 MB)
 
 
 class ExactBackend:
@@ -154,7 +155,37 @@ class ExactBackend:
             return self._search(query, k, mask, filtered, n_allowed)
 
     def search_many(self, queries: np.ndarray, k: int, filter: VectorFilter | np.ndarray | None = None) -> list[Neighbours]:
-        return [self.search(q, k, filter) for q in np.atleast_2d(queries)]
+        """:meth:`search` for each row; when every query would scan the whole matrix exactly, the
+        scores come from one matrix product per block of queries (a batch job over a catalogue
+        below the ANN threshold is otherwise one matrix-vector product per product)."""
+        queries = np.atleast_2d(queries)
+        where = VectorFilter.coerce(filter)
+        with self._lock:
+            filtered = where is not None and where.restricts
+            mask = where.bitmap(self.live) if filtered and where is not None else self.live
+            n_allowed = int(np.count_nonzero(mask)) if filtered else self._count
+            batched = self._scans_exactly() and len(queries) > 1 and k > 0 and queries.shape[1] == self.dim and \
+                n_allowed > 0 and not (filtered and n_allowed <= EXACT_SUBSET_MAX and self.scan_small_subsets)
+            if batched:
+                return self._exact_masked_many(np.ascontiguousarray(queries, dtype=np.float32), mask, min(k, n_allowed))
+        return [self.search(q, k, filter) for q in queries]
+
+    def _scans_exactly(self) -> bool:
+        """Hook: whether :meth:`_search` scores every allowed vector exactly (a subclass answering
+        from another structure says no while it has one)."""
+        return type(self)._search is ExactBackend._search
+
+    def _exact_masked_many(self, queries: np.ndarray, mask: np.ndarray, k: int) -> list[Neighbours]:
+        out: list[Neighbours] = []
+        block = max(1, EXACT_BLOCK_SCORES // max(1, self.capacity))
+        for start in range(0, len(queries), block):
+            scores = queries[start:start + block] @ self.matrix.T
+            scores[:, ~mask] = -np.inf
+            for row in scores:
+                order = top_k(row, k)
+                order = order[np.isfinite(row[order])]
+                out.append((order.astype(np.int64), row[order]))
+        return out
 
     def _search(self, query: np.ndarray, k: int, mask: np.ndarray, filtered: bool, n_allowed: int) -> Neighbours:
         """Hook: how a subclass searches many allowed ids; exact here."""

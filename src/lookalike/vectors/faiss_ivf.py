@@ -229,6 +229,9 @@ class FaissBackend(ExactBackend):
                 out.append(self._exact_subset(query, candidates, k) if len(candidates) >= k else self._exact_masked(query, mask, k))
             return out
 
+    def _scans_exactly(self) -> bool:
+        return self.ann is None  # below the ANN threshold every search is an exact scan
+
     def _search(self, query: np.ndarray, k: int, mask: np.ndarray, filtered: bool, n_allowed: int) -> Neighbours:
         if self.ann is None:
             return self._exact_masked(query, mask, k)
