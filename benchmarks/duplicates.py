@@ -43,6 +43,19 @@ def part_rows(held_out: bool) -> list[dict[str, str]]:
     return [r for r in rows if (zlib.crc32(r["item_id"].encode()) % 10 >= 7) == held_out]
 
 
+def photo_path(row: dict[str, str]) -> str:
+    return row.get("path") or str(SHARED / "myntra" / row["image_file"])
+
+
+def every_real_photo() -> list[dict[str, str]]:
+    """All of Myntra and the phone photos of ``clothing`` (ids: their file names): the largest real
+    catalogue here, to see how the time per listing grows with the catalogue."""
+    rows = part_rows(held_out=False) + part_rows(held_out=True)
+    with open(SHARED / "clothing" / "labels.csv", encoding="utf-8") as handle:
+        rows += [{"item_id": "c-" + Path(r["image_file"]).stem, "path": str(SHARED / "clothing" / r["image_file"])} for r in csv.DictReader(handle)]
+    return rows
+
+
 def build(work: Path, rows: list[dict[str, str]], copies: int, seed: int) -> Path:
     """A store of ``rows`` plus four copies of ``copies`` of them (ids ``<id>~<kind>``) and, for the
     colourful ones among those, a recoloured variant (id ``<id>@variant``: not a duplicate)."""
@@ -52,10 +65,10 @@ def build(work: Path, rows: list[dict[str, str]], copies: int, seed: int) -> Pat
     shutil.rmtree(work, ignore_errors=True)
     (work / "copies").mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    listing = [{"id": r["item_id"], "image": str(SHARED / "myntra" / r["image_file"])} for r in rows]
+    listing = [{"id": r["item_id"], "image": photo_path(r)} for r in rows]
     for index in rng.choice(len(rows), min(copies, len(rows)), replace=False):
         row = rows[int(index)]
-        original = Image.open(SHARED / "myntra" / row["image_file"]).convert("RGB")
+        original = Image.open(photo_path(row)).convert("RGB")
         for kind in COPY_KINDS:
             path = work / "copies" / f"{row['item_id']}-{kind}.jpg"
             make_copy(original, kind, rng).save(path, quality=95)
@@ -187,6 +200,7 @@ if __name__ == "__main__":
     parser.add_argument("--copies", type=int, default=300, help="products given four re-processed copies each")
     parser.add_argument("--negative-rate", type=float, default=0.01, help="share of the fitting part's template look-alikes the rule may accept")
     parser.add_argument("--hard-weight", type=float, default=5.0, help="weight of the hard negatives (look-alikes, recoloured variants) in the fit")
+    parser.add_argument("--scale", action="store_true", help="also time every real photo here (Myntra and phone photos, ~10,900)")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "duplicates")
     args = parser.parse_args()
     need_shared()
@@ -195,4 +209,6 @@ if __name__ == "__main__":
     else:
         figures = measure(build(args.work / "held-out", part_rows(held_out=True), args.copies, seed=2))
         figures["real listings only"] = timing(build(args.work / "held-out-plain", part_rows(held_out=True), 0, seed=2))
+        if args.scale:
+            figures["every real photo here"] = timing(build(args.work / "every-real-photo", every_real_photo(), 0, seed=3))
         report("duplicates", figures)

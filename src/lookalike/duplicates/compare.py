@@ -5,10 +5,13 @@ than two colour variants shot on one template (0.99).  What separates them is th
 the *same pixels* up to a change of scale, a shift, compression noise and an exposure change,
 while a variant differs somewhere on the garment — its colour, its print, its stitching.  So:
 
-1. **align** — both photos shrunk to ``ALIGN_WIDTH`` pixels wide, lightness only; B is tried at
-   a grid of scales (a crop of A is A's content larger; A a crop of B, smaller), each scale
-   located by phase correlation against A's background-referenced lightness, the best scale
-   refined, the shift read to a tenth of a pixel from the correlation peak;
+0. **screen** — garments whose mean colour differs beyond what an exposure change explains are
+   not one photo (:func:`colours_differ`; about a fifth of the candidate pairs end here);
+1. **align** — both photos shrunk to ``ALIGN_WIDTH`` pixels wide, lightness only; scale 1 first
+   (most pairs share their framing), else B is tried at a grid of scales at half width (a crop of
+   A is A's content larger; A a crop of B, smaller) by phase correlation against A's
+   background-referenced lightness, the best scales tried at full width, the best refined, the
+   shift read to a tenth of a pixel from the correlation peak;
 2. **compare the overlap** in CIELAB after fitting A's lightness to B's (a straight line: an
    exposure change), on the garment's pixels (those that differ from their photo's border colour): the median and
    90th percentile of the lightness residual and of the chroma difference (a*, b*).  JPEG noise

@@ -21,8 +21,7 @@ from ...judging import JudgingError
 from ...security.http import SESSION_COOKIE
 from ...security.keys import ApiKey
 from ...tagging.review import MAX_VALUE
-from ..api.routes.duplicates import MAX_ID, start_search
-from ..api.routes.tagging import start_retrain
+from ..background import MAX_ID, start_duplicate_search, start_retrain
 from .forms import FormGuard
 
 GROUPS_PER_PAGE = 20
@@ -45,7 +44,7 @@ def duplicates_router(engine: Engine, render: Render, administrator: Any, forms:
 
     @router.post("/ui/duplicates/run")
     def run(key: ApiKey = writer) -> Response:
-        start_search(engine, DuplicateOptions())
+        start_duplicate_search(engine, DuplicateOptions())
         return RedirectResponse("/admin/duplicates", status_code=303)
 
     @router.post("/ui/duplicates/not-duplicates")

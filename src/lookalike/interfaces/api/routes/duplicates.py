@@ -8,15 +8,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from ....duplicates import DuplicateOptions, load_latest, save_latest
+from ....duplicates import DuplicateOptions, load_latest
 from ....duplicates.finder import LATEST_CSV
-from ....engine import Engine
-from ....jobs import BusyError
 from ....security.keys import ApiKey
+from ...background import MAX_ID, start_duplicate_search
 from ..access import requires
 from ..context import ApiContext
-
-MAX_ID = 200
 
 
 class DuplicatesIn(BaseModel):
@@ -36,20 +33,6 @@ def _checked_ids(ids: list[str]) -> list[str]:
     return ids
 
 
-def start_search(engine: Engine, options: DuplicateOptions) -> dict[str, Any]:
-    """The duplicate search as a background job (one at a time), its report kept in STORE/duplicates."""
-    engine.searcher.matching_rowids(options.where)  # a bad filter is refused now, not in the job
-    running = engine.jobs.latest.get("duplicates")
-    if running is not None and running.running:
-        raise BusyError("a duplicate search is already running; GET /duplicates/status")
-
-    def run() -> None:
-        status = engine.jobs.latest["duplicates"]
-        status.set_outcome(save_latest(engine.duplicates.find(options, progress=status.progress), engine.directory / "duplicates"))
-
-    return dict(engine.jobs.start("duplicates", run, label="catalogue"))
-
-
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["duplicates"])
     engine = ctx.engine
@@ -60,7 +43,7 @@ def router(ctx: ApiContext) -> APIRouter:
               dependencies=[ctx.scopes.write])
     def start(body: DuplicatesIn) -> dict[str, Any]:
         options = DuplicateOptions(body.k, body.min_cosine, tuple(body.where))
-        return {**start_search(engine, options), "report_url": "/duplicates"}
+        return {**start_duplicate_search(engine, options), "report_url": "/duplicates"}
 
     @api.get("/duplicates/status", summary="The current (or last) duplicate search", dependencies=[ctx.scopes.admin_view])
     def status() -> dict[str, Any]:

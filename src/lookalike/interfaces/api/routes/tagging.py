@@ -11,11 +11,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ....engine import Engine
-from ....jobs import BusyError
 from ....security.keys import ApiKey
 from ....tagging.review import MAX_VALUE, changes_csv
-from ....tagging.tagger import TaggerError
+from ...background import start_retrain
 from ...errors import error_response, read_upload
 from ..access import requires
 from ..context import ApiContext
@@ -86,19 +84,3 @@ class RelabelIn(BaseModel):
     id: str = Field(..., min_length=1, max_length=200, description="Product id")
     column: str = Field(..., min_length=1, max_length=200, description="A column the taggers were trained on")
     value: str = Field(..., min_length=1, max_length=MAX_VALUE, description="The right label")
-
-
-def start_retrain(engine: Engine) -> dict[str, Any]:
-    """Retraining as a background job (one at a time); the new set serves as soon as it is saved."""
-    running = engine.jobs.latest.get("tag-train")
-    if running is not None and running.running:
-        raise BusyError("the taggers are already retraining; GET /jobs or the label review page shows progress")
-    if engine.taggers is None:
-        raise TaggerError("no trained taggers to retrain: run `lookalike tag train` first")
-
-    def run() -> None:
-        status = engine.jobs.latest["tag-train"]
-        taggers = engine.tagging.retrain(progress=status.progress)
-        status.set_outcome({"taggers": taggers.name, "columns": sorted(taggers.report.get("columns", {}))})
-
-    return dict(engine.jobs.start("tag-train", run, label="retrain"))
