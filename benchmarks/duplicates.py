@@ -118,16 +118,18 @@ def fit(store: Path, out: Path, negative_rate: float, hard_weight: float) -> Non
     # pairs set aside before aligning (colours apart) or that never aligned get probability 0 whatever the rule: not fitted on
     verified = [f for f in (PairFinding(**row) for row in cached["pairs"]) if f.evidence.get("aligned", True)]
     hashes = cached["hashes"]
-    features = np.array([PairEvidence(**f.evidence).features() for f in verified])  # what the rule reads
+    evidences = [PairEvidence(**f.evidence) for f in verified]
+    features = np.array([evidence.features() for evidence in evidences])  # what the rule reads
     truth = np.array([same_item(f.first, f.second, hashes) for f in verified])
     variant = np.array(["@variant" in f.first + f.second for f in verified])
     hard = ~truth & ((np.array([f.cosine for f in verified]) >= HARD_NEGATIVE_COSINE) | variant)
     # the hard negatives weigh more: the easy ones (other products, other framing) would otherwise set the boundary
     model = LogisticRegression(C=10.0, max_iter=5000).fit(features, truth, sample_weight=np.where(hard, hard_weight, 1.0))
     probability = model.predict_proba(features)[:, 1]
-    shifts = np.array([colour_shift(PairEvidence(**f.evidence)) for f, t in zip(verified, truth) if t])
+    shift = np.array([colour_shift(evidence) for evidence in evidences])
+    shifts = shift[truth]
     max_shift = round(float(shifts.max()) * 4 / 3, 2)  # the largest a fitting-part copy showed, a third to spare
-    probability = np.where([colour_shift(PairEvidence(**f.evidence)) > max_shift for f in verified], 0.0, probability)
+    probability = np.where(shift > max_shift, 0.0, probability)
     threshold = float(np.quantile(probability[hard], 1 - negative_rate)) if hard.any() else 0.5
     threshold = min(max(threshold, 0.5), 0.999)
     recall = {kind: float(np.mean([p >= threshold for f, p, t in zip(verified, probability, truth) if t and kind_of(f.first, f.second) == kind]))

@@ -168,7 +168,7 @@ class PhotoPrint:
         self.lab = self.colour[..., :3]
         ring = np.concatenate([self.lab[:2].reshape(-1, 3), self.lab[-2:].reshape(-1, 3), self.lab[:, :2].reshape(-1, 3), self.lab[:, -2:].reshape(-1, 3)])
         self.background = np.median(ring, axis=0)  # the studio backdrop's colour, from the photo's border
-        self.chroma = _garment_chroma(self.lab, self.background)
+        self.chroma = _garment_chroma(self)
         self._grey_level: float | None = None
         self._spectra: dict[tuple[int, int], np.ndarray] = {}
         self._coarse: dict[float, np.ndarray] = {}
@@ -191,11 +191,17 @@ class PhotoPrint:
         return self._coarse[scale]
 
 
-def _garment_chroma(lab: np.ndarray, background: np.ndarray) -> np.ndarray | None:
-    """The mean (a*, b*) of the pixels that stand out from the backdrop; None for a nearly blank photo."""
-    pixels = lab.reshape(-1, 3).T
-    garment = _squared_distance(pixels, background) > SEPARATION ** 2
-    return pixels[1:, garment].mean(axis=1) if garment.sum() >= 30 else None
+def garment_pixels(photo: PhotoPrint) -> np.ndarray | None:
+    """(3, n) CIELAB of the pixels that stand out from the photo's backdrop; None for a nearly blank photo."""
+    pixels = photo.lab.reshape(-1, 3).T
+    garment = _squared_distance(pixels, photo.background) > SEPARATION ** 2
+    return pixels[:, garment] if garment.sum() >= 30 else None
+
+
+def _garment_chroma(photo: PhotoPrint) -> np.ndarray | None:
+    """The mean (a*, b*) of the garment's pixels; None for a nearly blank photo."""
+    garment = garment_pixels(photo)
+    return None if garment is None else garment[1:].mean(axis=1)
 
 
 def colours_differ(a: PhotoPrint, b: PhotoPrint) -> bool:

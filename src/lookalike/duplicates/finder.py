@@ -357,7 +357,8 @@ class _Workers:
     mid-flight."""
 
     def __init__(self, count: int):
-        self.count, self._pool = count, None  # type: int, ProcessPoolExecutor | None
+        self.count = count
+        self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> ProcessPoolExecutor:
         if self._pool is None:

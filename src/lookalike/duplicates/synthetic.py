@@ -41,9 +41,7 @@ def make_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def is_colourful(image: Image.Image) -> bool:
     """Whether the garment (the pixels that stand out from the photo's border) carries enough colour
     for a recoloured variant to look different at all."""
-    from .compare import PhotoPrint  # the same garment mask as the comparison's
+    from .compare import PhotoPrint, garment_pixels  # the same garment mask as the comparison's
 
-    photo = PhotoPrint(image)
-    pixels = photo.lab.reshape(-1, 3)
-    garment = np.linalg.norm(pixels - photo.background, axis=1) > 6.0
-    return bool(garment.sum() >= 30 and np.median(np.hypot(pixels[garment, 1], pixels[garment, 2])) >= COLOURFUL)
+    garment = garment_pixels(PhotoPrint(image))
+    return garment is not None and float(np.median(np.hypot(garment[1], garment[2]))) >= COLOURFUL

@@ -144,9 +144,7 @@ class ExactBackend:
         if k <= 0 or self._count == 0:
             return no_neighbours()
         with self._lock:
-            filtered = where is not None and where.restricts
-            mask = where.bitmap(self.live) if filtered and where is not None else self.live
-            n_allowed = int(np.count_nonzero(mask)) if filtered else self._count
+            filtered, mask, n_allowed = self._allowed(where)
             if n_allowed == 0:
                 return no_neighbours()
             k = min(k, n_allowed)
@@ -161,14 +159,18 @@ class ExactBackend:
         queries = np.atleast_2d(queries)
         where = VectorFilter.coerce(filter)
         with self._lock:
-            filtered = where is not None and where.restricts
-            mask = where.bitmap(self.live) if filtered and where is not None else self.live
-            n_allowed = int(np.count_nonzero(mask)) if filtered else self._count
+            filtered, mask, n_allowed = self._allowed(where)
             batched = self._scans_exactly() and len(queries) > 1 and k > 0 and queries.shape[1] == self.dim and \
                 n_allowed > 0 and not (filtered and n_allowed <= EXACT_SUBSET_MAX and self.scan_small_subsets)
             if batched:
                 return self._exact_masked_many(np.ascontiguousarray(queries, dtype=np.float32), mask, min(k, n_allowed))
         return [self.search(q, k, filter) for q in queries]
+
+    def _allowed(self, where: VectorFilter | None) -> tuple[bool, np.ndarray, int]:
+        """(whether ``where`` restricts, the allowed ids' mask, how many are allowed); call under the lock."""
+        filtered = where is not None and where.restricts
+        mask = where.bitmap(self.live) if filtered and where is not None else self.live
+        return filtered, mask, int(np.count_nonzero(mask)) if filtered else self._count
 
     def _scans_exactly(self) -> bool:
         """Hook: whether :meth:`_search` scores every allowed vector exactly (a subclass answering
@@ -181,10 +183,7 @@ class ExactBackend:
         for start in range(0, len(queries), block):
             scores = queries[start:start + block] @ self.matrix.T
             scores[:, ~mask] = -np.inf
-            for row in scores:
-                order = top_k(row, k)
-                order = order[np.isfinite(row[order])]
-                out.append((order.astype(np.int64), row[order]))
+            out.extend(_best(row, k) for row in scores)
         return out
 
     def _search(self, query: np.ndarray, k: int, mask: np.ndarray, filtered: bool, n_allowed: int) -> Neighbours:
@@ -199,6 +198,11 @@ class ExactBackend:
     def _exact_masked(self, query: np.ndarray, mask: np.ndarray, k: int) -> Neighbours:
         scores = self.matrix @ query
         scores[~mask] = -np.inf
-        order = top_k(scores, k)
-        order = order[np.isfinite(scores[order])]
-        return order.astype(np.int64), scores[order]
+        return _best(scores, k)
+
+
+def _best(scores: np.ndarray, k: int) -> Neighbours:
+    """The k best of one query's scores over every id (disallowed ids scored -inf and never returned)."""
+    order = top_k(scores, k)
+    order = order[np.isfinite(scores[order])]
+    return order.astype(np.int64), scores[order]

@@ -208,9 +208,7 @@ class FaissBackend(ExactBackend):
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         where = VectorFilter.coerce(filter)
         with self._lock:
-            filtered = where is not None and where.restricts
-            mask = where.bitmap(self.live) if filtered and where is not None else self.live
-            n_allowed = int(np.count_nonzero(mask)) if filtered else self._count
+            filtered, mask, n_allowed = self._allowed(where)
             batched = self.ann is not None and len(queries) > 1 and k > 0 and queries.shape[1] == self.dim and \
                 n_allowed > (EXACT_SUBSET_MAX if filtered else 0)
             if not batched:
