@@ -8,12 +8,13 @@ PORT   ?= 8000
 
 .PHONY: setup demo test bench clean
 
-# Virtual environment: torch==2.13.0 first (a CPU build; any other spec pulls CUDA), then the package.
+# Virtual environment: torch==2.13.0 first (a CPU build; any other spec pulls CUDA), then the package
+# with every extra the tests cover (Ray and Milvus included: their tests skip where they are absent).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[export,train,text,test]"
+	$(PY) -m pip install --quiet -e ".[export,train,text,test,ray,milvus]"
 	touch $@
 
 setup: $(VENV)/.installed

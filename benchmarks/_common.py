@@ -15,6 +15,19 @@ SHARED = Path(os.environ.get("LOOKALIKE_SHARED_DATA", ROOT.parent / "shared" / "
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def myntra_subset_csv(n: int, directory: Path) -> tuple[Path, list[Path]]:
+    """The first ``n`` Myntra rows as a catalogue file with absolute image paths, and those paths."""
+    import csv
+
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[:n]
+    path = directory / "subset.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "image_file": str(SHARED / "myntra" / r["image_file"])} for r in rows)
+    return path, [SHARED / "myntra" / r["image_file"] for r in rows]
+
+
 def need_shared() -> None:
     if not (SHARED / "myntra" / "labels.csv").exists():
         raise SystemExit(f"this benchmark needs the shared data set at {SHARED} (set LOOKALIKE_SHARED_DATA)")

@@ -11,24 +11,13 @@ uploaded photo (what a search request pays before the vector search).
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, need_shared, percentiles, report
+from _common import myntra_subset_csv, need_shared, percentiles, report
 from lookalike import Engine
 from lookalike.models.encoders.efficientnet import letterbox
-
-
-def subset_csv(n: int, directory: Path) -> tuple[Path, list[Path]]:
-    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[:n]
-    path = directory / "subset.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({**r, "image_file": str(SHARED / "myntra" / r["image_file"])} for r in rows)
-    return path, [SHARED / "myntra" / r["image_file"] for r in rows]
 
 
 def naive_baseline(images: list[Path], threads: int) -> float:
@@ -57,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     need_shared()
     with tempfile.TemporaryDirectory() as tmp:
-        catalogue, images = subset_csv(args.n, Path(tmp))
+        catalogue, images = myntra_subset_csv(args.n, Path(tmp))
         with Engine.open(Path(tmp) / "store", threads=args.threads) as engine:
             engine.searcher.embed(images[0])  # load the model outside the timing
             report_ = engine.ingest(catalogue)

@@ -19,6 +19,7 @@ RUNS = [
     ["text_search.py"],
     ["text_latency.py", "--products", "100000"],
     ["export_similar.py", "--products", "100000"],
+    ["distributed.py"],  # add --milvus-uri http://127.0.0.1:19530 with a server running (scripts/milvus_server.py)
 ]
 
 if __name__ == "__main__":

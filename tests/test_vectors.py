@@ -1,14 +1,32 @@
 """The vector backend contract: every registered backend passes the same tests.
 
-Adding a backend means adding one module, registering it, and adding its builder to BACKENDS."""
+Adding a backend means adding one module, registering it, and adding its builder to BACKENDS.
+Filters are built as the searcher builds them (a bitmap and an expression from the same clauses
+over each id's metadata), so in-memory backends and a database backend answer the same query.
+The Milvus backend runs against Milvus Lite when ``pip install 'lookalike[milvus]'`` is there, and
+also against a Milvus server: the one ``LOOKALIKE_TEST_MILVUS_URI`` names, or one these tests start
+for their module with the Python that ``LOOKALIKE_TEST_MILVUS_SERVER_PYTHON`` names (a venv with
+PyPI's ``milvus`` server package; ``.ci/run`` makes one), so the server runs only while it is tested."""
 
 from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lookalike.search.filters import MetadataColumns, clauses_expression, filter_fields, parse_where
 from lookalike.vectors import BackendConfig, CodesBackend, ExactBackend, FaissBackend, IndexSpec, VectorBackend, VectorFilter, available_backends, create_backend
 from lookalike.vectors.quantizer import AdditiveQuantizer, init_codebooks
+
+HAS_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
+MILVUS_SERVER = os.environ.get("LOOKALIKE_TEST_MILVUS_URI", "")
+MILVUS_SERVER_PYTHON = os.environ.get("LOOKALIKE_TEST_MILVUS_SERVER_PYTHON", "")
+needs_milvus = pytest.mark.skipif(not HAS_MILVUS, reason="the milvus extra is not installed (pip install 'lookalike[milvus]')")
 
 DIM = 32
 
@@ -26,25 +44,96 @@ def _codes() -> VectorBackend:
     return CodesBackend(DIM, quantizer, "adc", rerank_factor=10)
 
 
+def _milvus(folder: Path, uri: str = "") -> VectorBackend:
+    config = BackendConfig(backend="milvus", milvus_uri=uri or "vectors.db", store=str(folder), model="contract@1")
+    return create_backend(DIM, config)
+
+
 BACKENDS = {
-    "exact": lambda: ExactBackend(DIM),
-    "faiss": lambda: FaissBackend(DIM, IndexSpec("auto", ann_threshold=500, nprobe=16)),
-    "codes": _codes,
+    "exact": lambda folder: ExactBackend(DIM),
+    "faiss": lambda folder: FaissBackend(DIM, IndexSpec("auto", ann_threshold=500, nprobe=16)),
+    "codes": lambda folder: _codes(),
+    "milvus": _milvus,
 }
+PARAMS = [pytest.param(name, marks=needs_milvus) if name == "milvus" else name for name in sorted(BACKENDS)]
+if MILVUS_SERVER or MILVUS_SERVER_PYTHON:
+    PARAMS.append(pytest.param("milvus-server", marks=needs_milvus))
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory):
+    """The server's URI: the one named, or one started for this module and stopped after it."""
+    if MILVUS_SERVER:
+        yield MILVUS_SERVER
+        return
+    from .conftest import ROOT, free_port
+
+    port, data = free_port(), tmp_path_factory.mktemp("milvus-server")
+    log = (data / "server.log").open("w")
+    server = subprocess.Popen([MILVUS_SERVER_PYTHON, str(ROOT / "scripts" / "milvus_server.py"), "--port", str(port), "--data", str(data)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while "milvus listening" not in (data / "server.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, "the Milvus server did not start:\n" + (data / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _make(name: str, folder: Path, request) -> VectorBackend:
+    if name == "milvus-server":
+        return _milvus(folder, request.getfixturevalue("milvus_server"))
+    return BACKENDS[name](folder)
 
 
 def test_every_registered_backend_is_under_contract():
     assert set(available_backends()) <= set(BACKENDS)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def filled(request):
-    backend = BACKENDS[request.param]()
-    x = clustered(2000)
-    ids = np.arange(2000, dtype=np.int64) * 2 + 1  # sparse ids
-    backend.upsert(ids, x)
-    backend.maintain()
-    return backend, ids, x
+def metadata(ids: np.ndarray) -> list[dict]:
+    return [{"shade": f"S{i % 100}", "price": str(i % 100), "family": "even" if i % 4 == 1 else "odd"} for i in ids.tolist()]
+
+
+class Filled:
+    """A backend holding 2,000 clustered vectors under sparse ids, with filterable metadata."""
+
+    def __init__(self, backend: VectorBackend, folder: Path, maker):
+        self.backend, self.folder, self.maker = backend, folder, maker
+        self.x = clustered(2000)
+        self.ids = np.arange(2000, dtype=np.int64) * 2 + 1
+        self.columns = MetadataColumns()
+        for rowid, meta in zip(self.ids.tolist(), metadata(self.ids)):
+            self.columns.set(rowid, meta)
+        backend.upsert(self.ids, self.x, [filter_fields(m) for m in metadata(self.ids)])
+        backend.maintain()
+
+    def where(self, clauses: list[str], exclude: tuple[int, ...] = ()) -> VectorFilter:
+        """As the searcher builds it: a bitmap and an expression from the same clauses."""
+        parsed = parse_where(clauses)
+        return VectorFilter(self.columns.mask(parsed), clauses_expression(parsed), exclude)
+
+    def __iter__(self):
+        return iter((self.backend, self.ids, self.x))
+
+
+@pytest.fixture(scope="module", params=PARAMS)
+def shared(request, tmp_path_factory):
+    """One filled backend of each kind for the tests that only read (a database backend's setup costs seconds)."""
+    folder = tmp_path_factory.mktemp(request.param)
+    yield Filled(_make(request.param, folder, request), folder, lambda again: _make(request.param, again, request))
+
+
+@pytest.fixture(params=PARAMS)
+def filled(request, tmp_path):
+    """A backend of each kind of its own, for tests that write."""
+    return Filled(_make(request.param, tmp_path, request), tmp_path, lambda again: _make(request.param, again, request))
 
 
 def brute(x, ids, q, k, allowed=None):
@@ -55,15 +144,15 @@ def brute(x, ids, q, k, allowed=None):
     return ids[order[np.isfinite(scores[order])]]
 
 
-def test_follows_the_protocol(filled):
-    backend, ids, _ = filled
+def test_follows_the_protocol(shared):
+    backend, ids, _ = shared
     assert isinstance(backend, VectorBackend) and backend.count == len(ids)
     assert backend.ids().tolist() == ids.tolist() and backend.live_mask()[ids].all()
     assert isinstance(backend.describe(), str) and backend.memory_bytes() > 0
 
 
-def test_nearest_first_with_true_scores(filled):
-    backend, ids, x = filled
+def test_nearest_first_with_true_scores(shared):
+    backend, ids, x = shared
     recall = []
     for i in range(0, 2000, 100):
         found, scores = backend.search(x[i], 10)
@@ -74,8 +163,23 @@ def test_nearest_first_with_true_scores(filled):
     assert np.mean(recall) >= 0.9
 
 
-def test_filters_and_exclusions_are_obeyed_and_return_k(filled):
-    backend, ids, x = filled
+@pytest.mark.parametrize("clauses", [["shade=s1"], ["shade=S3|s40|S77"], ["price<30"], ["price>=10", "family=odd"], ["shade!=s0|s1"],
+                                     ["price=7"], ["family=EVEN", "shade!=s1"], ["shade=nowhere"]])
+def test_filters_and_exclusions_are_obeyed_and_return_k(shared, clauses):
+    backend, ids, x = shared
+    where = shared.where(clauses, exclude=(int(ids[0]), int(ids[2])))
+    allowed = where.bitmap(backend.live_mask())
+    for q in (0, 1, 500):
+        found, scores = backend.search(x[q], 15, where)
+        assert len(found) == min(15, int(allowed.sum())), clauses
+        assert allowed[found].all() and ids[0] not in found and ids[2] not in found
+        expected = brute(x, ids, x[q], 15, allowed[ids])
+        assert len(set(found.tolist()) & set(expected.tolist())) >= 0.8 * len(expected)
+
+
+def test_bare_bitmaps_filter_too(shared):
+    """Batch jobs pass business rules as bitmaps with no expression: narrow, broad and empty ones."""
+    backend, ids, x = shared
     rng = np.random.default_rng(1)
     for share in (0.01, 0.3, 0.9):
         allowed = np.zeros(ids.max() + 1, dtype=bool)
@@ -102,10 +206,10 @@ def test_upsert_replaces_and_remove_forgets(filled):
 
 
 @pytest.mark.parametrize("share", [None, 0.5, 0.01])
-def test_search_many_matches_search(filled, share):
+def test_search_many_matches_search(shared, share):
     """The batched path (one ANN call for all queries) answers as one query at a time does,
     unfiltered, with a broad filter and with one narrow enough for an exact scan."""
-    backend, ids, x = filled
+    backend, ids, x = shared
     allowed = None
     if share is not None:
         allowed = np.zeros(int(ids.max()) + 1, bool)
@@ -143,21 +247,28 @@ def test_a_batch_below_the_ann_threshold_is_scored_in_matrix_products(make, monk
 
 def test_snapshot_restore_round_trip(filled, tmp_path):
     backend, ids, x = filled
-    backend.snapshot(tmp_path, generation=5, model="m@1")
+    snapshots = tmp_path / "index"
+    backend.snapshot(snapshots, generation=5, model="m@1")
     name = type(backend).__name__
+    if name == "MilvusBackend":
+        backend.client.close()  # type: ignore[attr-defined]  # Milvus Lite: one process, one client
     fresh = {"ExactBackend": lambda: ExactBackend(DIM), "FaissBackend": lambda: FaissBackend(DIM, backend.spec),  # type: ignore[attr-defined]
-             "CodesBackend": lambda: CodesBackend(DIM, backend.quantizer)}[name]()  # type: ignore[attr-defined]
-    generation = fresh.restore(tmp_path, model="m@1")
+             "CodesBackend": lambda: CodesBackend(DIM, backend.quantizer),  # type: ignore[attr-defined]
+             "MilvusBackend": lambda: filled.maker(filled.folder)}[name]()
+    generation = fresh.restore(snapshots, model="m@1")
     assert generation in (None, 5)  # None: nothing derived to persist
-    assert fresh.restore(tmp_path, model="other@1") is None  # another model's snapshot is never used
+    assert generation == 5 or not fresh.persistent
     fresh.load(ids, x)
     fresh.refresh(ids[:10])
     found, _ = fresh.search(x[3], 5)
     assert found[0] == ids[3] and len(set(found.tolist())) == 5
+    if fresh.persistent:  # restored: it kept its vectors and filter fields, nothing was re-sent
+        assert fresh.search(x[3], 5, filled.where(["shade=s1"]))[0].tolist() == brute(x, ids, x[3], 5, (ids % 100) == 1).tolist()
+    assert fresh.restore(snapshots, model="other@1") is None  # another model's snapshot is never used
 
 
-def test_bad_input_is_refused(filled):
-    backend, ids, x = filled
+def test_bad_input_is_refused(shared):
+    backend, ids, x = shared
     with pytest.raises(ValueError, match="dimensions"):
         backend.search(np.ones(DIM + 1), 3)
     with pytest.raises(ValueError, match="shape"):
@@ -178,11 +289,12 @@ def test_settings_choose_the_backend():
 
 
 def test_filter_compiles_to_an_expression_for_database_backends():
-    from lookalike.search.filters import clauses_expression, parse_where
-
-    expression = clauses_expression(parse_where(['colour=Red|Navy "Blue"', "price<50"]))
-    assert expression == 'metadata["colour"] in ["Red", "Navy \\"Blue\\""] and metadata["price"] < 50.0'
+    expression = clauses_expression(parse_where(['colour=Red|Navy "Blue"', "price<50", "size!=42"]))
+    assert expression == ('(text["colour"] == "red" or text["colour"] == "navy \\"blue\\"") and numbers["price"] < 50.0 and '
+                          '((exists text["size"]) and not (text["size"] == "42" or numbers["size"] == 42.0))')
     assert VectorFilter(None, expression, (3, 4)).full_expression() == f"({expression}) and id not in [3, 4]"
+    assert filter_fields({"Colour": " Navy ", "price": "49.5", "note": "", "sizes": [1, 2], "a\nb": "x"}) == {
+        "text": {"Colour": "navy", "price": "49.5", "a b": "x"}, "numbers": {"price": 49.5}}
 
 
 def test_codes_answer_filtered_queries_on_a_small_catalogue_too():

@@ -37,6 +37,12 @@ class Settings:
     # or a registered backend name (lookalike.vectors.registry).
     vector_backend: str = "auto"
     ann_threshold: int = 20_000
+    # vector_backend = "milvus" (pip install 'lookalike[milvus]'): a Milvus Lite file (relative: inside
+    # the store) or a server "http://host:19530"; its token; a collection-name prefix; its vector index.
+    milvus_uri: str = "vectors.milvus.db"
+    milvus_token: str = ""
+    milvus_collection: str = ""
+    milvus_index: str = "AUTOINDEX"
     nprobe: int = 64
     rerank_factor: int = 10
     # With a quantised model: search its codes by "adc" (float query) or "sdc" (coded query), or "off".
@@ -44,6 +50,11 @@ class Settings:
     threads: int = 2
     batch_size: int = 16
     loader_threads: int = 2
+    # Where ingest and reindex decode and embed: "threads" (default), "processes", "serial", or "ray"
+    # (pip install 'lookalike[ray]'; ray_address "" starts a local Ray, "auto" or "ray://host:10001" joins a cluster).
+    distributor: str = "threads"
+    distributor_workers: int = 0  # 0: as many as the machine (or cluster) has CPUs for
+    ray_address: str = ""
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 20 * 1024 * 1024
     url_timeout: float = 10.0

@@ -81,7 +81,7 @@ class Engine(Catalog):
         return Searcher(serving, self.store, self.read_image, split_list(self.settings.facets))
 
     def _backend(self, encoder: Encoder) -> VectorBackend:
-        return create_backend(encoder.dim, BackendConfig.from_settings(self.settings), getattr(encoder, "quantizer", None))
+        return create_backend(encoder.dim, BackendConfig.from_settings(self.settings, encoder.identity), getattr(encoder, "quantizer", None))
 
     encoder = property(lambda self: self.searcher.serving.encoder, doc="The serving encoder.")
     index = property(lambda self: self.searcher.serving.backend, doc="The serving vector backend.")

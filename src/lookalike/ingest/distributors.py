@@ -6,8 +6,10 @@
   run on separate lanes; each lane returns results in input order (so rowids are reproducible),
   and a slow image host holds back only other URL rows;
 * :class:`ProcessDistributor` — a process pool: the proof that the mapper crosses a process
-  boundary, and the shape a cluster distributor (Ray, Spark) follows: ship the picklable
-  :class:`~lookalike.ingest.mapper.MapperFactory` once per worker, then partitions.
+  boundary, and the shape a cluster distributor follows: ship the picklable
+  :class:`~lookalike.ingest.mapper.MapperFactory` once per worker, then partitions;
+* :class:`~lookalike.ingest.ray_distributor.RayDistributor` — Ray actors on a local Ray or a
+  cluster (the ``ray`` extra), imported only when chosen.
 
 A distributor's ``map`` yields mapped partitions, and may yield ``None`` while nothing is ready,
 so the caller can check for cancellation.  It runs any stage of that shape: a picklable factory
@@ -23,6 +25,10 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExe
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from .reader import LOCAL, REMOTE
+
+
+class DistributorError(RuntimeError):
+    """A distributor cannot start as configured (its extra is not installed, its cluster cannot be reached)."""
 
 
 class Laned(Protocol):
@@ -154,4 +160,4 @@ class ProcessDistributor:
             yield from lanes.run(_map_in_worker, partitions)
 
 
-DISTRIBUTORS = {"serial": SerialDistributor, "threads": ThreadDistributor, "processes": ProcessDistributor}
+DISTRIBUTOR_NAMES = ("threads", "processes", "serial", "ray")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ..common.progress import Progress
 from ..config import Settings
 from ..storage import StoreError
 from .catalogue import read_catalogue
-from .distributors import Distributor, ThreadDistributor
+from .distributors import DISTRIBUTOR_NAMES, Distributor, DistributorError, ProcessDistributor, SerialDistributor, ThreadDistributor
 from .mapper import MapperFactory
 from .reader import read_partitions
 from .report import IngestReport, write_skip_report
@@ -62,9 +63,29 @@ class IngestRequest:
     label: str | None = None  # how the run is recorded (an uploaded file's name)
 
 
+def make_distributor(name: str, workers: int = 0, remote_workers: int = 4, ray_address: str = "") -> Distributor:
+    """A distributor by name (settings ``distributor``, ``distributor_workers``, ``ray_address``;
+    the CLI's ``--distributor``, ``--workers``, ``--ray-address``); ``workers`` 0 sizes it to the CPUs."""
+    cpus = os.cpu_count() or 1
+    if name == "threads":
+        return ThreadDistributor(workers or cpus + 1, remote_workers)
+    if name == "processes":
+        return ProcessDistributor(workers or cpus)
+    if name == "serial":
+        return SerialDistributor()
+    if name == "ray":
+        from .ray_distributor import RayDistributor
+
+        return RayDistributor(workers or None, ray_address or None)
+    raise DistributorError(f"unknown distributor {name!r}; choose one of {', '.join(DISTRIBUTOR_NAMES)}")
+
+
 def default_distributor(settings: Settings) -> Distributor:
-    """Threads: one more mapper than loader threads (one embeds while the others fetch and decode)."""
-    return ThreadDistributor(settings.loader_threads + 1, settings.max_downloads)
+    """As configured (``distributor``); threads by default: one more mapper than loader threads
+    (one embeds while the others fetch and decode)."""
+    if settings.distributor == "threads" and not settings.distributor_workers:
+        return ThreadDistributor(settings.loader_threads + 1, settings.max_downloads)
+    return make_distributor(settings.distributor, settings.distributor_workers, settings.max_downloads, settings.ray_address)
 
 
 class IngestPipeline:

@@ -83,18 +83,60 @@ def parse_where(clauses: Iterable[str] | str | None) -> list[Clause]:
     return [parse_clause(c) for c in clauses if c is not None and str(c).strip() != ""]
 
 
+# ---- server-side filtering (database backends) ---------------------------------------------------
+# A database backend keeps two JSON fields per product, built by filter_fields: ``text`` (each
+# column's value as the in-memory columns compare it: trimmed, lower case) and ``numbers`` (the
+# values that read as finite numbers).  clauses_expression writes the same clause over them, in
+# the subset of scalar-filter syntax that Milvus Lite and the Milvus server both parse (no JSON
+# ``in``, ``exists`` only in parentheses), so a pushed-down filter selects what the mask does.
+TEXT_FIELD, NUMBERS_FIELD = "text", "numbers"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _filter_text(value: Any) -> str:
+    """A value as server-side filters compare it: as the columns do, control characters as spaces
+    (escape sequences other than quote and backslash are not parsed alike by every server)."""
+    return _CONTROL.sub(" ", _text(value))
+
+
+def filter_fields(metadata: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """One product's filterable columns (its metadata and tag columns) as a database backend stores them."""
+    text: dict[str, str] = {}
+    numbers: dict[str, float] = {}
+    for name, value in metadata.items():
+        if value is None or isinstance(value, (list, dict)) or (isinstance(value, str) and value.strip() == ""):
+            continue
+        key = _CONTROL.sub(" ", str(name))
+        text[key] = _filter_text(value)
+        number = parse_number(value)
+        if number is not None:
+            numbers[key] = number
+    return {TEXT_FIELD: text, NUMBERS_FIELD: numbers}
+
+
+def _literal(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
 def clauses_expression(clauses: list[Clause]) -> str:
-    """The clauses as one boolean expression over a JSON ``metadata`` field, in the syntax of
-    vector databases' scalar filters (``metadata["colour"] in ["red", "navy"] and metadata["price"] < 50``),
-    for backends that filter server-side.  Values are JSON-quoted, so no value can break out."""
+    """The clauses as one boolean expression over :func:`filter_fields`' two JSON fields, for backends
+    that filter server-side (``text["colour"] == "red" or text["colour"] == "navy"``, ``numbers["price"] < 50.0``).
+    Keys and values are JSON-quoted, so none can break out of its string."""
     parts = []
     for clause in clauses:
-        field = f"metadata[{json.dumps(clause.column)}]"
+        key = _literal(_CONTROL.sub(" ", clause.column))
+        text, numbers = f"{TEXT_FIELD}[{key}]", f"{NUMBERS_FIELD}[{key}]"
         if clause.op in NUMERIC_OPS:
-            parts.append(f"{field} {clause.op} {parse_number(clause.values[0])!r}")
-        else:
-            listed = ", ".join(json.dumps(v) for v in clause.values)
-            parts.append(f"{field} {'in' if clause.op == '=' else 'not in'} [{listed}]")
+            parts.append(f"{numbers} {clause.op} {parse_number(clause.values[0])!r}")
+            continue
+        matches = []
+        for value in clause.values:
+            matches.append(f"{text} == {_literal(_filter_text(value))}")
+            number = parse_number(value)
+            if number is not None:  # "price=50" also matches a stored 50.0, as the columns do
+                matches.append(f"{numbers} == {number!r}")
+        either = " or ".join(matches)
+        parts.append(f"({either})" if clause.op == "=" else f"((exists {text}) and not ({either}))")
     return " and ".join(parts)
 
 

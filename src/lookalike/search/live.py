@@ -1,7 +1,9 @@
 """The serving side of a store: the database plus one model's in-memory index, kept in step.
 
 SQLite is the source of truth; the vector backend and the filter columns are derived from it
-and tagged with the store generation they reflect.  Writes go through here (the ingest writer,
+and tagged with the store generation they reflect.  A backend that filters server-side (Milvus)
+is sent each product's filter fields with its vector, and again when its metadata or tags change;
+a persistent one restored at open is sent only the changes since its snapshot.  Writes go through here (the ingest writer,
 tagging and the CRUD calls use it), so a committed product is visible to the next query; writes
 committed by another process are caught up by :meth:`ServingIndex.sync`, called before reads.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..models.encoders import Encoder
 from ..vectors import VectorBackend
-from .filters import MetadataColumns, with_tag_columns
+from .filters import MetadataColumns, filter_fields, with_tag_columns
 
 log = logging.getLogger("lookalike.serving")
 
@@ -70,27 +72,51 @@ class ServingIndex:
         store, backend = self.store, self.backend
         generation = store.generation
         snapshot_gen = backend.restore(self.snapshot_dir, self.encoder.identity) if restore else None
-        tags = store.all_tags()
-        for rowids, vectors, metadata in store.iter_vectors():
-            backend.load(rowids, vectors)
-            for rowid, meta in zip(rowids.tolist(), metadata):
-                self.set_columns(rowid, meta, tags.get(rowid))
         if snapshot_gen is not None and snapshot_gen > generation:
             backend.discard_snapshot()  # a snapshot from the future belongs to another database
-        elif snapshot_gen is not None and snapshot_gen < generation:
-            changed = [r for r, _, _ in store.iter_vectors(since_gen=snapshot_gen)]
-            backend.refresh(np.concatenate(changed + [store.tombstones_since(snapshot_gen)]))
+            snapshot_gen = None
+        tags = store.all_tags()
+        for rowids, vectors, metadata in store.iter_vectors():
+            columns = [with_tag_columns(meta, tags.get(rowid)) for rowid, meta in zip(rowids.tolist(), metadata)]
+            backend.load(rowids, vectors, self._fields(columns))
+            for rowid, values in zip(rowids.tolist(), columns):
+                self.set_columns(rowid, values)
+        if snapshot_gen is not None and snapshot_gen < generation:
+            if backend.persistent:
+                self._send_changes(snapshot_gen)
+            else:
+                changed = [r for r, _, _ in store.iter_vectors(since_gen=snapshot_gen)]
+                backend.refresh(np.concatenate(changed + [store.tombstones_since(snapshot_gen)]))
             self._dirty = True
-        if not restore:
+        if snapshot_gen is None:
             self._dirty = True  # what is on disk is not this index's: the first save replaces (or removes) it
         self.synced_gen = generation
         self.maintain(save=not store.read_only)
 
-    def set_columns(self, rowid: int, metadata: dict[str, Any], tags: dict[str, dict[str, Any]] | None) -> None:
-        """Make one product filterable; a cell the filters cannot take is logged and left out,
-        so no stored value can stop the store from opening."""
+    def _fields(self, columns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Filter fields for a backend that filters server-side (None for one filtering by bitmap)."""
+        return [filter_fields(values) for values in columns] if self.backend.wants_fields else None
+
+    def _send_changes(self, since: int) -> None:
+        """Rows written and deleted since generation ``since``, to the backend and the columns
+        (:meth:`sync`, and a persistent backend's restored snapshot)."""
+        for rowids, vectors, metadata in self.store.iter_vectors(since_gen=since):
+            tags = self.store.tags_for(rowids.tolist())
+            columns = [with_tag_columns(meta, tags.get(rowid)) for rowid, meta in zip(rowids.tolist(), metadata)]
+            self.backend.upsert(rowids, vectors, self._fields(columns))
+            for rowid, values in zip(rowids.tolist(), columns):
+                self.set_columns(rowid, values)
+        deleted = self.store.tombstones_since(since)
+        if len(deleted):
+            self.backend.remove(deleted)
+            for rowid in deleted.tolist():
+                self.columns.remove(rowid)
+
+    def set_columns(self, rowid: int, values: dict[str, Any]) -> None:
+        """Make one product filterable (its metadata with tag columns, :func:`with_tag_columns`); a cell
+        the filters cannot take is logged and left out, so no stored value can stop the store from opening."""
         try:
-            self.columns.set(rowid, with_tag_columns(metadata, tags))
+            self.columns.set(rowid, values)
         except Exception as exc:
             self.columns.remove(rowid)
             log.warning("product rowid %s: metadata not filterable (%s: %s)", rowid, type(exc).__name__, exc)
@@ -108,17 +134,7 @@ class ServingIndex:
                 log.warning("another process re-indexed this store with %s; restart to serve it", self.store.get_meta("encoder"))
                 self.synced_gen = generation  # keep serving the old, consistent index
                 return False
-            since = self.synced_gen
-            for rowids, vectors, metadata in self.store.iter_vectors(since_gen=since):
-                self.backend.upsert(rowids, vectors)
-                tags = self.store.tags_for(rowids.tolist())
-                for rowid, meta in zip(rowids.tolist(), metadata):
-                    self.set_columns(rowid, meta, tags.get(rowid))
-            deleted = self.store.tombstones_since(since)
-            if len(deleted):
-                self.backend.remove(deleted)
-                for rowid in deleted.tolist():
-                    self.columns.remove(rowid)
+            self._send_changes(self.synced_gen)
             self._dirty = True
             self.synced_gen = generation
             return True
@@ -135,13 +151,29 @@ class ServingIndex:
         with self.lock:
             rowids = self.store.write(writes, encoder=self.encoder.identity)
             self._advance(self.store.last_write_generation)
-            with_vectors = [(r, w) for r, w in zip(rowids, writes) if w.vector is not None]
-            if with_vectors:
-                self.backend.upsert(np.array([r for r, _ in with_vectors]), np.stack([w.vector for _, w in with_vectors]))
+            columns = [with_tag_columns(write.metadata, None) for write in writes]
+            embedded = [i for i, w in enumerate(writes) if w.vector is not None]
+            if embedded:
+                self.backend.upsert(np.array([rowids[i] for i in embedded]), np.stack([writes[i].vector for i in embedded]),
+                                    self._fields([columns[i] for i in embedded]))
                 self._dirty = True
-            for rowid, write in zip(rowids, writes):
-                self.set_columns(rowid, write.metadata, None)
+            metadata_only = [i for i, w in enumerate(writes) if w.vector is None]
+            if metadata_only:
+                self._annotate([rowids[i] for i in metadata_only], [columns[i] for i in metadata_only])
+            for rowid, values in zip(rowids, columns):
+                self.set_columns(rowid, values)
         return rowids
+
+    def _annotate(self, rowids: list[int], columns: list[dict[str, Any]]) -> None:
+        """New filter fields, for a backend that keeps them, of products whose vector it holds."""
+        if not self.backend.wants_fields:
+            return
+        live = self.backend.live_mask()
+        keep = [i for i, r in enumerate(rowids) if r < len(live) and live[r]]
+        fields = self._fields([columns[i] for i in keep])
+        if keep and fields:
+            self.backend.annotate(np.array([rowids[i] for i in keep]), fields)
+            self._dirty = True
 
     def delete(self, product_ids: Iterable[str]) -> list[int]:
         """Delete products by id; returns the rowids that existed."""
@@ -160,8 +192,11 @@ class ServingIndex:
         with self.lock:
             written = self.store.write_tags(entries, tagger)
             self._advance(self.store.last_write_generation)
-            for rowid, product in self.store.get_by_rowids([r for r, _ in entries]).items():
-                self.set_columns(rowid, product.metadata, product.tags)
+            products = self.store.get_by_rowids([r for r, _ in entries])
+            columns = {rowid: with_tag_columns(product.metadata, product.tags) for rowid, product in products.items()}
+            for rowid, values in columns.items():
+                self.set_columns(rowid, values)
+            self._annotate(list(columns), list(columns.values()))
         return written
 
     # ---- the snapshot ---------------------------------------------------------------------------

@@ -3,20 +3,24 @@
 A backend stores unit vectors under non-negative integer ids (the store's product rowids) and
 answers "the k nearest ids to this query, among those the filter allows", with true cosine
 scores, best first.  In-memory backends (:mod:`.exact`, :mod:`.faiss_ivf`, :mod:`.codes`)
-compile a :class:`VectorFilter` to a bitmap over ids; a backend inside a database server would
-compile its ``expression`` instead, which is why the filter carries both (the searcher fills
-them from the same parsed ``where`` clauses).  Every backend passes the same contract tests (``tests/test_vectors.py``).
+compile a :class:`VectorFilter` to a bitmap over ids; a backend inside a database (:mod:`.milvus`)
+runs its ``expression`` server-side instead, which is why the filter carries both (the searcher fills
+them from the same parsed ``where`` clauses) and why writes may carry each id's filterable fields
+(:func:`lookalike.search.filters.filter_fields`), which in-memory backends ignore.  A *persistent*
+backend keeps its vectors between runs itself: at open, a restored one is sent only what changed.
+Every backend passes the same contract tests (``tests/test_vectors.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 Neighbours = tuple[np.ndarray, np.ndarray]  # (ids int64, scores float32), best first
+Fields = list[dict[str, Any]]  # per id: its filterable fields (lookalike.search.filters.filter_fields)
 
 
 class BackendError(RuntimeError):
@@ -29,8 +33,8 @@ class VectorFilter:
 
     ``allowed`` is the metadata filter's answer as a boolean mask indexed by id (ids past its
     end are not allowed); ``expression`` is the same condition as a boolean expression over
-    ``metadata`` (see :func:`lookalike.search.filters.clauses_expression`), for backends that
-    filter server-side; ``exclude`` ids are never returned (the query product itself)."""
+    the stored filter fields (see :func:`lookalike.search.filters.clauses_expression`), for backends
+    that filter server-side; ``exclude`` ids are never returned (the query product itself)."""
 
     allowed: np.ndarray | None = None
     expression: str = ""
@@ -74,16 +78,22 @@ class VectorBackend(Protocol):
 
     name: str
     dim: int
+    persistent: bool  # holds its vectors between runs (a database): a restored one is sent only changes
+    wants_fields: bool  # filters by ``expression`` server-side, so writes carry each id's filter fields
 
     @property
     def count(self) -> int: ...
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors, replacing any stored under the same ids."""
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, fields: Fields | None = None) -> None:
+        """Add vectors, replacing any stored under the same ids (with their filter fields, when given)."""
 
-    def load(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def load(self, ids: np.ndarray, vectors: np.ndarray, fields: Fields | None = None) -> None:
         """Bulk-add at open time; derived structures (an ANN snapshot) are caught up by
-        :meth:`refresh` / :meth:`maintain` afterwards rather than per call."""
+        :meth:`refresh` / :meth:`maintain` afterwards rather than per call.  A persistent backend
+        with a restored snapshot already holds these: it only notes the ids."""
+
+    def annotate(self, ids: np.ndarray, fields: Fields) -> None:
+        """Replace the filter fields of stored ids (metadata or tags changed, the vector did not)."""
 
     def remove(self, ids: np.ndarray) -> int:
         """Forget ids (unknown ones are ignored); returns how many were removed."""
@@ -112,7 +122,8 @@ class VectorBackend(Protocol):
         none usable (missing, damaged, or another model's)."""
 
     def refresh(self, ids: np.ndarray) -> None:
-        """Bring a restored snapshot up to date for ids changed or deleted since it was taken."""
+        """Bring a restored snapshot up to date for ids changed or deleted since it was taken
+        (in-memory backends; a persistent one is sent the changes by upsert and remove instead)."""
 
     def discard_snapshot(self) -> None:
         """Forget a restored snapshot (it belongs to another database)."""
@@ -125,6 +136,17 @@ class VectorBackend(Protocol):
 
     def memory_bytes(self) -> int:
         """Bytes held in memory (vectors plus derived structures)."""
+
+
+def checked(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as int64 and vectors as contiguous float32 of the backend's shape, or a ValueError saying what is wrong."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(ids) and vectors.shape != (len(ids), dim):
+        raise ValueError(f"expected vectors of shape ({len(ids)}, {dim}), got {vectors.shape}")
+    if len(ids) and ids.min() < 0:
+        raise ValueError("ids must be non-negative")
+    return ids, vectors
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

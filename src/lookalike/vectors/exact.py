@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Neighbours, VectorFilter, no_neighbours, top_k
+from .base import Fields, Neighbours, VectorFilter, checked, no_neighbours, top_k
 
 # Below this many allowed ids a filtered query is answered by scanning them exactly.
 EXACT_SUBSET_MAX = 4096
@@ -23,6 +23,8 @@ class ExactBackend:
     """Unit vectors keyed by integer id, searched exactly.  Thread-safe."""
 
     name = "exact"
+    persistent = False  # rebuilt from the store at every open (a snapshot holds only derived structures)
+    wants_fields = False  # filters arrive as bitmaps over ids
     scan_small_subsets = True  # a filter leaving few ids: score those exactly (a subclass that must answer from its own structure says False)
 
     def __init__(self, dim: int):
@@ -56,21 +58,15 @@ class ExactBackend:
         """Hook: a subclass resizes its per-id arrays (codes) to ``capacity``."""
 
     def _checked(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, dtype=np.int64)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(ids) and vectors.shape != (len(ids), self.dim):
-            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}")
-        if len(ids) and ids.min() < 0:
-            raise ValueError("ids must be non-negative")
-        return ids, vectors
+        return checked(ids, vectors, self.dim)
 
-    def load(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def load(self, ids: np.ndarray, vectors: np.ndarray, fields: Fields | None = None) -> None:
         ids, vectors = self._checked(ids, vectors)
         if len(ids):
             with self._lock:
                 self._store(ids, vectors)
 
-    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, fields: Fields | None = None) -> None:
         ids, vectors = self._checked(ids, vectors)
         if len(ids):
             with self._lock:
@@ -101,6 +97,9 @@ class ExactBackend:
 
     def _removed(self, ids: np.ndarray) -> None:
         """Hook: a subclass forgets ids in its derived structure."""
+
+    def annotate(self, ids: np.ndarray, fields: Fields) -> None:
+        """Filter fields are the serving index's columns' business here (filters arrive as bitmaps)."""
 
     def vector(self, id_: int) -> np.ndarray:
         if id_ < 0 or id_ >= self.capacity or not self.live[id_]:

@@ -31,11 +31,18 @@ class BackendConfig:
     rerank_factor: int = 10
     threads: int = 1
     code_search: str = "adc"
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    milvus_collection: str = ""
+    milvus_index: str = "AUTOINDEX"
+    store: str = ""  # the store folder (a relative milvus_uri is inside it)
+    model: str = ""  # the encoder identity whose vectors the backend holds (a database backend's collection name)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> BackendConfig:
+    def from_settings(cls, settings: Any, model: str = "") -> BackendConfig:
         return cls(settings.vector_backend, settings.index, settings.ann_threshold, settings.nprobe, settings.rerank_factor,
-                   settings.threads, settings.code_search)
+                   settings.threads, settings.code_search, settings.milvus_uri, settings.milvus_token, settings.milvus_collection,
+                   settings.milvus_index, settings.store, model)
 
     @property
     def index_spec(self) -> IndexSpec:
@@ -59,7 +66,8 @@ def _codes(dim: int, config: BackendConfig, quantizer: Quantizer | None) -> Vect
     return CodesBackend(dim, quantizer, config.code_search, config.rerank_factor)
 
 
-_FACTORIES: dict[str, BackendFactory | str] = {"exact": _exact, "faiss": _faiss, "codes": _codes}
+_FACTORIES: dict[str, BackendFactory | str] = {"exact": _exact, "faiss": _faiss, "codes": _codes,
+                                               "milvus": "lookalike.vectors.milvus:from_config"}
 
 
 def register_backend(name: str, factory: BackendFactory | str) -> None:

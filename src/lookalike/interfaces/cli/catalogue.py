@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import app, err, fail, guarded, out, state
+from .common import DISTRIBUTOR_HELP, app, distributor_settings, err, fail, guarded, out, state
 
 
 @app.command()
@@ -25,13 +25,16 @@ def ingest(
     batch_size: Optional[int] = typer.Option(None, min=1, max=512, help="Images per model batch."),
     garments: Optional[bool] = typer.Option(None, "--garments/--no-garments",
                                             help="Then find the garments of new outfit shots, as `lookalike garments` does (default: the ingest_garments setting)."),
+    distributor: Optional[str] = typer.Option(None, help=DISTRIBUTOR_HELP),
+    workers: Optional[int] = typer.Option(None, min=1, max=4096, help="Workers of the distributor (default: one per CPU)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --distributor ray: a running cluster (auto, ray://host:10001); default: a local Ray."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Add or update products from a catalogue; only new or changed images are embedded, then
     the garments of new photos of people are found (see `lookalike garments`)."""
 
     def body() -> None:
-        with state.engine() as engine:
+        with state.engine(**distributor_settings(distributor, workers, ray_address)) as engine:
             quiet = as_json or not sys.stderr.isatty()
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} rows/s"),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet) as bar:

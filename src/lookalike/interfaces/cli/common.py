@@ -19,6 +19,7 @@ from ...detection import DetectorError
 from ...engine import BusyError, Engine, NotFoundError
 from ...evaluation.suite import SuiteError
 from ...images import ImageError
+from ...ingest import DISTRIBUTOR_NAMES, DistributorError
 from ...ingest.catalogue import CatalogueError
 from ...models import EncoderError, ModelError
 from ...search import Hit
@@ -34,7 +35,16 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 USER_ERRORS = (PermissionError, ModelError, DetectorError, LookUnavailable, TrainingDataError, TaggerError, RulesError, HierarchyError, SuiteError, CatalogueError, ConfigError,
-               EncoderError, FilterError, ImageError, BackendError, StoreError, NotFoundError, BusyError, ValueError)
+               EncoderError, FilterError, ImageError, BackendError, StoreError, NotFoundError, BusyError, DistributorError, ValueError)
+
+DISTRIBUTOR_HELP = "Where images are decoded and embedded: threads (default), processes, serial, or ray (pip install 'lookalike[ray]')."
+
+
+def distributor_settings(distributor: Optional[str], workers: Optional[int], ray_address: Optional[str]) -> dict[str, Any]:
+    """The --distributor, --workers and --ray-address options as settings overrides (None: as configured)."""
+    if distributor is not None and distributor not in DISTRIBUTOR_NAMES:
+        fail(f"unknown distributor {distributor!r}; choose one of {', '.join(DISTRIBUTOR_NAMES)}")
+    return {"distributor": distributor, "distributor_workers": workers, "ray_address": ray_address}
 
 
 class State:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ...engine import Engine
-from .common import app, bar_progress, err, guarded, out, progress_bar, state
+from .common import DISTRIBUTOR_HELP, app, bar_progress, distributor_settings, err, guarded, out, progress_bar, state
 
 train_app = typer.Typer(help="Learn from the shop's own catalogue: fine-tuned embeddings, compact quantised codes, the text bridge.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -187,13 +187,16 @@ def models_import(source: Path = typer.Argument(..., help="A model folder (STORE
 @app.command()
 def reindex(
     model: str = typer.Option(..., "--model", "-m", help="Trained model name (see `lookalike train list`), model folder, or pretrained encoder name."),
+    distributor: Optional[str] = typer.Option(None, help=DISTRIBUTOR_HELP),
+    workers: Optional[int] = typer.Option(None, min=1, max=4096, help="Workers of the distributor (default: one per CPU)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --distributor ray: a running cluster (auto, ray://host:10001); default: a local Ray."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ) -> None:
     """Re-embed the catalogue with another model and switch to it atomically (search keeps serving the old index meanwhile)."""
 
     def body() -> None:
-        with state.engine() as engine:
+        with state.engine(**distributor_settings(distributor, workers, ray_address)) as engine:
             with progress_bar(quiet or as_json or not sys.stderr.isatty()) as bar:
                 outcome = engine.reindex(model, progress=bar_progress(bar))
             if as_json:

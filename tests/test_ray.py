@@ -1,0 +1,125 @@
+"""Ingest and re-index on Ray (the ``ray`` extra): the same vectors as local threads, a worker
+killed mid-run loses nothing, and the CLI's --distributor options reach it.  One local Ray with
+two CPUs serves the module (starting Ray costs seconds); its overhead is a benchmark's business
+(benchmarks/distributed.py), not a test's."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lookalike import Engine
+from lookalike.ingest import ThreadDistributor
+
+from .conftest import DEMO_CSV
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the ray extra is not installed (pip install 'lookalike[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # The crashing worker below is defined in this test module, which Ray's workers cannot import: ship it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def vectors_by_id(store: Path, **settings: Any) -> dict[str, np.ndarray]:
+    with Engine.open(store, **settings) as engine:
+        return {i: engine.index.vector(engine.store.get(i).rowid) for i in sorted(engine.store.all_ids())}
+
+
+class CrashingWorker:
+    """Maps as the real worker does, but the first incarnation that reaches its ``after``-th
+    partition kills its own process (as a lost node would), once per marker file."""
+
+    def __init__(self, inner: Any, marker: str, after: int):
+        self.inner, self.marker, self.after, self.seen = inner, marker, after, 0
+
+    def __call__(self, partition: Any) -> Any:
+        self.seen += 1
+        if self.seen == self.after and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return self.inner(partition)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class CrashingFactory:
+    def __init__(self, factory: Any, marker: str, after: int):
+        self.factory, self.marker, self.after = factory, marker, after
+
+    def __call__(self) -> CrashingWorker:
+        return CrashingWorker(self.factory(), self.marker, self.after)
+
+
+def test_ray_ingest_gives_the_vectors_local_threads_give(ray_session, demo_store, tmp_path):
+    from lookalike.ingest.ray_distributor import RayDistributor
+
+    with Engine.open(tmp_path / "store") as engine:
+        report = engine.ingest(DEMO_CSV, distributor=RayDistributor(workers=2), batch_size=32)
+        assert report.added == 305 and not report.skipped
+    ray_vectors, local_vectors = vectors_by_id(tmp_path / "store"), vectors_by_id(demo_store)
+    assert ray_vectors.keys() == local_vectors.keys()
+    worst = max(float(np.abs(ray_vectors[i] - local_vectors[i]).max()) for i in ray_vectors)
+    assert worst < 1e-5  # the same model on the same pixels (batches of another size round differently, by ~1e-7)
+
+
+def test_a_worker_killed_mid_run_loses_nothing(ray_session, tmp_path):
+    from lookalike.ingest.ray_distributor import RayDistributor
+
+    marker = tmp_path / "killed"
+
+    class Killing(RayDistributor):
+        def map(self, factory, partitions):
+            return super().map(CrashingFactory(factory, str(marker), after=4), partitions)
+
+    with Engine.open(tmp_path / "ray", encoder="fake") as engine:
+        report = engine.ingest(DEMO_CSV, distributor=Killing(workers=1), batch_size=16)
+    assert marker.exists(), "no worker was killed: the test tested nothing"
+    assert report.added == 305 and not report.skipped and report.status == "completed"
+    with Engine.open(tmp_path / "local", encoder="fake") as engine:
+        engine.ingest(DEMO_CSV, distributor=ThreadDistributor(2), batch_size=16)
+    killed, local = vectors_by_id(tmp_path / "ray"), vectors_by_id(tmp_path / "local")
+    assert killed.keys() == local.keys() and all(np.array_equal(killed[i], local[i]) for i in killed)
+
+
+def test_reindex_runs_on_ray_too(ray_session, tmp_path):
+    from lookalike.ingest.ray_distributor import RayDistributor
+
+    with Engine.open(tmp_path / "store", encoder="fake") as engine:
+        engine.ingest(DEMO_CSV, batch_size=32)
+        outcome = engine.reindex("fake-wide", distributor=RayDistributor(workers=1))
+        assert outcome["switched"] and outcome["products"] == 305 and engine.encoder.name == "fake-wide"
+    shutil.copytree(tmp_path / "store", tmp_path / "copy")
+    with Engine.open(tmp_path / "local", encoder="fake") as engine:
+        engine.ingest(DEMO_CSV, batch_size=32)
+        engine.reindex("fake-wide", distributor=ThreadDistributor(2))
+    on_ray, local = vectors_by_id(tmp_path / "copy"), vectors_by_id(tmp_path / "local")
+    assert on_ray.keys() == local.keys() and all(np.array_equal(on_ray[i], local[i]) for i in on_ray)
+
+
+def test_the_cli_ingests_on_a_local_ray_it_starts_itself(tmp_path):
+    """`--distributor ray` without an address starts Ray for the run and stops it after."""
+    env = dict(os.environ)
+    command = [sys.executable, "-m", "lookalike"]
+    done = subprocess.run([*command, "--store", str(tmp_path / "store"), "ingest", str(DEMO_CSV), "--distributor", "ray", "--workers", "1", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"added": 305' in done.stdout
+    refused = subprocess.run([*command, "--store", str(tmp_path / "store"), "ingest", str(DEMO_CSV), "--distributor", "spark"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode != 0 and "unknown distributor 'spark'; choose one of threads, processes, serial, ray" in refused.stderr
