@@ -14,6 +14,7 @@ recall@10 against exact search.  docs/scale.md builds its 50M-product arithmetic
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +54,24 @@ def ray_versus_threads(n: int, work: Path) -> dict:
     for label in runs:
         runs[label]["max_abs_difference_vs_threads"] = float(max(np.abs(vectors[label][i] - local[i]).max() for i in local))
         runs[label]["time_vs_threads"] = round(runs[label]["seconds"] / runs["threads (default)"]["seconds"], 2)
-    return {"images": n, "ray_start_and_stop_seconds": round(ray_start, 1), "runs": runs}
+    return {"images": n, "ray_start_and_stop_seconds": round(ray_start, 1), "runs": runs, "tag predict": tagging(work / "threads_(default)", work)}
+
+
+def tagging(store: Path, work: Path) -> dict:
+    """`tag predict` (label-free set: rules, zero-shot groups, colour) in this process and on one Ray actor."""
+    runs, tags = {}, {}
+    for label, settings in [("in this process (default)", {}), ("ray, 1 worker", {"distributor": "ray", "distributor_workers": 1})]:
+        copy = work / f"tagging-{len(runs)}"
+        shutil.copytree(store, copy)
+        with Engine.open(copy, **settings) as engine:
+            t = time.perf_counter()
+            done = engine.tag()
+            seconds = time.perf_counter() - t
+            tags[label] = {i: {k: v["value"] for k, v in engine.get(i).tags.items()} for i in engine.store.all_ids()}
+        runs[label] = {"products": done, "seconds": round(seconds, 1), "products_per_s": round(done / seconds, 1)}
+    runs["ray, 1 worker"]["time_vs_local"] = round(runs["ray, 1 worker"]["seconds"] / runs["in this process (default)"]["seconds"], 2)
+    runs["ray, 1 worker"]["same_tags"] = tags["ray, 1 worker"] == tags["in this process (default)"]
+    return runs
 
 
 def backend_figures(backend, vectors: np.ndarray, fields: list[dict], columns: MetadataColumns, queries: np.ndarray) -> dict:

@@ -32,6 +32,8 @@ def test_ingest_search_similar_update_delete(tmp_path):
     result = run("ingest", str(DEMO_CSV), "--json", store=store)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["added"] == 305
+    # stdout is the JSON alone; progress still reaches stderr as plain lines (not a terminal here)
+    assert "ingest: 305/305 (100 %)" in result.stderr and "rows/s" in result.stderr
 
     result = run("search", str(PHOTO), "-k", "5", "--where", "category=Blazer", "--json", store=store)
     hits = json.loads(result.stdout)
@@ -98,3 +100,25 @@ def test_tag_train_review_info_and_image(store_copy, tmp_path):
     assert tags["category"]["source"] == "image" and tags["pattern"]["value"] == "striped"
     result = run("get", "878ff7a3", "--json", store=store_copy)
     assert json.loads(result.stdout)["tags"]["category"]["value"]
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines():
+    """A script or log gets a stage's first line, one every LINE_EVERY seconds, and its last:
+    never silence for minutes, never a line per item."""
+    import io
+
+    from rich.console import Console
+
+    from lookalike.interfaces.cli.common import LineProgress
+
+    sink = io.StringIO()
+    with LineProgress(Console(file=sink, width=200), every=3600, unit="photos") as progress:
+        task = progress.add_task("features", total=1000)
+        for done in range(1, 1001):
+            progress.update(task, completed=done)
+        other = progress.add_task("fit")
+        progress.update(other, completed=7)
+        progress.update(other, completed=9)  # unfinished, no total: said once more on exit
+    lines = sink.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["features: 1/1000 (0 %)", "features: 1000/1000 (100 %)", "fit: 7", "fit: 9"]
+    assert "photos/s" in lines[1] and "left" in lines[0] and "left" not in lines[1]

@@ -112,6 +112,18 @@ def test_reindex_runs_on_ray_too(ray_session, tmp_path):
     assert on_ray.keys() == local.keys() and all(np.array_equal(on_ray[i], local[i]) for i in on_ray)
 
 
+def test_tag_predict_on_ray_writes_the_tags_local_tagging_writes(ray_session, demo_store, tmp_path):
+    """The label-free tagger set (text rules, zero-shot groups, colour) on one actor: the same tags."""
+    tags = {}
+    for where, settings in [("local", {}), ("ray", {"distributor": "ray", "distributor_workers": 1})]:
+        shutil.copytree(demo_store, tmp_path / where)
+        with Engine.open(tmp_path / where, **settings) as engine:
+            assert engine.tag() == 305
+            tags[where] = {i: engine.get(i).tags for i in sorted(engine.store.all_ids())}
+    strip = lambda t: {i: {k: (v["value"], round(v["confidence"], 4)) for k, v in d.items()} for i, d in t.items()}  # noqa: E731
+    assert strip(tags["ray"]) == strip(tags["local"]) and all(tags["local"].values())
+
+
 def test_the_cli_ingests_on_a_local_ray_it_starts_itself(tmp_path):
     """`--distributor ray` without an address starts Ray for the run and stops it after."""
     env = dict(os.environ)

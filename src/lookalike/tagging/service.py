@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ..common.progress import Log, Progress, no_log
+from ..config import Settings
+from ..ingest import Distributor, make_distributor
 from ..search.view import CatalogueView
 from .review import LabelReview
 from .rules import TextRules
@@ -57,11 +59,11 @@ class TaggingService:
         """The predictor of ``taggers`` (default: the current set, else the label-free set)."""
         view = self._view()
         if taggers is not None:
-            return TagPredictor(view, taggers)
+            return TagPredictor(view.settings, taggers)
         current = self.taggers
         key = current if current is not None else ("untrained", view.store.generation)  # sets compare by identity
         if self._predictor is None or self._predictor[0] != key:
-            self._predictor = (key, TagPredictor(view, current or untrained_taggers(view)))
+            self._predictor = (key, TagPredictor(view.settings, current or untrained_taggers(view)))
         return self._predictor[1]
 
     def tag(self, only_untagged: bool = False, threshold: float | None = None, rules: TextRules | None = None,
@@ -69,7 +71,8 @@ class TaggingService:
         """Write predicted tags for every product (or those without tags); returns how many were tagged."""
         view = self._view()
         rowids = view.store.untagged_rowids() if only_untagged else view.matching_rowids().tolist()
-        return self.predictor(taggers).predict_rowids(rowids, threshold=threshold, rules=rules, progress=progress)
+        return self.predictor(taggers).predict_rowids(view, rowids, threshold=threshold, rules=rules, progress=progress,
+                                                      distributor=_distributor(view.settings))
 
     def tag_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
         """Tags for an uploaded photo (and optional title), without storing anything."""
@@ -91,3 +94,11 @@ class TaggingService:
         if taggers is None:
             raise TaggerError(f"{path} holds no tagger set")
         return taggers
+
+
+def _distributor(settings: Settings) -> Distributor | None:
+    """Tagging runs in this process, its models loaded once, unless a process pool or Ray is configured
+    (``distributor``, or ``--distributor`` on ``tag predict``): then on their workers."""
+    if settings.distributor in ("threads", "serial"):
+        return None
+    return make_distributor(settings.distributor, settings.distributor_workers, settings.max_downloads, settings.ray_address)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import joblib
 import numpy as np
@@ -30,7 +30,9 @@ from PIL import Image
 from ..common.colour import colour_features
 from ..common.folders import replace_atomically
 from ..common.progress import Progress
+from ..config import Settings
 from ..images import thumbnail_jpeg
+from ..ingest.distributors import Distributor
 from ..models import EncoderError, get_encoder
 from ..search.view import CatalogueView
 from ..text.encoder import TextError, guess_text_columns, sentence_encoder
@@ -83,14 +85,14 @@ def _label(value: Any) -> str | None:
 class FeatureBuilder:
     """Evidence for products or uploads: store embedding (+ backbone), colour, text."""
 
-    def __init__(self, view: CatalogueView, image_model: str, text_columns: list[str], text_model: str):
-        self.view = view
+    def __init__(self, settings: Settings, image_model: str, text_columns: list[str], text_model: str):
+        self.settings = settings
         self.text_columns = text_columns
         self.text_model = text_model
         self._backbone = None
         if image_model and image_model != "none":
             try:
-                self._backbone = get_encoder(image_model, view.settings)
+                self._backbone = get_encoder(image_model, settings)
             except EncoderError as exc:
                 raise TaggerError(f"tagger image model {image_model!r} is unavailable ({exc}); pass --image-model none to use only the store's embeddings") from exc
 
@@ -118,18 +120,22 @@ class FeatureBuilder:
     def evidence(self, vectors: np.ndarray, thumbs: list[Image.Image], texts: list[str]) -> Evidence:
         return Evidence(self._image_block(vectors, thumbs), np.stack([colour_features(t) for t in thumbs]), texts, self._sentence_vectors(texts))
 
-    def load(self, rowids: list[int]) -> tuple[np.ndarray, list[Image.Image], list[str]]:
-        """Stored products' embeddings, decoded thumbnails and text, read once."""
-        store = self.view.store
-        products = store.get_by_rowids(rowids)
-        stored = store.thumbnails(rowids)
-        vectors = np.stack([self.view.vector(r) for r in rowids])
-        return vectors, [_open_thumbnail(stored.get(r)) for r in rowids], [self.text_of(products[r].metadata) for r in rowids]
+    def read(self, view: CatalogueView, rowids: list[int]) -> TagPartition:
+        """Stored products' embeddings, thumbnails (encoded) and text, read once."""
+        products = view.store.get_by_rowids(rowids)
+        stored = view.store.thumbnails(rowids)
+        vectors = np.stack([view.vector(r) for r in rowids])
+        return TagPartition(rowids, vectors, [stored.get(r) for r in rowids], [self.text_of(products[r].metadata) for r in rowids])
 
-    def for_rowids(self, rowids: list[int], chunk: int = 256, progress: Progress | None = None, label: str = "features") -> Evidence:
+    def load(self, view: CatalogueView, rowids: list[int]) -> tuple[np.ndarray, list[Image.Image], list[str]]:
+        """Stored products' embeddings, decoded thumbnails and text."""
+        part = self.read(view, rowids)
+        return part.vectors, part.pictures(), part.texts
+
+    def for_rowids(self, view: CatalogueView, rowids: list[int], chunk: int = 256, progress: Progress | None = None, label: str = "features") -> Evidence:
         parts = []
         for start in range(0, len(rowids), chunk):
-            parts.append(self.evidence(*self.load(rowids[start : start + chunk])))
+            parts.append(self.evidence(*self.load(view, rowids[start : start + chunk])))
             if progress:
                 progress(label, min(start + chunk, len(rowids)), len(rowids))
         if not parts:
@@ -140,7 +146,7 @@ class FeatureBuilder:
 
     def upload_thumbnail(self, picture: Image.Image) -> Image.Image:
         """An upload as stored products are seen: through the same JPEG thumbnail."""
-        return _open_thumbnail(thumbnail_jpeg(picture, self.view.settings.thumbnail_size))
+        return _open_thumbnail(thumbnail_jpeg(picture, self.settings.thumbnail_size))
 
 
 def _open_thumbnail(data: bytes | None) -> Image.Image:
@@ -148,6 +154,46 @@ def _open_thumbnail(data: bytes | None) -> Image.Image:
         return Image.new("RGB", (64, 64), (255, 255, 255))
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+@dataclass
+class TagPartition:
+    """A chunk of stored products to tag: what a worker needs (it never opens the store) and, once
+    mapped, their tags.  Picklable, so a process pool or Ray actors can tag it."""
+
+    rowids: list[int]
+    vectors: np.ndarray
+    thumbnails: list[bytes | None]
+    texts: list[str]
+    tags: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    lane: str = "local"
+
+    def pictures(self) -> list[Image.Image]:
+        return [_open_thumbnail(data) for data in self.thumbnails]
+
+
+@dataclass(frozen=True)
+class TaggingWorkerFactory:
+    """Builds a :class:`TagPredictor` once per worker (its backbone, text and zero-shot models)."""
+
+    taggers: TaggerSet
+    settings: Settings
+    threshold: float | None = None
+    rules: TextRules | None = None
+
+    def __call__(self) -> TaggingWorker:
+        return TaggingWorker(self)
+
+
+class TaggingWorker:
+    def __init__(self, factory: TaggingWorkerFactory):
+        self.predictor, self.threshold, self.rules = TagPredictor(factory.settings, factory.taggers), factory.threshold, factory.rules
+
+    def __call__(self, partition: TagPartition) -> TagPartition:
+        return self.predictor.tag_partition(partition, self.threshold, self.rules)
+
+    def close(self) -> None:
+        return None
 
 
 # ---- the tagger set -------------------------------------------------------------------------------
@@ -340,13 +386,13 @@ def train_taggers(view: CatalogueView, options: TrainOptions, progress: Progress
         targets[HIERARCHY_TAG] = _hierarchy_targets(tree, metadata, options.path_columns, log)
     if not targets:
         log("no label columns given: the tagger set holds text rules and zero-shot image groups only")
-    builder = FeatureBuilder(view, options.image_model, text_columns, text_model)
+    builder = FeatureBuilder(view.settings, options.image_model, text_columns, text_model)
     needed = sorted({i for values in targets.values() for i, v in enumerate(values) if v is not None})
     taggers: dict[str, ColumnTagger] = {}
     report: dict[str, Any] = {"columns": {}, "trained_at": _now(), "folds": options.folds, "products": len(rowids),
                               "options": _replayable(options)}
     if needed:
-        evidence = builder.for_rowids([rowids[i] for i in needed], progress=progress, label="features")
+        evidence = builder.for_rowids(view, [rowids[i] for i in needed], progress=progress, label="features")
         position = {row: k for k, row in enumerate(needed)}
         experts = tuple(e for e in EXPERTS if e != TEXT or text_model != "none")
         for column, values in targets.items():
@@ -426,10 +472,10 @@ class TagPredictor:
     It holds the loaded models (backbone, ImageNet head), so the tagging service keeps one per tagger
     set; the threshold and rules can still be chosen per call."""
 
-    def __init__(self, view: CatalogueView, taggers: TaggerSet):
-        self.view, self.taggers = view, taggers
-        self.builder = FeatureBuilder(view, taggers.image_model_name, taggers.text_columns, taggers.text_model)
-        self.zero_shot = ZeroShotGroups(view.settings) if taggers.zero_shot else None
+    def __init__(self, settings: Settings, taggers: TaggerSet):
+        self.taggers = taggers
+        self.builder = FeatureBuilder(settings, taggers.image_model_name, taggers.text_columns, taggers.text_model)
+        self.zero_shot = ZeroShotGroups(settings) if taggers.zero_shot else None
 
     def tags_for(self, evidence: Evidence, thumbnails: list[Image.Image], threshold: float | None = None,
                  rules: TextRules | None = None) -> list[dict[str, dict[str, Any]]]:
@@ -460,19 +506,32 @@ class TagPredictor:
                     out[i].setdefault(attribute, _tag(value, confidence, "zero-shot"))
         return out
 
-    def predict_rowids(self, rowids: list[int], threshold: float | None = None, rules: TextRules | None = None, chunk: int = 256,
-                       progress: Progress | None = None) -> int:
-        """Tag stored products and write the tags, one transaction per chunk."""
-        done = 0
-        live_mask = self.view.live_mask()
-        for start in range(0, len(rowids), chunk):
-            live = [r for r in rowids[start : start + chunk] if r < len(live_mask) and live_mask[r]]
-            if live:
-                vectors, thumbs, texts = self.builder.load(live)
-                tags = self.tags_for(self.builder.evidence(vectors, thumbs, texts), thumbs, threshold, rules)
-                done += self.view.write_tags(list(zip(live, tags)), self.taggers.name)
+    def tag_partition(self, partition: TagPartition, threshold: float | None = None, rules: TextRules | None = None) -> TagPartition:
+        """Tags for a partition of stored products; their pixels and vectors are not sent back."""
+        pictures = partition.pictures()
+        partition.tags = self.tags_for(self.builder.evidence(partition.vectors, pictures, partition.texts), pictures, threshold, rules)
+        partition.vectors, partition.thumbnails = partition.vectors[:0], []
+        return partition
+
+    def predict_rowids(self, view: CatalogueView, rowids: list[int], threshold: float | None = None, rules: TextRules | None = None,
+                       chunk: int = 256, progress: Progress | None = None, distributor: Distributor | None = None) -> int:
+        """Tag stored products and write the tags, one transaction per chunk.  The store is read
+        and written here; the tagging itself runs in this process (its models already loaded) or,
+        given a distributor (a process pool, Ray), on its workers, each loading the models once."""
+        live_mask = view.live_mask()
+        live = [r for r in rowids if r < len(live_mask) and live_mask[r]]
+        partitions = (self.builder.read(view, live[start : start + chunk]) for start in range(0, len(live), chunk))
+        mapped: Iterable[TagPartition | None] = (
+            (self.tag_partition(p, threshold, rules) for p in partitions) if distributor is None
+            else distributor.map(TaggingWorkerFactory(self.taggers, view.settings, threshold, rules), partitions))
+        done = seen = 0
+        for partition in mapped:
+            if partition is None:
+                continue
+            done += view.write_tags(list(zip(partition.rowids, partition.tags)), self.taggers.name)
+            seen += len(partition.rowids)
             if progress:
-                progress("tagging", min(start + chunk, len(rowids)), len(rowids))
+                progress("tagging", seen, len(live))
         return done
 
     def predict_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import DISTRIBUTOR_HELP, app, distributor_settings, err, fail, guarded, out, state
+from .common import DISTRIBUTOR_HELP, app, distributor_settings, fail, guarded, out, progress_bar, state
 
 
 @app.command()
@@ -35,9 +33,7 @@ def ingest(
 
     def body() -> None:
         with state.engine(**distributor_settings(distributor, workers, ray_address)) as engine:
-            quiet = as_json or not sys.stderr.isatty()
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} rows/s"),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet) as bar:
+            with progress_bar(unit="rows") as bar:
                 task = bar.add_task("ingest", total=None, rate="0")
                 started = time.perf_counter()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Callable, Optional
 
 import typer
@@ -115,12 +116,72 @@ def version() -> None:
     out.print(__version__)
 
 
-def progress_bar(quiet: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, disable=quiet)
+LINE_EVERY = 10.0  # seconds between progress lines of one stage when stderr is not a terminal
 
 
-def bar_progress(bar: Progress) -> ProgressSink:
+class LineProgress:
+    """Progress as plain lines on stderr, for a script, a log file or ``--json`` (stdout stays
+    JSON): a stage's first update, then at most one line per stage every ``every`` seconds, and
+    its last.  The part of rich's ``Progress`` the commands use (``add_task``, ``update``)."""
+
+    def __init__(self, console: Console, every: float = LINE_EVERY, unit: str = ""):
+        self.console, self.every, self.unit = console, every, unit
+        self.tasks: list[dict[str, Any]] = []
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for task in self.tasks:  # a stage that ended between lines still says where it stopped
+            if task["printed"] != task["completed"]:
+                self._line(task)
+
+    def add_task(self, description: str, total: int | None = None, **fields: Any) -> int:
+        self.tasks.append({"description": description, "total": total, "completed": 0, "started": time.monotonic(),
+                           "last": 0.0, "printed": None})
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, completed: int | None = None, total: int | None = None, description: str | None = None, **fields: Any) -> None:
+        task = self.tasks[task_id]
+        task["completed"] = task["completed"] if completed is None else completed
+        task["total"] = task["total"] if total is None else total
+        task["description"] = description or task["description"]
+        finished = task["total"] is not None and task["completed"] >= task["total"]
+        due = task["printed"] is None or finished or time.monotonic() - task["last"] >= self.every
+        if due and task["printed"] != task["completed"]:
+            self._line(task)
+
+    def _line(self, task: dict[str, Any]) -> None:
+        elapsed = time.monotonic() - task["started"]
+        done, total = task["completed"], task["total"]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{task['description']}: {done}" + (f"/{total} ({100 * done / total:.0f} %)" if total else "")]
+        parts.append(f"{elapsed:.0f} s")
+        if rate > 0:
+            parts.append(f"{rate:.1f} {self.unit or 'items'}/s")
+            if total and done < total:
+                parts.append(f"~{(total - done) / rate:.0f} s left")
+        self.console.print(", ".join(parts), highlight=False, markup=False, soft_wrap=True)
+        task["last"], task["printed"] = time.monotonic(), done
+
+
+def progress_bar(quiet: bool = False, unit: str = "") -> Any:
+    """Where a long command reports progress, on stderr: a bar on a terminal, plain lines
+    otherwise (a script, a log, ``--json``: long runs never go silent), nothing with ``--quiet``."""
+    if not quiet and not err.is_terminal:
+        return LineProgress(err, unit=unit)
+    columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn("{task.fields[rate]} " + unit + "/s"))
+    return Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet)
+
+
+def say(message: str) -> None:
+    """A training or tagging run's log line, on stderr (stdout holds results, JSON with --json)."""
+    err.print(message, highlight=False, markup=False)
+
+
+def bar_progress(bar: Any) -> ProgressSink:
     """A progress callable (:mod:`lookalike.common.progress`) drawing one bar per stage."""
     tasks: dict[str, Any] = {}
 

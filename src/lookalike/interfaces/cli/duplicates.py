@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,7 +41,7 @@ def find(
     def body() -> None:
         options = DuplicateOptions(k=k, min_cosine=min_cosine, where=tuple(where))
         chosen = DuplicateRule.load(rule) if rule else None
-        with state.engine() as engine, progress_bar(as_json or not sys.stderr.isatty()) as bar:
+        with state.engine() as engine, progress_bar() as bar:
             report = engine.duplicates.find(options, progress=bar_progress(bar), rule=chosen)
         if csv_path:
             report.write_csv(csv_path)

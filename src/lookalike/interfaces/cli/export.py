@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,7 +30,7 @@ def export_similar(
     """Write every product's similar items to a file, incrementally and resumably (a killed run resumes)."""
 
     def body() -> None:
-        with state.engine() as engine, progress_bar(as_json or not sys.stderr.isatty()) as bar:
+        with state.engine() as engine, progress_bar() as bar:
             report = engine.exports.similar(output, k=k, where=where, for_where=for_where, same=same, cap=cap, exclude_duplicates=not duplicates,
                                             incremental=not full, progress=bar_progress(bar))
         if as_json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,7 +10,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from .common import app, bar_progress, default_columns, err, guarded, out, print_hits, progress_bar, state
+from .common import app, bar_progress, default_columns, err, guarded, out, print_hits, progress_bar, say, state
 from .models import train_app
 
 
@@ -51,7 +50,7 @@ def garments(
     """Find the garments in the catalogue's own outfit photos, so shop the look matches products by the garment, not the pose."""
 
     def body() -> None:
-        with state.engine() as engine, progress_bar(quiet or as_json or not sys.stderr.isatty()) as bar:
+        with state.engine() as engine, progress_bar(quiet) as bar:
             outcome = engine.find_garments(progress=bar_progress(bar))
         if as_json:
             out.print_json(json.dumps(outcome))
@@ -123,10 +122,8 @@ def train_detector_cmd(
                 raise ValueError(f"label map {groups}: cannot be read ({exc})") from exc
         spec = DetectorTrainingSpec(images, group_map, labels, boxes, holdout=holdout, epochs=epochs, seed=seed, max_photos=max_photos,
                                     provenance=f"trained with 'lookalike train detector' on {images}")
-        quiet = as_json or not sys.stderr.isatty()
-        with state.engine() as engine, progress_bar(quiet) as bar:
-            path, figures = engine.train_detector(spec, name, progress=bar_progress(bar),
-                                                  log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+        with state.engine() as engine, progress_bar() as bar:
+            path, figures = engine.train_detector(spec, name, progress=bar_progress(bar), log=say)
         if as_json:
             out.print_json(json.dumps({"name": path.name, "path": str(path), "held_out": figures}))
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -11,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ...engine import Engine
-from .common import DISTRIBUTOR_HELP, app, bar_progress, distributor_settings, err, guarded, out, progress_bar, state
+from .common import DISTRIBUTOR_HELP, app, bar_progress, distributor_settings, guarded, out, progress_bar, say, state
 
 train_app = typer.Typer(help="Learn from the shop's own catalogue: fine-tuned embeddings, compact quantised codes, the text bridge.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -30,10 +29,9 @@ def _print_validation(info: dict[str, Any]) -> None:
 
 def _run_training(train: Callable[[Engine], Callable[..., Any]], options: Any, as_json: bool) -> None:
     """Run ``train(engine)(options, progress=..., log=...)`` with a progress bar, then print the model."""
-    quiet = as_json or not sys.stderr.isatty()
     with state.engine() as engine:
-        with progress_bar(quiet) as bar:
-            model = train(engine)(options, progress=bar_progress(bar), log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+        with progress_bar() as bar:
+            model = train(engine)(options, progress=bar_progress(bar), log=say)
         _train_output(model, as_json)
 
 
@@ -118,11 +116,9 @@ def train_text_cmd(
 
     def body() -> None:
         from ...text import BridgeOptions
-
-        quiet = as_json or not sys.stderr.isatty()
-        with state.engine() as engine, progress_bar(quiet) as bar:
+        with state.engine() as engine, progress_bar() as bar:
             bridge = engine.text.train(BridgeOptions(epochs=epochs, dim=dim, seed=seed, where=tuple(where)), progress=bar_progress(bar),
-                                       log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+                                       log=say)
         if as_json:
             out.print_json(json.dumps(bridge.info, default=str))
             return
@@ -197,7 +193,7 @@ def reindex(
 
     def body() -> None:
         with state.engine(**distributor_settings(distributor, workers, ray_address)) as engine:
-            with progress_bar(quiet or as_json or not sys.stderr.isatty()) as bar:
+            with progress_bar(quiet) as bar:
                 outcome = engine.reindex(model, progress=bar_progress(bar))
             if as_json:
                 out.print_json(json.dumps(outcome))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
 
-from .common import app, bar_progress, err, fail, guarded, out, progress_bar, state
+from .common import app, bar_progress, distributor_settings, err, fail, guarded, out, progress_bar, say, state
 
 tag_app = typer.Typer(help="Automatic tagging: train taggers from labelled columns, tag products, review disagreements.", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
@@ -45,10 +44,9 @@ def tag_train(
         options = TrainOptions(columns=list(column), text_columns=list(text_column) if text_column else None, hierarchy=hierarchy,
                                path_columns=list(path_column) or None, image_model=image_model, text_model=text_model, rules=rules,
                                threshold=threshold, review_confidence=review_confidence, folds=folds, min_class_count=min_class_count, seed=seed)
-        quiet = as_json or not sys.stderr.isatty()
         with state.engine() as engine:
-            with progress_bar(quiet) as bar:
-                taggers = engine.train_taggers(options, progress=bar_progress(bar), log=lambda m: None if quiet else err.print(m, highlight=False, markup=False))
+            with progress_bar() as bar:
+                taggers = engine.train_taggers(options, progress=bar_progress(bar), log=say)
                 tagged = engine.tag(progress=bar_progress(bar)) if tag_now else 0
             if as_json:
                 out.print_json(json.dumps({**taggers.summary(), "tagged": tagged, "report": taggers.report}, default=str))
@@ -78,17 +76,20 @@ def tag_predict(
     rules: Optional[Path] = typer.Option(None, help="Text rules file (YAML) to use instead of the tagger set's."),
     taggers: Optional[Path] = typer.Option(None, help="A tagger file to use instead of the store's current set (e.g. trained "
                                                       "in another store on the same encoder)."),
+    distributor: Optional[str] = typer.Option(None, help="Where products are tagged: threads (default: this process), processes, or ray."),
+    workers: Optional[int] = typer.Option(None, min=1, max=4096, help="Workers of the distributor (default: one per CPU)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --distributor ray: a running cluster (auto, ray://host:10001); default: a local Ray."),
 ) -> None:
     """Tag products with the current taggers (or, untrained, with text rules and zero-shot image groups)."""
 
     def body() -> None:
         from ...tagging import TextRules
 
-        with state.engine() as engine:
+        with state.engine(**distributor_settings(distributor, workers, ray_address)) as engine:
             chosen = engine.tagging.load_file(taggers) if taggers else None
             if chosen is None and engine.taggers is None:
                 err.print("no trained taggers: using text rules and zero-shot image groups (lower confidence)", highlight=False)
-            with progress_bar(not sys.stderr.isatty()) as bar:
+            with progress_bar() as bar:
                 done = engine.tagging.tag(only_untagged=only_new, threshold=threshold, rules=TextRules.from_file(rules) if rules else None,
                                           progress=bar_progress(bar), taggers=chosen)
             out.print(f"tagged {done} products", highlight=False)
@@ -201,7 +202,7 @@ def tag_retrain(as_json: bool = typer.Option(False, "--json", help="Print the ne
     """Train the taggers again with their last options, on the labels as they are now."""
 
     def body() -> None:
-        with state.engine() as engine, progress_bar(as_json or not sys.stderr.isatty()) as bar:
+        with state.engine() as engine, progress_bar() as bar:
             taggers = engine.tagging.retrain(progress=bar_progress(bar))
         if as_json:
             out.print_json(json.dumps(taggers.summary()))
