@@ -127,13 +127,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--milvus-uri", default="", help="a Milvus server, e.g. http://127.0.0.1:19530 (scripts/milvus_server.py)")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--skip-milvus", action="store_true")
     args = parser.parse_args()
     need_shared()
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_ray:
             figures["ray versus threads (ingest, Myntra photos)"] = ray_versus_threads(args.n, Path(tmp))
-        figures["milvus versus faiss (search)"] = milvus_versus_faiss(args.vectors, args.lite_vectors, args.dim, args.milvus_uri, Path(tmp), args.queries)
+        if not args.skip_milvus:
+            figures["milvus versus faiss (search)"] = milvus_versus_faiss(args.vectors, args.lite_vectors, args.dim, args.milvus_uri, Path(tmp), args.queries)
     report("distributed", figures)
 
 

@@ -203,13 +203,15 @@ if __name__ == "__main__":
     parser.add_argument("--negative-rate", type=float, default=0.01, help="share of the fitting part's template look-alikes the rule may accept")
     parser.add_argument("--hard-weight", type=float, default=5.0, help="weight of the hard negatives (look-alikes, recoloured variants) in the fit")
     parser.add_argument("--scale", action="store_true", help="also time every real photo here (Myntra and phone photos, ~10,900)")
+    parser.add_argument("--seed", type=int, default=2, help="which held-out products get copies and variants (another seed: a fresh synthetic set the rule never saw)")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "duplicates")
     args = parser.parse_args()
     need_shared()
     if args.fit:
         fit(build(args.work / "fitting", part_rows(held_out=False), args.copies, seed=1), args.fit, args.negative_rate, args.hard_weight)
     else:
-        figures = measure(build(args.work / "held-out", part_rows(held_out=True), args.copies, seed=2))
+        held_out = args.work / ("held-out" if args.seed == 2 else f"held-out-seed-{args.seed}")
+        figures = measure(build(held_out, part_rows(held_out=True), args.copies, seed=args.seed))
         figures["real listings only"] = timing(build(args.work / "held-out-plain", part_rows(held_out=True), 0, seed=2))
         if args.scale:
             figures["every real photo here"] = timing(build(args.work / "every-real-photo", every_real_photo(), 0, seed=3))

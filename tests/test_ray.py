@@ -97,6 +97,22 @@ def test_a_worker_killed_mid_run_loses_nothing(ray_session, tmp_path):
     assert killed.keys() == local.keys() and all(np.array_equal(killed[i], local[i]) for i in killed)
 
 
+def test_bad_rows_are_reported_and_a_rerun_resumes_on_ray_as_locally(ray_session, tmp_path):
+    """Skip reports and resume come from the driver, whichever distributor maps."""
+    from lookalike.ingest.ray_distributor import RayDistributor
+
+    rows = DEMO_CSV.read_text().splitlines()
+    (tmp_path / "not-a-photo.jpg").write_text("this is text")
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("\n".join([*(r.replace("images/", f"{DEMO_CSV.parent}/images/") if i else r for i, r in enumerate(rows[:41])),
+                                     f"broken,{tmp_path / 'not-a-photo.jpg'},Odd,false,x,CC0-1.0"]) + "\n")
+    with Engine.open(tmp_path / "store", encoder="fake") as engine:
+        first = engine.ingest(catalogue, distributor=RayDistributor(workers=1), batch_size=8)
+        again = engine.ingest(catalogue, distributor=RayDistributor(workers=1), batch_size=8)
+    assert first.added == 40 and [s.item for s in first.skipped] == ["broken"] and first.skip_report and "broken" in Path(first.skip_report).read_text()
+    assert again.added == 0 and again.unchanged == 40 and len(again.skipped) == 1
+
+
 def test_reindex_runs_on_ray_too(ray_session, tmp_path):
     from lookalike.ingest.ray_distributor import RayDistributor
 
@@ -128,10 +144,13 @@ def test_the_cli_ingests_on_a_local_ray_it_starts_itself(tmp_path):
     """`--distributor ray` without an address starts Ray for the run and stops it after."""
     env = dict(os.environ)
     command = [sys.executable, "-m", "lookalike"]
-    done = subprocess.run([*command, "--store", str(tmp_path / "store"), "ingest", str(DEMO_CSV), "--distributor", "ray", "--workers", "1", "--json"],
+    rows = DEMO_CSV.read_text().splitlines()[:31]
+    catalogue = tmp_path / "thirty.csv"
+    catalogue.write_text("\n".join(r.replace("images/", f"{DEMO_CSV.parent}/images/") if i else r for i, r in enumerate(rows)) + "\n")
+    done = subprocess.run([*command, "--store", str(tmp_path / "store"), "ingest", str(catalogue), "--distributor", "ray", "--workers", "1", "--json"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert '"added": 305' in done.stdout
+    assert '"added": 30' in done.stdout
     refused = subprocess.run([*command, "--store", str(tmp_path / "store"), "ingest", str(DEMO_CSV), "--distributor", "spark"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode != 0 and "unknown distributor 'spark'; choose one of threads, processes, serial, ray" in refused.stderr
