@@ -160,12 +160,28 @@ def test_a_mark_is_remembered_and_can_be_forgotten(engine, tmp_path):
     assert any(f"{original}~jpeg" in g.members for g in before.groups)
     assert engine.duplicates.mark_not_duplicate([original, f"{original}~jpeg"], who="merchandiser") == 1
     after = engine.duplicates.find()
-    assert not any({original, f"{original}~jpeg"} <= set(g.members) and len(g.members) == 2 for g in after.groups)
+    # never in one group again, not even through the other copies, which match both of them
+    assert not any({original, f"{original}~jpeg"} <= set(g.members) for g in after.groups)
+    assert sum(len(g.members) for g in after.groups if set(g.members) & {original, f"{original}~jpeg"}) >= 4
     assert after.marked_skipped == 1
     [mark] = engine.duplicates.marks()
     assert mark["who"] == "merchandiser" and mark["verdict"] == "not_duplicate" and mark["at"] > time.time() - 60
     engine.duplicates.forget_marks([original, f"{original}~jpeg"])
     assert engine.duplicates.marks() == [] and engine.duplicates.find().marked_skipped == 0
+
+
+def test_groups_never_join_listings_told_apart_through_a_third(engine):
+    """A chain of accepted pairs stops where it would join two listings that are apart (their
+    colours differ, or a person said so): the strongest pairs join first, the conflicting one is left out."""
+    from lookalike.duplicates.finder import PairFinding, _group
+
+    a, b, c, d = (r["id"] for r in demo_rows()[:4])
+    survey = engine.duplicates.survey()
+    chain = [PairFinding(a, b, 0.99, 0.95), PairFinding(b, c, 0.98, 0.90), PairFinding(c, d, 0.97, 0.85)]
+    assert [g.members for g in _group(chain, survey.products, engine.view())] == [[a, b, c, d]]
+    groups = _group(chain, survey.products, engine.view(), {(a, c)})
+    assert sorted(sorted(g.members) for g in groups) == sorted([sorted([a, b]), sorted([c, d])])
+    assert all(len(g.pairs) == 1 for g in groups)  # the b-c pair, which would have joined a and c, is in neither
 
 
 @pytest.mark.parametrize("options, message", [({"k": 0}, "k=0"), ({"k": 21}, "k=21"), ({"min_cosine": 0.2}, "min_cosine=0.2"),

@@ -82,10 +82,11 @@ class PairFinding:
     probability: float
     identical: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
+    apart: bool = False  # the evidence says two variants (DuplicateRule.colours_differ): never grouped, even through others
 
     def to_dict(self) -> dict[str, Any]:
         return {"first": self.first, "second": self.second, "cosine": round(self.cosine, 6), "probability": round(self.probability, 4),
-                "identical": self.identical, "evidence": self.evidence}
+                "identical": self.identical, "evidence": self.evidence, "apart": self.apart}
 
 
 @dataclass
@@ -176,7 +177,10 @@ class DuplicateFinder:
         started, view, rule = time.perf_counter(), self._view(), rule or self.rule
         survey = self.survey(options, progress, rule)
         accepted = [f for f in survey.findings if f.identical or f.probability >= rule.threshold]
-        groups = _group(accepted, survey.products, view)
+        # Pairs never to share a group: marked "not duplicates" by a person, or told apart by their colours.
+        apart = {_key(f.first, f.second) for f in survey.findings if f.apart}
+        apart |= {(m["first"], m["second"]) for m in view.store.pair_marks(NOT_DUPLICATE)}
+        groups = _group(accepted, survey.products, view, apart)
         return DuplicateReport(groups, len(survey.products), survey.candidates, len(survey.findings) - survey.identical,
                                survey.identical, survey.skipped, time.perf_counter() - started)
 
@@ -261,7 +265,8 @@ class DuplicateFinder:
         findings = []
         for a, b, cosine, measured in compared:
             evidence = PairEvidence(**measured)
-            findings.append(PairFinding(ids[a], ids[b], cosine, rule.probability(evidence), evidence=evidence.to_dict()))
+            findings.append(PairFinding(ids[a], ids[b], cosine, rule.probability(evidence), evidence=evidence.to_dict(),
+                                        apart=rule.colours_differ(evidence)))
         return findings
 
     def _on_workers(self, pool: ProcessPoolExecutor, tasks: Iterator[list[Candidate]],
@@ -452,8 +457,17 @@ def _prints(jpegs: dict[int, bytes]) -> dict[int, PhotoPrint]:
     return photos
 
 
-def _group(findings: list[PairFinding], products: dict[str, Any], view: CatalogueView) -> list[DuplicateGroup]:
+def _group(findings: list[PairFinding], products: dict[str, Any], view: CatalogueView,
+           apart: set[tuple[str, str]] | None = None) -> list[DuplicateGroup]:
+    """Accepted pairs joined into groups, strongest first, never joining two listings that are
+    ``apart`` (a person said so, or their colours did) through a chain of others; a pair whose
+    join would do that is left out of the groups."""
     parent: dict[str, str] = {}
+    barred: dict[str, set[str]] = {}  # per listing: the listings it must never share a group with
+    for first, second in apart or ():
+        barred.setdefault(first, set()).add(second)
+        barred.setdefault(second, set()).add(first)
+    inside: dict[str, set[str]] = {}  # per group root: its members
 
     def root(item: str) -> str:
         parent.setdefault(item, item)
@@ -462,15 +476,26 @@ def _group(findings: list[PairFinding], products: dict[str, Any], view: Catalogu
             item = parent[item]
         return item
 
-    for finding in findings:
-        parent[root(finding.first)] = root(finding.second)
+    joined = []
+    for finding in sorted(findings, key=lambda f: (not f.identical, -f.probability)):
+        a, b = root(finding.first), root(finding.second)
+        if a != b:
+            group_a, group_b = inside.setdefault(a, {a}), inside.setdefault(b, {b})
+            if len(group_a) > len(group_b):
+                a, b, group_a, group_b = b, a, group_b, group_a
+            if any(barred.get(item, set()) & group_b for item in group_a):
+                continue
+            parent[a] = b
+            group_b |= inside.pop(a)
+        joined.append(finding)
+    grouped = {item for finding in joined for item in (finding.first, finding.second)}
     members: dict[str, list[str]] = {}
-    for item in parent:
+    for item in grouped:
         members.setdefault(root(item), []).append(item)
     pairs_of: dict[str, list[PairFinding]] = {}
-    for finding in findings:  # one pass: a scan of every finding per group is quadratic on a large catalogue
+    for finding in joined:  # one pass: a scan of every finding per group is quadratic on a large catalogue
         pairs_of.setdefault(root(finding.first), []).append(finding)
-    sizes = _thumbnail_sizes(view, [products[item].rowid for item in parent])
+    sizes = _thumbnail_sizes(view, [products[item].rowid for item in grouped])
     groups = []
     for number, (top, listed) in enumerate(sorted(members.items(), key=lambda kv: min(products[i].rowid for i in kv[1])), start=1):
         listed.sort(key=lambda i: products[i].rowid)

@@ -44,6 +44,12 @@ class DuplicateRule:
     def is_duplicate(self, evidence: PairEvidence) -> bool:
         return self.probability(evidence) >= self.threshold
 
+    def colours_differ(self, evidence: PairEvidence) -> bool:
+        """Strong evidence of two variants, not one item: the garments' colours apart before any
+        alignment, or moved beyond what the alignment explains.  Grouping never joins such a pair
+        through third listings (a poor alignment is no such evidence: a crop may align poorly)."""
+        return bool(evidence.screened) or (evidence.aligned and colour_shift(evidence) > self.max_colour_shift)
+
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(FEATURES), "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold,
                 "max_colour_shift": self.max_colour_shift, "provenance": self.provenance}
