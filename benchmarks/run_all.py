@@ -10,6 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = [
     ["ingest_throughput.py"],
+    ["int8_encoder.py"],
     ["quality_myntra.py"],
     ["vector_search.py", "--n", "1000000"],
     ["http_search.py", "--products", "100000", "--clients", "4"],

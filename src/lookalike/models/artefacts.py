@@ -183,6 +183,8 @@ def load_model(path: Path) -> TrainedModel:
 
     try:
         info = json.loads((path / "model.json").read_text())
+        if isinstance(info, dict) and info.get("kind") == "int8-encoder":
+            raise ModelError(f"{path} is an INT8 encoder (serve it with reindex --model), not a trained head to build on")
         with np.load(path / "weights.npz", allow_pickle=False) as weights:
             arrays = {k: weights[k] for k in weights.files}
         holdout = json.loads((path / "holdout.json").read_text()) if (path / "holdout.json").exists() else []

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Settings
-from .artefacts import ModelError, check_name, load_model, models_dir, resolve_model_path
+from .artefacts import ModelError, TrainedModel, check_name, load_model, models_dir, resolve_model_path
 from .encoders import BlockMapsEncoder, EfficientNetLiteEncoder, Encoder, EncoderError, FineTunedEncoder
+from .int8 import ONNX_FILE, Int8Encoder, Int8Model, is_int8_folder, load_int8
 
 IMAGE_EMBEDDER = "image-embedder"
 FEATURE_EXTRACTOR = "feature-extractor"
@@ -78,6 +79,8 @@ def get_encoder(name: str, settings: Settings | None = None, allow_paths: bool =
         raise EncoderError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}, a model trained with "
                            "'lookalike train embedding', or one copied in with 'lookalike models import'")
     try:
+        if is_int8_folder(path):
+            return Int8Encoder(load_int8(path), settings)
         model = load_model(path)
         return FineTunedEncoder(model, lambda backbone: get_encoder(backbone, settings, kinds=(IMAGE_EMBEDDER, FEATURE_EXTRACTOR)))
     except (ModelError, ValueError) as exc:
@@ -91,18 +94,18 @@ def import_model(source: str | Path, store_dir: Path) -> Path:
     source = Path(source).expanduser()
     if not (source / "model.json").is_file():
         raise ModelError(f"{source} is not a model folder (it has no model.json)")
-    model = load_model(source)  # refuses a damaged or edited folder before anything is copied
+    model = _checked(source)  # refuses a damaged or edited folder before anything is copied
     name = check_name(model.name)
     target = models_dir(store_dir) / name
     if target.exists():
-        if load_model(target).version == model.version:
+        if _checked(target).version == model.version:
             return target
         raise ModelError(f"the store already has a different model named {name!r} (another version); "
                          "delete it from the store's models folder first, or retrain under another --name")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-import-"))
     try:
-        for item in ("model.json", "weights.npz", "holdout.json"):
+        for item in ("model.json", "weights.npz", "holdout.json", ONNX_FILE):
             if (source / item).is_file():
                 shutil.copy2(source / item, staging / item)
         staging.replace(target)
@@ -110,6 +113,11 @@ def import_model(source: str | Path, store_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _checked(path: Path) -> TrainedModel | Int8Model:
+    """A model folder of any kind, read and checked."""
+    return load_int8(path) if is_int8_folder(path) else load_model(path)
 
 
 def adopt_model(name_or_path: str, store_dir: Path) -> str:

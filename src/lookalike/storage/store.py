@@ -524,6 +524,10 @@ class ProductStore:
     def thumbnails(self, rowids: Iterable[int]) -> dict[int, bytes]:
         return dict(self._select_in("SELECT rowid, jpeg FROM thumbnails WHERE rowid IN ({marks})", [int(r) for r in rowids]))
 
+    def thumbnail_rowids(self) -> list[int]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT rowid FROM thumbnails ORDER BY rowid")]
+
     def thumbnail(self, rowid: int) -> bytes | None:
         with self._lock:
             row = self._db.execute("SELECT jpeg FROM thumbnails WHERE rowid = ?", (rowid,)).fetchone()

@@ -157,7 +157,7 @@ class LineProgress:
         rate = done / elapsed if elapsed > 0 else 0.0
         parts = [f"{task['description']}: {done}" + (f"/{total} ({100 * done / total:.0f} %)" if total else "")]
         parts.append(f"{elapsed:.0f} s")
-        if rate > 0:
+        if rate > 0 and (task["printed"] is not None or elapsed >= 1.0):  # a stage's first split second says nothing of its rate
             parts.append(f"{rate:.1f} {self.unit or 'items'}/s")
             if total and done < total:
                 parts.append(f"~{(total - done) / rate:.0f} s left")
