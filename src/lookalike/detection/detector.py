@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from ..config import Settings
 from .artefact import DetectorArtefact
@@ -52,6 +51,8 @@ class FoundGarment:
         if self.mask is None:
             return ""
         colour = PALETTE.get(self.group, (255, 255, 255))
+        from scipy import ndimage  # imported on first use: most commands never draw an outline
+
         edge = self.mask & ~ndimage.binary_erosion(self.mask, iterations=2)
         rgba = np.zeros(self.mask.shape + (4,), dtype=np.uint8)
         rgba[..., :3] = colour

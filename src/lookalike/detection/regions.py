@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
-from scipy import ndimage
 
 from .groups import GroupMap
 
@@ -48,6 +47,8 @@ def regions_from_mask(mask: np.ndarray, labels: Mapping[int, str], group_map: Gr
 
 def kept_blobs(member: np.ndarray, min_pixels: int) -> np.ndarray:
     """The pixels of ``member`` (a boolean mask) in connected blobs of at least ``min_pixels``."""
+    from scipy import ndimage  # imported on first use: commands that find no garments start faster
+
     blobs, count = ndimage.label(member)
     sizes = np.bincount(blobs.ravel(), minlength=count + 1)
     big = np.flatnonzero(sizes >= min_pixels)

@@ -28,7 +28,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFilter
-from scipy import fft
 
 from ..common.colour import signed_lab
 
@@ -124,6 +123,8 @@ def _spectrum(referenced: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The spectrum of background-referenced lightness zero-padded to ``shape``."""
     padded = np.zeros(shape, np.float32)
     padded[:referenced.shape[0], :referenced.shape[1]] = referenced
+    from scipy import fft  # imported on first comparison: commands that compare nothing start faster
+
     return fft.rfft2(padded)
 
 
@@ -137,6 +138,8 @@ def _correlate(spectrum_a: np.ndarray, spectrum_b: np.ndarray, shape: tuple[int,
     """Phase correlation: (peak, dy, dx) with A[y, x] ≈ B[y - dy, x - dx], sub-pixel."""
     cross = spectrum_a * np.conj(spectrum_b)
     cross /= np.abs(cross) + 1e-3
+    from scipy import fft
+
     surface = fft.irfft2(cross, s=shape)
     y, x = np.unravel_index(int(np.argmax(surface)), surface.shape)
     height, width = shape
@@ -223,6 +226,8 @@ def _coarse_peaks(a: PhotoPrint, b: PhotoPrint, scales: tuple[float, ...]) -> np
     for i, scale in enumerate(scales):
         drawn = b.coarse(scale)
         stack[i, :drawn.shape[0], :drawn.shape[1]] = drawn
+    from scipy import fft
+
     cross = a.spectrum(shape, half=True)[None] * np.conj(fft.rfft2(stack))
     cross /= np.abs(cross) + 1e-3
     return fft.irfft2(cross, s=shape).reshape(len(scales), -1).max(axis=1)

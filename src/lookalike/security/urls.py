@@ -23,9 +23,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+if TYPE_CHECKING:  # imported on the first download: commands that fetch nothing start faster
+    import httpx
 
 MAX_REDIRECTS = 5
 
@@ -72,10 +74,22 @@ class Downloader:
 
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(max(1, self.max_concurrent))
-        self._client = httpx.Client(follow_redirects=False, trust_env=False)
+        self._client_lock = threading.Lock()
+        self._http: httpx.Client | None = None
+
+    @property
+    def _client(self) -> httpx.Client:
+        with self._client_lock:
+            if self._http is None:
+                import httpx
+
+                self._http = httpx.Client(follow_redirects=False, trust_env=False)
+            return self._http
 
     def close(self) -> None:
-        self._client.close()
+        with self._client_lock:
+            if self._http is not None:
+                self._http.close()
 
     def fetch(self, url: str) -> bytes:
         shown = strip_credentials(url)
@@ -104,6 +118,8 @@ class Downloader:
 
     @staticmethod
     def _parse(url: str) -> httpx.URL:
+        import httpx
+
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, ValueError) as exc:
@@ -128,6 +144,8 @@ class Downloader:
         return addresses[0]
 
     def _open(self, url: httpx.URL, address: str, deadline: float, shown: str) -> _Stream:
+        import httpx
+
         remaining = max(0.05, deadline - time.monotonic())
         timeout = httpx.Timeout(remaining, read=min(remaining, max(0.5, self.timeout / 4)))
         host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]
@@ -137,6 +155,8 @@ class Downloader:
         return _Stream(self._client, request, shown)
 
     def _read_body(self, response: httpx.Response, shown: str, deadline: float) -> bytes:
+        import httpx
+
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise DownloadError("too_large", f"{shown} is {int(declared)} bytes; the limit is {self.max_bytes}")
@@ -163,6 +183,8 @@ class _Stream:
         self.response: httpx.Response | None = None
 
     def __enter__(self) -> httpx.Response:
+        import httpx
+
         try:
             self.response = self.client.send(self.request, stream=True)
         except httpx.HTTPError as exc:
@@ -175,6 +197,8 @@ class _Stream:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return "no answer in time" if not isinstance(exc, httpx.ConnectTimeout) else "could not connect"
     if isinstance(exc, httpx.ConnectError):
