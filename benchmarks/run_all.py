@@ -15,6 +15,7 @@ RUNS = [
     ["vector_search.py", "--n", "1000000"],
     ["http_search.py", "--products", "100000", "--clients", "4"],
     ["learned_codes.py"],
+    ["train_speed.py"],
     ["attack_resources.py"],
     ["look_latency.py"],
     ["text_search.py"],

@@ -539,3 +539,39 @@ def test_a_backbone_share_out_of_range_is_refused(engine):
     for share in (-0.1, 1.0, float("nan")):
         with pytest.raises(TrainingDataError, match="backbone share"):
             engine.train_embedding(EmbeddingOptions(positives=["category"], backbone_share=share, steps=1))
+
+
+def test_clean_photo_features_come_from_the_stored_vectors(store_copy):
+    """View 0 is the product's own photo through the store's encoder: the store already holds
+    that vector, so the backbone runs on the augmented views only (a quarter less work at 4 views)."""
+    from lookalike.training.embedding import load_training_set, open_cache
+
+    with Engine.open(store_copy) as engine:
+        view = engine.view()
+        cache = open_cache(view, ["efficientnet-lite0"], views=2, seed=0)
+        backbone = cache.backbones[0]
+        images_run = []
+        original = backbone.embed
+
+        def counting(batch):
+            images_run.append(len(batch))
+            return original(batch)
+
+        backbone.embed = counting  # type: ignore[method-assign]
+        lines: list[str] = []
+        data = load_training_set(view, ["category"], ["kids=false"], cache, 0.3, 2, 0, None, lines.append)
+        products = len(data.ids)
+        assert products > 200 and sum(images_run) == products  # the augmented view of each, no clean photo
+        assert any("read from the store's vectors" in line for line in lines)
+        rowids = [engine.store.get(pid).rowid for pid in data.ids[:20]]
+        vectors = engine.store.model_vectors(engine.encoder.identity, rowids)
+        for row, rowid in enumerate(rowids):
+            assert np.allclose(data.features[row, 0].astype(np.float32), vectors[rowid][1], atol=2e-3)
+        # a product whose photo changed since its vector was stored gets its clean view computed again
+        first = data.ids[0]
+        engine.store._db.execute("UPDATE products SET image_hash = 'changed' WHERE id = ?", (first,))
+        images_run.clear()
+        shutil.rmtree(cache.directory)
+        cache.directory.mkdir(parents=True)
+        load_training_set(view, ["category"], ["kids=false"], cache, 0.3, 2, 0, None, lines.append)
+        assert sum(images_run) == products + 1

@@ -3,7 +3,9 @@
 Running the backbone is the only expensive part of training on a CPU, so it is done once:
 view 0 is the clean catalogue photo, views 1..n-1 are random street-like views
 (:func:`~lookalike.training.augment.street_view`), and each is run through every backbone
-(features concatenated).  The head is then trained in minutes on these arrays.
+(features concatenated).  The head is then trained in minutes on these arrays.  View 0 of a
+product whose vector the store already holds for these backbones (computed from the same image)
+is read from the store instead of run again: a quarter of the backbone work at four views.
 
 The cache is a folder of shards (``shard-NNNNN.npz``: ids, image hashes, features), each
 written atomically, so an interrupted run resumes where it stopped and a later run computes
@@ -33,7 +35,7 @@ from ..models.encoders import Encoder
 SHARD_SIZE = 256
 MIN_SIDE = 8  # a crop smaller than this on a side shows nothing to learn from
 PADDING = 0.1  # context kept around a box, as a share of its size (as the street-to-shop evaluation crops)
-EMBED_PRODUCTS = 8  # products whose views go through a backbone in one batch
+EMBED_PRODUCTS = 32  # products whose views go through a backbone in one batch (~100 images: 8 % faster than 24 on 2 cores)
 
 
 class TrainingDataError(ValueError):
@@ -50,6 +52,9 @@ class ProductImage:
     source: str | None
     thumbnail: bytes | None
     box: tuple[float, float, float, float] | None = None
+    # view 0's features when the store already holds them (its vectors of these backbones for
+    # this very image): the backbone then runs on the augmented views only
+    clean: np.ndarray | None = None
 
 
 def view_seed(product_id: str, view: int, seed: int) -> int:
@@ -125,6 +130,8 @@ class ViewFeatureCache:
         except ImageError as exc:
             return exc
         views = [picture] + [street_view(picture, view_seed(item.id, v, self.seed)) for v in range(1, self.views)]
+        if item.clean is not None:
+            views = views[1:]
         return [[b.preprocess(v) for v in views] for b in self.backbones]
 
     def _write_shard(self, ids: list[str], hashes: list[str | None], features: np.ndarray) -> None:
@@ -138,11 +145,20 @@ class ViewFeatureCache:
         os.replace(tmp, target)
 
     def _embed(self, ready: list[tuple[ProductImage, list[list[np.ndarray]]]]) -> list[np.ndarray]:
-        """Run each backbone once over the views of several products (bigger batches run faster)."""
+        """Run each backbone once over the views of several products (bigger batches run faster);
+        a product whose clean-photo features are known gets them as view 0 without a backbone run."""
         per_backbone = []
         for b, backbone in enumerate(self.backbones):
             batch = np.stack([view for _, pixels in ready for view in pixels[b]])
-            per_backbone.append(backbone.embed(batch).reshape(len(ready), self.views, backbone.dim))
+            out = iter(backbone.embed(batch) if len(batch) else [])
+            rows = []
+            for item, pixels in ready:
+                computed = [next(out) for _ in pixels[b]]
+                if item.clean is not None:
+                    start = sum(other.dim for other in self.backbones[:b])
+                    computed.insert(0, item.clean[start:start + backbone.dim])
+                rows.append(np.stack(computed))
+            per_backbone.append(np.stack(rows))
         return list(np.concatenate(per_backbone, axis=2))
 
     def compute(self, items: list[ProductImage], progress: Progress | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
