@@ -41,6 +41,22 @@ def replace_atomically(target: Path, write: Callable[[Path], object], suffix: st
     return target
 
 
+class HashVersioned:
+    """A versioned artefact's identity: ``name@`` the first 12 hex digits of the hash of its
+    weights, as stores record it (two versions of one name never mix)."""
+
+    name: str
+    info: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.info["weights_sha"])[:12]
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
 # A trained artefact's name: a folder name that is safe everywhere (no separators, no dot files).
 ARTEFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..common.folders import ARTEFACT_NAME, next_version_name, read_descriptions, write_folder
+from ..common.folders import ARTEFACT_NAME, HashVersioned, next_version_name, read_descriptions, write_folder
 from .groups import GARMENT_GROUPS
 from .head import ARRAY_NAMES, SegmentationHead
 
@@ -37,7 +37,7 @@ class DetectorError(RuntimeError):
 
 
 @dataclass
-class DetectorArtefact:
+class DetectorArtefact(HashVersioned):
     name: str
     path: Path
     info: dict[str, Any]
@@ -52,14 +52,6 @@ class DetectorArtefact:
     def classes(self) -> tuple[str, ...]:
         """What the head's outputs after the background mean: the groups, then "person" if learnt."""
         return self.groups + (("person",) if self.info.get("person") else ())
-
-    @property
-    def version(self) -> str:
-        return str(self.info["weights_sha"])[:12]
-
-    @property
-    def identity(self) -> str:
-        return f"{self.name}@{self.version}"
 
 
 def detectors_dir(store_dir: Path) -> Path:

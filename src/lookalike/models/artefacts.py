@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..common.folders import ARTEFACT_NAME, next_version_name, read_descriptions, write_folder
+from ..common.folders import ARTEFACT_NAME, HashVersioned, next_version_name, read_descriptions, write_folder
 
 MODELS_DIR = "models"
 FORMAT = 1
@@ -84,7 +84,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class TrainedModel:
+class TrainedModel(HashVersioned):
     """A loaded model folder: head, optional quantiser and the description in model.json."""
 
     name: str
@@ -99,14 +99,6 @@ class TrainedModel:
     def backbones(self) -> list[str]:
         """Backbone encoder names, in feature order."""
         return [b.split("@")[0] for b in self.info["backbones"]]
-
-    @property
-    def version(self) -> str:
-        return self.info["weights_sha"][:12]
-
-    @property
-    def identity(self) -> str:
-        return f"{self.name}@{self.version}"
 
 
 def models_dir(store_dir: Path) -> Path:

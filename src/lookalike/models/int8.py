@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..common.folders import write_folder
+from ..common.folders import HashVersioned, write_folder
 from ..common.progress import Log, Progress, no_log
 from ..config import Settings
 from .artefacts import FORMAT, ModelError, check_name, models_dir, next_name
@@ -62,20 +62,12 @@ class Int8Options:
 
 
 @dataclass
-class Int8Model:
+class Int8Model(HashVersioned):
     """A loaded INT8 model folder (its ONNX file checked against model.json)."""
 
     name: str
     path: Path
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def version(self) -> str:
-        return str(self.info["weights_sha"])[:12]
-
-    @property
-    def identity(self) -> str:
-        return f"{self.name}@{self.version}"
 
 
 class Int8Encoder(EfficientNetLiteEncoder):

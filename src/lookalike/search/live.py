@@ -76,9 +76,11 @@ class ServingIndex:
             backend.discard_snapshot()  # a snapshot from the future belongs to another database
             snapshot_gen = None
         tags = store.all_tags()
+        # a persistent backend restored from its snapshot already holds every field: computing them is wasted
+        send_fields = snapshot_gen is None or not backend.persistent
         for rowids, vectors, metadata in store.iter_vectors():
             columns = [with_tag_columns(meta, tags.get(rowid)) for rowid, meta in zip(rowids.tolist(), metadata)]
-            backend.load(rowids, vectors, self._fields(columns))
+            backend.load(rowids, vectors, self._fields(columns) if send_fields else None)
             for rowid, values in zip(rowids.tolist(), columns):
                 self.set_columns(rowid, values)
         if snapshot_gen is not None and snapshot_gen < generation:

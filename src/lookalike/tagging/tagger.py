@@ -33,6 +33,7 @@ from ..common.progress import Progress
 from ..config import Settings
 from ..images import thumbnail_jpeg
 from ..ingest.distributors import Distributor
+from ..ingest.reader import LOCAL
 from ..models import EncoderError, get_encoder
 from ..search.view import CatalogueView
 from ..text.encoder import TextError, guess_text_columns, sentence_encoder
@@ -166,7 +167,7 @@ class TagPartition:
     thumbnails: list[bytes | None]
     texts: list[str]
     tags: list[dict[str, dict[str, Any]]] = field(default_factory=list)
-    lane: str = "local"
+    lane: str = LOCAL
 
     def pictures(self) -> list[Image.Image]:
         return [_open_thumbnail(data) for data in self.thumbnails]
