@@ -126,3 +126,23 @@ def _jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def test_a_head_trains_on_the_int8_backbone_of_a_store_serving_it(int8_store, tmp_path):
+    """A store served by the INT8 encoder fine-tunes on it: its stored vectors are view 0, the
+    augmented views run through the INT8 graph, and the model serves over that backbone."""
+    pytest.importorskip("torch", reason="training needs PyTorch (pip install torch==2.13.0)")
+    from lookalike.models.encoders import FineTunedEncoder
+    from lookalike.training import EmbeddingOptions
+
+    source, info = int8_store
+    store = tmp_path / "store"
+    shutil.copytree(source, store)
+    assert run("reindex", "--model", "lite0-int8", store=store).returncode == 0
+    with Engine.open(store) as engine:
+        model = engine.train_embedding(EmbeddingOptions(positives=["category"], views=2, holdout=0.3, steps=30, dim=32, hidden=128, batch_classes=8))
+        assert model.info["backbones"] == [f"lite0-int8@{info['weights_sha'][:12]}"]
+        encoder = get_encoder(model.name, engine.settings)
+        assert isinstance(encoder, FineTunedEncoder) and isinstance(encoder.backbones[0], Int8Encoder)
+        vector = encoder.encode([Image.open(IMAGES / "878ff7a3.jpg").convert("RGB")])
+        assert vector.shape == (1, 32) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
