@@ -151,7 +151,7 @@ def _print_models(as_json: bool) -> None:
     for m in models:
         score = m.get("validation", {}).get("adc") or m.get("validation", {}).get("fine_tuned") or {}
         table.add_row(m["name"], m.get("kind", ""), " + ".join(m.get("positives", [])), str(m.get("bits") or "-"), str(m.get("dim")),
-                      f"{score.get('nn_accuracy', float('nan')):.3f}", f"{score.get('map', float('nan')):.3f}", m.get("created", ""),
+                      *(f"{score[key]:.3f}" if key in score else "-" for key in ("nn_accuracy", "map")), m.get("created", ""),
                       "yes" if f"{m['name']}@{m['weights_sha'][:12]}" == serving else "")
     out.print(table)
 
