@@ -26,6 +26,7 @@ from ..common.folders import ARTEFACT_NAME, HashVersioned, next_version_name, re
 
 MODELS_DIR = "models"
 FORMAT = 1
+INT8_KIND = "int8-encoder"  # model.json kind of an INT8 encoder folder (models.int8): no head to load here
 
 
 class ModelError(RuntimeError):
@@ -175,7 +176,7 @@ def load_model(path: Path) -> TrainedModel:
 
     try:
         info = json.loads((path / "model.json").read_text())
-        if isinstance(info, dict) and info.get("kind") == "int8-encoder":
+        if isinstance(info, dict) and info.get("kind") == INT8_KIND:
             raise ModelError(f"{path} is an INT8 encoder (serve it with reindex --model), not a trained head to build on")
         with np.load(path / "weights.npz", allow_pickle=False) as weights:
             arrays = {k: weights[k] for k in weights.files}

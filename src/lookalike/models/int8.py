@@ -31,10 +31,11 @@ from PIL import Image
 from ..common.folders import HashVersioned, write_folder
 from ..common.progress import Log, Progress, no_log
 from ..config import Settings
-from .artefacts import FORMAT, ModelError, check_name, models_dir, next_name
+from .artefacts import FORMAT, INT8_KIND, ModelError, check_name, models_dir, next_name
 from .encoders import EfficientNetLiteEncoder, EncoderError
 
-KIND = "int8-encoder"
+KIND = INT8_KIND
+BASES = ("efficientnet-lite0", "efficientnet-lite2")  # the float encoders that quantise (ReLU6, no squeeze-excite)
 ONNX_FILE = "model.onnx"
 FLOAT_NODES = ("/_conv_stem/Conv", "/_blocks.0/_depthwise_conv/Conv", "/_blocks.0/_project_conv/Conv", "/_blocks.1/_expand_conv/Conv",
                "/_blocks.1/_depthwise_conv/Conv", "/_conv_head/Conv", "/ReduceMean")
@@ -53,8 +54,8 @@ class Int8Options:
     name: str | None = None
 
     def check(self) -> None:
-        if self.base not in ("efficientnet-lite0", "efficientnet-lite2"):
-            raise ModelError(f"only the EfficientNet-Lite encoders quantise to INT8 (efficientnet-lite0, efficientnet-lite2), not {self.base!r}")
+        if self.base not in BASES:
+            raise ModelError(f"only the EfficientNet-Lite encoders quantise to INT8 ({', '.join(BASES)}), not {self.base!r}")
         if not MIN_PHOTOS <= self.photos <= MAX_PHOTOS:
             raise ModelError(f"calibration photos must be between {MIN_PHOTOS} and {MAX_PHOTOS}, not {self.photos}")
         if self.name is not None:
@@ -111,27 +112,9 @@ def load_int8(path: Path) -> Int8Model:
         raise ModelError(f"{path} is not an INT8 model of format {FORMAT}")
     if actual != info.get("weights_sha"):
         raise ModelError(f"INT8 model at {path}: {ONNX_FILE} does not match model.json (damaged or edited); quantise it again")
-    if str(info.get("base_model", "")).split("@")[0] not in ("efficientnet-lite0", "efficientnet-lite2"):
+    if str(info.get("base_model", "")).split("@")[0] not in BASES:
         raise ModelError(f"INT8 model at {path} names an unknown base model {info.get('base_model')!r}")
     return Int8Model(str(info["name"]), path, info)
-
-
-class _Calibration:
-    """ONNX Runtime's calibration reader over preprocessed photos, reporting batches as they go."""
-
-    def __init__(self, pixels: np.ndarray, batch: int, progress: Callable[[int], None]):
-        self._batches: Iterator[np.ndarray] = (pixels[i:i + batch] for i in range(0, len(pixels), batch))
-        self._progress = progress
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        if batch is None:
-            return None
-        self._progress(len(batch))
-        return {"pixels": np.ascontiguousarray(batch)}
-
-    def rewind(self) -> None:  # part of the reader protocol; one pass suffices for MinMax
-        pass
 
 
 def _quantize(float_model: Path, target: Path, pixels: np.ndarray, progress: Callable[[int], None]) -> list[str]:
@@ -143,7 +126,20 @@ def _quantize(float_model: Path, target: Path, pixels: np.ndarray, progress: Cal
     except ImportError as exc:
         raise ModelError(f"quantising needs the onnx package ({exc}): pip install 'lookalike[export]'") from exc
 
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(pixels, 16, progress)
+    class Calibration(CalibrationDataReader):
+        """ONNX Runtime's calibration reader over the preprocessed photos, 16 at a time, reporting as it goes."""
+
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = (pixels[i:i + 16] for i in range(0, len(pixels), 16))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            progress(len(batch))
+            return {"pixels": np.ascontiguousarray(batch)}
+
+    reader = Calibration()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(float_model), str(prepared))

@@ -160,11 +160,16 @@ def load_training_set(view: CatalogueView, positives: list[str], where: list[str
     if len(labelled) < 8 or len({label for _, label in labelled}) < 2:
         raise TrainingDataError(f"too little labelled data to learn from: {len(labelled)} products in "
                                 f"{len({label for _, label in labelled})} classes of {' + '.join(positives)} (need at least 8 products in 2 classes)")
-    clean = _stored_clean_features(view, cache, [(p.rowid, p.image_hash) for p, _ in labelled])
-    items = [ProductImage(p.id, p.image_hash, p.image, thumbs.get(p.rowid), clean=clean.get(p.rowid)) for p, _ in labelled]
-    if clean:
-        log(f"clean-photo features of {len(clean)} products read from the store's vectors; the backbone runs on their augmented views only")
-    features, skipped = cache.compute(items, progress)
+    items = [ProductImage(p.id, p.image_hash, p.image, thumbs.get(p.rowid)) for p, _ in labelled]
+    rowid_of = {p.id: p.rowid for p, _ in labelled}
+
+    def stored_clean(todo: list[ProductImage]) -> dict[str, np.ndarray]:
+        found = _stored_clean_features(view, cache, [(rowid_of[i.id], i) for i in todo])
+        if found:
+            log(f"clean-photo features of {len(found)} products read from the store's vectors; the backbone runs on their augmented views only")
+        return found
+
+    features, skipped = cache.compute(items, progress, stored_clean)
     for product_id, reason in skipped:
         log(f"skipped {product_id}: {reason}")
     kept = [(p, label) for p, label in labelled if p.id in features]
@@ -178,18 +183,18 @@ def load_training_set(view: CatalogueView, positives: list[str], where: list[str
                        held, skipped, [p.metadata for p, _ in kept])
 
 
-def _stored_clean_features(view: CatalogueView, cache: ViewFeatureCache, products: list[tuple[int, str | None]]) -> dict[int, np.ndarray]:
-    """rowid -> the backbones' features of the product's own photo, where the store holds vectors of
+def _stored_clean_features(view: CatalogueView, cache: ViewFeatureCache, products: list[tuple[int, ProductImage]]) -> dict[str, np.ndarray]:
+    """id -> the backbones' features of the product's own photo, where the store holds vectors of
     every backbone computed from the image the product has now (its serving or a kept encoder's):
     the same numbers the cache would compute for view 0, read instead of run."""
     rowids = [rowid for rowid, _ in products]
     stored = [view.store.model_vectors(backbone.identity, rowids) for backbone in cache.backbones]
-    found: dict[int, np.ndarray] = {}
-    for rowid, image_hash in products:
+    found: dict[str, np.ndarray] = {}
+    for rowid, item in products:
         parts = [vectors.get(rowid) for vectors in stored]
-        if image_hash and all(part is not None and part[0] == image_hash and len(part[1]) == b.dim
-                              for part, b in zip(parts, cache.backbones)):
-            found[rowid] = np.concatenate([part[1] for part in parts if part is not None])
+        if item.image_hash and all(part is not None and part[0] == item.image_hash and len(part[1]) == b.dim
+                                   for part, b in zip(parts, cache.backbones)):
+            found[item.id] = np.concatenate([part[1] for part in parts if part is not None])
     return found
 
 

@@ -20,9 +20,9 @@ import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -161,11 +161,17 @@ class ViewFeatureCache:
             per_backbone.append(np.stack(rows))
         return list(np.concatenate(per_backbone, axis=2))
 
-    def compute(self, items: list[ProductImage], progress: Progress | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
-        """Features for every item (cached ones are reused); returns (id -> features, skipped (id, reason))."""
+    def compute(self, items: list[ProductImage], progress: Progress | None = None,
+                stored_clean: Callable[[list[ProductImage]], dict[str, np.ndarray]] | None = None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+        """Features for every item (cached ones are reused); returns (id -> features, skipped (id, reason)).
+        ``stored_clean`` gives, for the items still to compute, the view-0 features known without a
+        backbone run (id -> features)."""
         cached = self.cached()
         result = {i.id: cached[i.id][1] for i in items if i.id in cached and cached[i.id][0] == i.image_hash}
         todo = [i for i in items if i.id not in result]
+        if stored_clean is not None and todo:
+            known = stored_clean(todo)
+            todo = [replace(i, clean=known[i.id]) if i.id in known else i for i in todo]
         skipped: list[tuple[str, str]] = []
         done = len(result)
         if progress:
