@@ -1,12 +1,19 @@
 """HTTP search-by-photo latency at catalogue scale with concurrent clients.
 
     python benchmarks/http_search.py --products 100000 --clients 4
+    python benchmarks/http_search.py --products 1000000 --clients 8 --baseline-src OLD/src
+
 
 Builds a store of N products: real Myntra photos embedded by the real model, topped up with
 synthetic products whose vectors are real vectors perturbed per dimension (so queries land
 among realistic neighbours).  Starts ``lookalike serve`` on a loopback port and sends real
 photos from concurrent clients (bounded request counts), timing each request end to end:
 upload, decode, embed, approximate search, metadata lookup, JSON.
+
+Also timed: how long the server takes from start to answering ``/health`` on the built store
+(it opens from its snapshot: the vector matrix memory-mapped, the filter columns loaded, only
+rows changed since read from SQLite), and, with ``--baseline-src`` naming another checkout's
+``src``, the same for that code (e.g. the release before snapshots, which read every row).
 """
 
 from __future__ import annotations
@@ -61,6 +68,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(store: Path, src: str | None = None) -> tuple[subprocess.Popen, str, float]:
+    """``lookalike serve`` on a free loopback port; returns it, its URL and the seconds until it answered."""
+    port = free_port()
+    env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "lookalike", "--store", str(store), "serve", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - started < 1200:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return server, url, round(time.perf_counter() - started, 2)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+    server.kill()
+    raise SystemExit("the server did not answer within 20 minutes")
+
+
 def load(url: str, photos: list[bytes], clients: int, per_client: int, params: list) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = [0]
@@ -94,6 +121,7 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=100, help="per client")
+    parser.add_argument("--baseline-src", type=Path, help="also time server start-up with this checkout's src (the baseline)")
     args = parser.parse_args()
     need_shared()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,22 +129,13 @@ def main() -> None:
         t = time.perf_counter()
         build_store(store, args.products, args.real)
         build_s = time.perf_counter() - t
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "lookalike", "--store", str(store), "serve", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-        url = f"http://127.0.0.1:{port}"
+        server, url, ready_s = start_server(store)
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
             stats = httpx.get(url + "/stats").json()
             rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[-300:]  # photos not in the store
             photos = [(SHARED / "myntra" / r["image_file"]).read_bytes() for r in rows]
             load(url, photos, 1, 10, [("k", "20")])  # warm-up
-            results = {"products": stats["products"], "index": stats["index"], "store_build_s": round(build_s, 1)}
+            results = {"products": stats["products"], "index": stats["index"], "store_build_s": round(build_s, 1), "server_ready_s": ready_s}
             # A plain search first glances for a person (shop the look: a photo of one searches its
             # main garment); whole=true skips that, as before shop the look: the baseline of this run.
             for label, clients, params in (("1_client", 1, [("k", "20")]),
@@ -131,7 +150,14 @@ def main() -> None:
                 print(label, results[label], flush=True)
         finally:
             server.terminate()
-            server.wait(10)
+            server.wait(60)
+        if args.baseline_src:
+            baseline, _, baseline_ready_s = start_server(store, str(args.baseline_src))
+            baseline.terminate()
+            baseline.wait(60)
+            results["baseline_server_ready_s"] = baseline_ready_s
+            results["ready_speedup"] = round(baseline_ready_s / ready_s, 1)
+            print("ready", ready_s, "s; baseline", baseline_ready_s, "s", flush=True)
     report(f"http_search_{args.products}", results)
 
 

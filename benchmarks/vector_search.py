@@ -19,7 +19,7 @@ import time
 import faiss
 import numpy as np
 
-from _common import CatalogueLikeVectors, percentiles, report
+from _common import CatalogueLikeVectors, fill_and_build, percentiles, report
 from lookalike.vectors import FaissBackend, IndexSpec
 
 
@@ -42,16 +42,8 @@ def main() -> None:
 
     spec = IndexSpec(args.index, ann_threshold=min(IndexSpec.ann_threshold, args.n))
     index = FaissBackend(1280, spec, threads=2)
-    t = time.perf_counter()
     data = CatalogueLikeVectors(args.n, seed=1)
-    start = 0
-    for chunk in data.chunks():
-        index.upsert(np.arange(start, start + len(chunk)), chunk)
-        start += len(chunk)
-    generate_s = time.perf_counter() - t
-    t = time.perf_counter()
-    index.build_ann()
-    build_s = time.perf_counter() - t
+    generate_s, build_s = fill_and_build(index, data, "upsert")
     queries = data.queries(args.queries)  # new photos of catalogue products, not in the index
     selective = np.random.default_rng(5).random(args.n) < 0.05
 

@@ -67,3 +67,38 @@ def test_errors_name_the_problem():
 
 def test_facet_counts():
     assert columns().facet_counts("colour") == [("Red", 2), ("navy blue", 1), ("Green", 1)]
+
+
+def test_columns_snapshot_round_trips(tmp_path):
+    cols = columns()
+    cols.remove(2)
+    cols.save(tmp_path, generation=9, model="m@1")
+    restored = MetadataColumns.restore(tmp_path, "m@1", cols.max_columns)
+    assert restored is not None and restored[1] == 9
+    again = restored[0]
+    for where in (["colour=red"], ["price<50"], ["colour!=navy"], ["type=dresses", "price>=10"]):
+        assert matches(again, *where) == matches(cols, *where)
+    again.set(7, {"colour": "RED", "price": 1})  # the vocabulary came back: same spelling, same code
+    assert 7 in matches(again, "colour=red")
+    assert MetadataColumns.restore(tmp_path, "other@1", cols.max_columns) is None
+    assert MetadataColumns.restore(tmp_path, "m@1", cols.max_columns + 1) is None
+
+
+@pytest.mark.parametrize("tamper", ["labels", "codes", "data", "json"])
+def test_a_tampered_columns_snapshot_is_refused(tmp_path, tamper):
+    import json
+
+    cols = columns()
+    cols.save(tmp_path, generation=3, model="m")
+    info_path = tmp_path / "columns.json"
+    info = json.loads(info_path.read_text())
+    if tamper == "labels":
+        info["labels"][0] = [{"not": "a string"}]
+    elif tamper == "codes":
+        arrays = dict(np.load(tmp_path / info["data"]))
+        arrays["codes0"] = arrays["codes0"] + 1000
+        np.savez(tmp_path / info["data"], **arrays)
+    elif tamper == "data":
+        info["data"] = "/etc/passwd"
+    info_path.write_text("{oops" if tamper == "json" else json.dumps(info))
+    assert MetadataColumns.restore(tmp_path, "m", cols.max_columns) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -93,7 +95,66 @@ def test_snapshot_round_trip(tmp_path):
     found, _ = again.search(x[10], 5)
     assert len(set(found.tolist())) == 5 and found[0] == 10
     (tmp_path / "ann.faiss").write_bytes(b"damaged")
+    matrix_only = VectorIndex(64, IndexSpec("auto", ann_threshold=1000))
+    assert matrix_only.restore(tmp_path) == 7  # the saved matrix still serves; the ANN index is rebuilt
+    assert matrix_only.ann is None and matrix_only.count == 3000 and matrix_only.needs_rebuild()
+    info = json.loads((tmp_path / "vectors.json").read_text())
+    (tmp_path / info["base"]["vectors"]).write_bytes(b"damaged")
     assert VectorIndex(64).restore(tmp_path) is None
+
+
+def test_matrix_snapshot_saves_changes_then_rebases(tmp_path):
+    """A save after a few changes writes only those rows; many changes write a new base; every
+    restore equals the index that saved it, deletions included, and leaves no stale files."""
+    x = clustered(2000, seed=5)
+    index = VectorIndex(64, IndexSpec("flat"))
+    index.upsert(np.arange(2000), x)
+    index.snapshot(tmp_path, generation=1)
+    base = json.loads((tmp_path / "vectors.json").read_text())["base"]["vectors"]
+    index.upsert(np.array([5, 2500]), x[:2] * -1)  # one replaced, one new past the saved rows
+    index.remove(np.array([7, 99_999]))
+    index.snapshot(tmp_path, generation=2)
+    info = json.loads((tmp_path / "vectors.json").read_text())
+    assert info["base"]["vectors"] == base and info["delta"] and info["generation"] == 2
+    again = VectorIndex(64, IndexSpec("flat"))
+    assert again.restore(tmp_path) == 2 and again.restored_vectors
+    assert again.count == index.count == 2000
+    assert np.array_equal(again.ids(), index.ids()) and np.allclose(again.vector(2500), -x[1]) and np.allclose(again.vector(5), -x[0])
+    with pytest.raises(KeyError):
+        again.vector(7)
+    assert np.array_equal(again.search(x[3], 5)[0], index.search(x[3], 5)[0])
+    again.upsert(np.arange(8, 1008), x[8:1008])  # half the catalogue changed: the next save is a new base
+    again.snapshot(tmp_path, generation=3)
+    info = json.loads((tmp_path / "vectors.json").read_text())
+    assert info["base"]["vectors"] != base and info["delta"] is None
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"vectors.json", info["base"]["vectors"], info["live"]}
+    third = VectorIndex(64, IndexSpec("flat"))
+    assert third.restore(tmp_path) == 3 and third.count == 2000
+    assert np.allclose(third.vector(8), x[8]) and np.allclose(third.vector(5), -x[0]) and type(third.vector(8)) is np.ndarray
+
+
+@pytest.mark.parametrize("tamper", ["path", "pickle", "shape", "json"])
+def test_a_tampered_matrix_snapshot_is_refused_not_trusted(tmp_path, tamper):
+    """Whatever is written into the snapshot files, restoring reads nothing outside the
+    directory, runs no code, and answers None (the store is read instead)."""
+    index = VectorIndex(8, IndexSpec("flat"))
+    index.upsert(np.arange(10), np.eye(10, 8, dtype=np.float32))
+    index.snapshot(tmp_path, generation=4)
+    info_path = tmp_path / "vectors.json"
+    info = json.loads(info_path.read_text())
+    if tamper == "path":
+        info["base"]["vectors"] = "../../../etc/passwd"
+    elif tamper == "pickle":
+        np.save(tmp_path / info["live"], np.array([object()], dtype=object), allow_pickle=True)
+    elif tamper == "shape":
+        np.save(tmp_path / info["base"]["vectors"], np.zeros((10, 9), np.float32))
+    else:
+        info_path.write_text("{not json")
+    if tamper != "json":
+        info_path.write_text(json.dumps(info))
+    again = VectorIndex(8, IndexSpec("flat"))
+    assert again.restore(tmp_path) is None and again.count == 0 and not again.restored_vectors
 
 
 def test_empty_and_bad_queries():

@@ -8,8 +8,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +28,58 @@ from .conftest import DEMO_CSV
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the ray extra is not installed (pip install 'lookalike[ray]')")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session(tmp_path_factory):
+    """A local Ray head started by ``ray start`` in a process group of its own, joined by address.
+
+    Why not ``ray.init()`` here: after the rest of the suite has run in this process (gRPC clients,
+    servers, many threads), a head node started from inside it never came up ("timed out during
+    startup") although it starts in a fresh process; a separate head also matches how a user runs a
+    cluster.  The group is killed afterwards, leaving any other Ray on the machine alone."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    # The crashing worker below is defined in this test module, which Ray's workers cannot import: ship it by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield ray
-    ray.shutdown()
+    port, log = free_port(), tmp_path_factory.mktemp("ray") / "head.log"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    log_file = log.open("w")
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
+                break
+            except Exception:  # the head is still coming up
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Ray head did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(1)
+        # The crashing worker below is defined in this test module, which Ray's workers cannot import: ship it by value.
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        yield ray
+    finally:
+        ray.shutdown()
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log_file.close()
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `ray start` points later bare inits
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def vectors_by_id(store: Path, **settings: Any) -> dict[str, np.ndarray]:

@@ -67,7 +67,8 @@ class RayDistributor:
             if self.address:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                # "local": a new instance of our own, even where ``ray start`` left a cluster that a bare init would join.
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except Exception as exc:
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray"
             raise DistributorError(f"cannot start the ray distributor on {where}: {exc}") from exc

@@ -15,12 +15,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..common.snapshots import load_arrays, read_info, remove_unnamed, write_arrays, write_info
 from ..validation import RESERVED_PREFIX
+
+COLUMNS_INFO = "columns.json"
 
 _CLAUSE = re.compile(r"^\s*(?P<column>[^<>=!]+?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>.*?)\s*$")
 NUMERIC_OPS = ("<", "<=", ">", ">=")
@@ -177,6 +182,20 @@ class _Column:
         self.codes[rowid] = -1
         self.numbers[rowid] = np.nan
 
+    @classmethod
+    def restored(cls, codes: np.ndarray, numbers: np.ndarray, labels: Any, capacity: int) -> _Column:
+        """A column from a snapshot's arrays, checked to fit (ValueError when not)."""
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError("column labels must be a list of strings")
+        if codes.dtype != np.int32 or numbers.dtype != np.float64 or codes.shape != (capacity,) or numbers.shape != (capacity,):
+            raise ValueError("column arrays do not fit the saved capacity")
+        if capacity and (codes.max() >= len(labels) or codes.min() < -1):
+            raise ValueError("column codes outside its labels")
+        column = cls(0)
+        column.codes, column.numbers, column.labels = np.array(codes), np.array(numbers), list(labels)
+        column.vocab = {_text(label): code for code, label in enumerate(labels)}
+        return column
+
     def has_numbers(self) -> bool:
         return bool(np.any(~np.isnan(self.numbers)))
 
@@ -225,6 +244,40 @@ class MetadataColumns:
 
     def names(self) -> list[str]:
         return sorted(self.columns)
+
+    # ---- the columns snapshot (read at open instead of parsing every product's metadata) -------
+    def save(self, directory: Path, generation: int, model: str) -> None:
+        """Snapshot the columns, tagged with the store generation they reflect."""
+        names = list(self.columns)
+        arrays: dict[str, np.ndarray] = {}
+        for i, name in enumerate(names):
+            arrays[f"codes{i}"], arrays[f"numbers{i}"] = self.columns[name].codes, self.columns[name].numbers
+        data = write_arrays(directory, "columns", generation, arrays)
+        write_info(directory, COLUMNS_INFO, {
+            "generation": int(generation), "model": model, "capacity": self.capacity, "max_columns": self.max_columns,
+            "names": names, "labels": [self.columns[name].labels for name in names], "unfiltered": sorted(self.unfiltered),
+            "data": data})
+        remove_unnamed(directory, ("columns",), COLUMNS_INFO, {data})
+
+    @classmethod
+    def restore(cls, directory: Path, model: str, max_columns: int) -> tuple[MetadataColumns, int] | None:
+        """The columns a snapshot saved for ``model`` and its generation, or None when there is none
+        usable (missing, damaged, another model's or another column cap: then they are rebuilt from the store)."""
+        info = read_info(directory, COLUMNS_INFO, model)
+        if info is None or info.get("max_columns") != max_columns:
+            return None
+        try:
+            arrays = load_arrays(directory, info["data"])
+            columns = cls(max_columns)
+            columns.capacity = int(info["capacity"])
+            columns.unfiltered = {str(name) for name in info["unfiltered"]}
+            for i, (name, labels) in enumerate(zip(info["names"], info["labels"], strict=True)):
+                columns.columns[str(name)] = _Column.restored(arrays[f"codes{i}"], arrays[f"numbers{i}"], labels, columns.capacity)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            return None
+        if len(columns.columns) > max_columns:
+            return None
+        return columns, int(info["generation"])
 
     def mask(self, clauses: list[Clause]) -> np.ndarray | None:
         """Boolean mask over rowids of products matching every clause (None when there are no clauses)."""

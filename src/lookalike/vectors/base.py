@@ -80,6 +80,7 @@ class VectorBackend(Protocol):
     dim: int
     persistent: bool  # holds its vectors between runs (a database): a restored one is sent only changes
     wants_fields: bool  # filters by ``expression`` server-side, so writes carry each id's filter fields
+    restored_vectors: bool  # :meth:`restore` brought back every vector itself: the serving index sends only changes
 
     @property
     def count(self) -> int: ...

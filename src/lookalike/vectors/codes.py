@@ -67,8 +67,18 @@ class CodesBackend(ExactBackend):
 
     def _grew(self, capacity: int) -> None:
         codes = np.zeros((capacity, self.codes.shape[1]), dtype=np.uint8)
-        codes[: len(self.codes)] = self.codes
+        kept = min(capacity, len(self.codes))
+        codes[:kept] = self.codes[:kept]
         self.codes = codes
+
+    def _per_id_arrays(self) -> dict[str, np.ndarray]:
+        return {"codes": self.codes}
+
+    def _restore_per_id(self, arrays: dict[str, np.ndarray]) -> None:
+        codes = arrays.get("codes")
+        if codes is None or codes.dtype != np.uint8 or codes.shape != (len(self.matrix), self.codes.shape[1]):
+            raise ValueError("the saved codes do not fit this quantiser or the saved vectors")
+        self.codes = np.array(codes)
 
     def _store(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         super()._store(ids, vectors)

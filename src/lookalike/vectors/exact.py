@@ -3,27 +3,38 @@
 The other in-memory backends extend it: they keep this matrix for exact re-ranking (so scores
 are true cosine similarities whichever structure proposed the candidates) and as the source
 they rebuild their derived structures from.
+
+The matrix is snapshotted beside the store (``vectors.json`` naming a base file, the rows changed
+since it and the live mask; see :mod:`lookalike.common.snapshots`) and memory-mapped back at open,
+so a large catalogue starts serving without reading every vector out of SQLite, and rows never
+touched by a query (most of a 10M-product matrix) stay on disk.  A save after a few changes writes
+only those rows; the base is rewritten once the changes outgrow a quarter of it.
 """
 
 from __future__ import annotations
 
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..common.snapshots import load_array, load_arrays, read_info, remove_unnamed, write_array, write_arrays, write_info
 from .base import Fields, Neighbours, VectorFilter, checked, no_neighbours, top_k
 
 # Below this many allowed ids a filtered query is answered by scanning them exactly.
 EXACT_SUBSET_MAX = 4096
 EXACT_BLOCK_SCORES = 8_000_000  # scores computed at once by a batched exact search (32 MB)
+VECTORS_INFO = "vectors.json"
+VECTOR_FILES = ("vectors", "live", "delta", "codes")  # the array files a vectors snapshot may name
+REBASE_FRACTION = 0.25  # rewrite the base file once rows changed since it exceed this share
 
 
 class ExactBackend:
     """Unit vectors keyed by integer id, searched exactly.  Thread-safe."""
 
     name = "exact"
-    persistent = False  # rebuilt from the store at every open (a snapshot holds only derived structures)
+    persistent = False  # not a database: filled at open from its own snapshot (then sent changes) or from the store
     wants_fields = False  # filters arrive as bitmaps over ids
     scan_small_subsets = True  # a filter leaving few ids: score those exactly (a subclass that must answer from its own structure says False)
 
@@ -33,6 +44,9 @@ class ExactBackend:
         self.live = np.zeros(0, dtype=bool)
         self._count = 0
         self._lock = threading.RLock()
+        self.restored_vectors = False  # the matrix came back from a snapshot: the serving index sends only changes
+        self._changed = np.zeros(0, dtype=bool)  # rows written since the base file was saved
+        self._base: dict[str, str] = {}  # the base snapshot's files: "vectors" and any per-id arrays
 
     # ---- contents -------------------------------------------------------------------------
     @property
@@ -51,8 +65,10 @@ class ExactBackend:
         matrix[: self.capacity] = self.matrix
         live = np.zeros(new_cap, dtype=bool)
         live[: self.capacity] = self.live
+        changed = np.zeros(new_cap, dtype=bool)
+        changed[: self.capacity] = self._changed
         self._grew(new_cap)
-        self.matrix, self.live = matrix, live
+        self.matrix, self.live, self._changed = matrix, live, changed
 
     def _grew(self, capacity: int) -> None:
         """Hook: a subclass resizes its per-id arrays (codes) to ``capacity``."""
@@ -78,6 +94,7 @@ class ExactBackend:
         self._count += len(ids) - int(np.count_nonzero(self.live[ids]))
         self.matrix[ids] = vectors
         self.live[ids] = True
+        self._changed[ids] = True
 
     def _added(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Hook: a subclass updates its derived structure for replaced or new ids."""
@@ -104,7 +121,7 @@ class ExactBackend:
     def vector(self, id_: int) -> np.ndarray:
         if id_ < 0 or id_ >= self.capacity or not self.live[id_]:
             raise KeyError(id_)
-        return self.matrix[id_].copy()
+        return np.array(self.matrix[id_])  # a plain array, also when the matrix is memory-mapped
 
     def ids(self) -> np.ndarray:
         return np.flatnonzero(self.live)
@@ -112,18 +129,76 @@ class ExactBackend:
     def live_mask(self) -> np.ndarray:
         return self.live
 
-    # ---- persistence (nothing derived to persist) ---------------------------------------------
+    # ---- the vectors snapshot ------------------------------------------------------------------
     def snapshot(self, directory: Path, generation: int, model: str = "") -> None:
-        return None
+        """Save the matrix: the rows changed since the base file, or a new base when they are many."""
+        with self._lock:
+            directory.mkdir(parents=True, exist_ok=True)
+            changed = np.flatnonzero(self._changed & self.live)
+            base_there = bool(self._base) and all((directory / name).exists() for name in self._base.values())
+            delta = None
+            if not base_there or len(changed) > REBASE_FRACTION * max(self._count, 1):
+                arrays = {"vectors": self.matrix, **self._per_id_arrays()}
+                self._base = {key: write_array(directory, key, generation, array) for key, array in arrays.items()}
+                self._changed[:] = False
+            elif len(changed):
+                delta = write_arrays(directory, "delta", generation, {"ids": changed, "vectors": self.matrix[changed]})
+            live = write_array(directory, "live", generation, self.live)
+            write_info(directory, VECTORS_INFO, {"generation": int(generation), "model": model, "dim": self.dim,
+                                                 "base": self._base, "delta": delta, "live": live})
+            keep = {*self._base.values(), live, *([delta] if delta else [])}
+        remove_unnamed(directory, VECTOR_FILES, VECTORS_INFO, keep)
 
     def restore(self, directory: Path, model: str = "") -> int | None:
-        return None
+        """Map ``model``'s saved matrix back (copy-on-write) and apply the rows changed since its
+        base; returns the generation it reflects, or None (nothing usable: fill from the store)."""
+        info = read_info(directory, VECTORS_INFO, model)
+        if info is None or info.get("dim") != self.dim or not isinstance(info.get("base"), dict):
+            return None
+        try:
+            base = {key: load_array(directory, name, mmap=key == "vectors") for key, name in info["base"].items()}
+            live = load_array(directory, info["live"])
+            delta = load_arrays(directory, info["delta"]) if info.get("delta") else {}
+            with self._lock:
+                self._restore_arrays(base, live, delta)
+                self._base = dict(info["base"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            self.discard_snapshot()
+            return None
+        return int(info["generation"])
+
+    def _restore_arrays(self, base: dict[str, np.ndarray], live: np.ndarray, delta: dict[str, np.ndarray]) -> None:
+        matrix = base.pop("vectors")
+        if matrix.dtype != np.float32 or matrix.ndim != 2 or matrix.shape[1] != self.dim or live.dtype != bool or live.ndim != 1:
+            raise ValueError("the saved vectors do not have this index's shape")
+        self.matrix, self.live, self._changed = matrix, np.zeros(len(matrix), dtype=bool), np.zeros(len(matrix), dtype=bool)
+        self._restore_per_id(base)
+        if delta:
+            ids, vectors = self._checked(delta["ids"], delta["vectors"])
+            self._store(ids, vectors)  # marks them changed: the next save's delta still holds them
+        self._grow(len(live))
+        self.live[:] = False
+        self.live[: len(live)] = live
+        self._count = int(np.count_nonzero(self.live))
+        self.restored_vectors = True
+
+    def _per_id_arrays(self) -> dict[str, np.ndarray]:
+        """Hook: per-id arrays a subclass derives from the vectors and saves with the base (codes)."""
+        return {}
+
+    def _restore_per_id(self, arrays: dict[str, np.ndarray]) -> None:
+        """Hook: take back :meth:`_per_id_arrays` (ValueError when they do not fit the matrix)."""
 
     def refresh(self, ids: np.ndarray) -> None:
         return None
 
     def discard_snapshot(self) -> None:
-        return None
+        """Forget restored vectors (the snapshot belongs to another database): start empty."""
+        with self._lock:
+            self.matrix = np.zeros((0, self.dim), dtype=np.float32)
+            self.live, self._changed = np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+            self._count, self._base, self.restored_vectors = 0, {}, False
+            self._grew(0)
 
     def maintain(self) -> bool:
         return False

@@ -76,6 +76,8 @@ class FaissBackend(ExactBackend):
         self.ann: faiss.Index | None = None
         self.ann_factory: str | None = None
         self.threads = max(1, threads)
+        self._ann_saved = False  # the ANN index file on disk is this one, unchanged since
+        self._ann_file: tuple[int, int] | None = None  # (inode, mtime) of that file: another process may replace it
         faiss.omp_set_num_threads(self.threads)
 
     # ---- keeping the ANN index in step ------------------------------------------------------
@@ -84,6 +86,7 @@ class FaissBackend(ExactBackend):
         self._ann_remove(ids)
         if self.ann is not None:
             self.ann.add_with_ids(vectors, ids)
+            self._ann_saved = False
 
     def _removed(self, ids: np.ndarray) -> None:
         self._ann_remove(ids)
@@ -93,6 +96,7 @@ class FaissBackend(ExactBackend):
         until the next rebuild, so a deleted product is never returned."""
         if self.ann is None:
             return
+        self._ann_saved = False
         try:
             self.ann.remove_ids(ids)
         except RuntimeError:
@@ -111,6 +115,7 @@ class FaissBackend(ExactBackend):
 
     def discard_snapshot(self) -> None:
         with self._lock:
+            super().discard_snapshot()
             self.ann, self.ann_factory = None, None
 
     # ---- building ---------------------------------------------------------------------------
@@ -157,37 +162,54 @@ class FaissBackend(ExactBackend):
             for start in range(0, len(ids), 65_536):  # gather in chunks: no second copy of a large matrix
                 chunk = ids[start : start + 65_536]
                 index.add_with_ids(self.matrix[chunk], chunk)
-            self.ann, self.ann_factory = index, factory
+            self.ann, self.ann_factory, self._ann_saved = index, factory, False
 
     # ---- snapshots --------------------------------------------------------------------------
     def snapshot(self, directory: Path, generation: int, model: str = "") -> None:
-        """Write the ANN index atomically, tagged with the store generation it reflects."""
+        """Save the matrix (:meth:`ExactBackend.snapshot`), then the ANN index, atomically, tagged
+        with the store generation it reflects.  An index unchanged since it was saved or restored
+        is not written again (hundreds of MB at 1M vectors): only its tag moves on."""
+        super().snapshot(directory, generation, model)
         index_path, info_path = directory / "ann.faiss", directory / "ann.json"
         with self._lock:
             if self.ann is None:
                 for p in (index_path, info_path):
                     p.unlink(missing_ok=True)
                 return
-            directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / "ann.faiss.tmp"
-            faiss.write_index(self.ann, str(tmp))
             info = {"factory": self.ann_factory, "generation": generation, "dim": self.dim, "ntotal": int(self.ann.ntotal), "model": model}
-        os.replace(tmp, index_path)
+            if not (self._ann_saved and _file_identity(index_path) == self._ann_file):
+                tmp = directory / "ann.faiss.tmp"
+                faiss.write_index(self.ann, str(tmp))
+                os.replace(tmp, index_path)
+            self._ann_saved, self._ann_file = True, _file_identity(index_path)
         tmp_info = directory / "ann.json.tmp"
         tmp_info.write_text(json.dumps(info))
         os.replace(tmp_info, info_path)
 
     def restore(self, directory: Path, model: str = "") -> int | None:
-        """Load a saved ANN index; returns the generation it reflects, or None if unusable."""
+        """Map the saved matrix back and load the saved ANN index; returns the older of the two
+        generations (catching up from there is harmless for the newer), or None if neither is usable.
+        An ANN index without a matrix (a store saved before matrices were) still saves its rebuild."""
+        matrix_gen = super().restore(directory, model)
+        ann_gen = self._restore_ann(directory, model)
+        if matrix_gen is None or ann_gen is None:
+            return ann_gen if matrix_gen is None else matrix_gen
+        return min(matrix_gen, ann_gen)
+
+    def _restore_ann(self, directory: Path, model: str) -> int | None:
         info = snapshot_info(directory, model)
         if info is None or info.get("dim") != self.dim:
             return None
+        identity = _file_identity(directory / "ann.faiss")
         try:
             index = faiss.read_index(str(directory / "ann.faiss"))
         except RuntimeError:
             return None  # a damaged snapshot is rebuilt from the store, never trusted
+        if index.d != self.dim:
+            return None
         with self._lock:
             self.ann, self.ann_factory = index, info["factory"]
+            self._ann_saved, self._ann_file = identity is not None and identity == _file_identity(directory / "ann.faiss"), identity
         return int(info["generation"])
 
     def describe(self) -> str:
@@ -296,6 +318,15 @@ def snapshot_info(directory: Path, model: str) -> dict[str, Any] | None:
     if not isinstance(info, dict) or info.get("model", model) != model or "factory" not in info or "generation" not in info:
         return None
     return info
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(inode, modification time) of a file, or None when absent: tells whether it was replaced."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _nlist_of(index: faiss.Index) -> int:

@@ -83,6 +83,7 @@ class MilvusBackend:
 
     name = "milvus"
     persistent = True    # the collection outlives the process: a restored one is sent only changes
+    restored_vectors = False  # the ids it holds are not kept locally: the serving index reads them from the store
     wants_fields = True  # where clauses run inside Milvus over the fields sent with each vector
 
     def __init__(self, dim: int, uri: str, collection: str, token: str = "", index: str = "AUTOINDEX"):
