@@ -3,6 +3,7 @@ memory, the full vectors on disk, memory-mapped for the exact re-rank.
 
     python benchmarks/ten_million.py --n 10000000
     python benchmarks/ten_million.py --n 1000000 --keep /tmp/ten   # smaller, keeping the files
+    python benchmarks/ten_million.py --serve-only /tmp/ten --sweep # the serving half again, with a sweep
 
 Two processes, as a user's would be:
 
@@ -92,7 +93,7 @@ def build(args: argparse.Namespace, directory: Path) -> dict:
             "exact_search_ms_per_query": round(exact_s * 1000, 1), "build_peak_rss_mb": peak_rss_mb()}
 
 
-def serve(directory: Path) -> dict:
+def serve(directory: Path, sweep: bool = False) -> dict:
     """The serving process: open the snapshot, then time queries on one thread."""
     import faiss
 
@@ -116,7 +117,34 @@ def serve(directory: Path) -> dict:
             recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
         out[label] = {**percentiles(latencies[20:]), "recall_at_10": round(float(np.mean(recall)), 4)}
     out["serve_peak_rss_mb"] = peak_rss_mb()
+    if sweep:
+        exact = {label: np.load(directory / f"bench-exact-{label}.npy") for label in ("unfiltered", "filter_5pct")}
+        out["sweep"] = sweep_settings(backend, queries, exact, allowed)
     return out
+
+
+def sweep_settings(backend, queries: np.ndarray, exact: dict[str, np.ndarray], allowed: np.ndarray) -> list[dict]:
+    """p50 and recall@10 for other nprobe / re-rank settings on the same index, to see which one
+    limits recall: the lists probed, or the 8-bit codes' ranking of what they hold.  A filtered
+    query probes ``nprobe × 0.5 / selectivity`` lists, so its rows vary that base nprobe."""
+    from lookalike.vectors import IndexSpec
+
+    settings = [("unfiltered", nprobe, rerank) for nprobe in (32, 64, 96, 128, 192, 256) for rerank in (10, 20, 40)]
+    settings += [("filter_5pct", nprobe, 10) for nprobe in (8, 16, 32)]
+    rows = []
+    for label, nprobe, rerank in settings:
+        backend.spec = IndexSpec(nprobe=nprobe, rerank_factor=rerank)
+        mask = allowed if label == "filter_5pct" else None
+        latencies, recall = [], []
+        for q, truth in zip(queries, exact[label]):
+            t = time.perf_counter()
+            found, _ = backend.search(q, 10, mask)
+            latencies.append((time.perf_counter() - t) * 1000)
+            recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
+        rows.append({"query": label, "nprobe": nprobe, "rerank_factor": rerank, **percentiles(latencies[20:]),
+                     "recall_at_10": round(float(np.mean(recall)), 4)})
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
 
 
 def _rss_mb() -> float:
@@ -132,20 +160,34 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=320)
     parser.add_argument("--keep", type=Path, help="build into this directory and keep it (default: a temporary one)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the serving process's half
+    parser.add_argument("--serve-only", type=Path, metavar="DIR", help="only re-run the serving half on a directory kept with --keep")
+    parser.add_argument("--sweep", action="store_true", help="also time other nprobe / re-rank settings (unfiltered)")
     args = parser.parse_args()
     if args.serve:
-        print(json.dumps(serve(args.serve)))
+        print(json.dumps(serve(args.serve, args.sweep)))
+        return
+    if args.serve_only:
+        results = json.loads((args.serve_only / "bench-build.json").read_text())
+        results["serve"] = run_serving_process(args.serve_only, args.sweep, results)
+        report(f"ten_million_{results['n']}", results)
         return
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.keep or Path(tmp) / "snapshot"
         directory.mkdir(parents=True, exist_ok=True)
         results = build(args, directory)
+        (directory / "bench-build.json").write_text(json.dumps(results))
         print(results, flush=True)
-        child = subprocess.run([sys.executable, __file__, "--serve", str(directory)], capture_output=True, text=True, check=True)
-        served = json.loads(child.stdout.strip().splitlines()[-1])
-        served["speedup_vs_exact"] = round(results["exact_search_ms_per_query"] / served["unfiltered"]["p50_ms"], 1)
-        results["serve"] = served
+        results["serve"] = run_serving_process(directory, args.sweep, results)
     report(f"ten_million_{args.n}", results)
+
+
+def run_serving_process(directory: Path, sweep: bool, built: dict) -> dict:
+    """The serving half in a fresh process (its open time and peak RSS are its own)."""
+    command = [sys.executable, __file__, "--serve", str(directory)] + (["--sweep"] if sweep else [])
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    served = json.loads(child.stdout.strip().splitlines()[-1])
+    served["speedup_vs_exact"] = round(built["exact_search_ms_per_query"] / served["unfiltered"]["p50_ms"], 1)
+    return served
 
 
 if __name__ == "__main__":

@@ -153,8 +153,8 @@ class FaissBackend(ExactBackend):
             except RuntimeError as exc:
                 raise IndexBuildError(f"FAISS cannot build index {factory!r}: {exc}") from exc
             if not index.is_trained:
-                # k-means needs ~30-40 points per list; more only costs time.
-                n_train = min(len(ids), max(50_000, 32 * _nlist_of(index)))
+                # k-means wants ≥ 39 points per list (FAISS warns below); more only costs time.
+                n_train = min(len(ids), max(50_000, 40 * _nlist_of(index)))
                 sample = np.sort(np.random.default_rng(seed).choice(len(ids), n_train, replace=False))
                 _seed_clustering(index, seed)
                 index.train(self.matrix[ids[sample]])
