@@ -90,9 +90,10 @@ class CatalogueLikeVectors:
         for start in range(0, self.n, chunk):
             yield self._photos(min(chunk, self.n - start), rng)
 
-    def queries(self, m: int) -> np.ndarray:
-        """New photos of catalogue products: not in the index, same distribution."""
-        return self._photos(m, np.random.default_rng(self.seed + 2))
+    def queries(self, m: int, seed: int | None = None) -> np.ndarray:
+        """New photos of catalogue products: not in the index, same distribution (another
+        ``seed`` draws a fresh set, for checking settings chosen on the first)."""
+        return self._photos(m, np.random.default_rng(self.seed + 2 if seed is None else seed))
 
 
 def vector_statistics(x: np.ndarray, sample: int = 6621, seed: int = 0) -> dict[str, float]:

@@ -4,6 +4,7 @@ memory, the full vectors on disk, memory-mapped for the exact re-rank.
     python benchmarks/ten_million.py --n 10000000
     python benchmarks/ten_million.py --n 1000000 --keep /tmp/ten   # smaller, keeping the files
     python benchmarks/ten_million.py --serve-only /tmp/ten --sweep # the serving half again, with a sweep
+    python benchmarks/ten_million.py --serve-only /tmp/ten --fresh-queries 7 --nprobe 128  # a setting chosen on the sweep, on new queries
 
 Two processes, as a user's would be:
 
@@ -93,22 +94,39 @@ def build(args: argparse.Namespace, directory: Path) -> dict:
             "exact_search_ms_per_query": round(exact_s * 1000, 1), "build_peak_rss_mb": peak_rss_mb()}
 
 
-def serve(directory: Path, sweep: bool = False) -> dict:
+def fresh_queries(directory: Path, n: int, seed: int, m: int) -> str:
+    """Draw another query set (new photos of the same products) and its exact answers, so that
+    settings chosen on the first set are measured on queries they were not chosen on."""
+    from lookalike.vectors import FaissBackend
+
+    queries = CatalogueLikeVectors(n, **CatalogueLikeVectors.FINE_TUNED_128).queries(m, seed=seed)
+    backend = FaissBackend(DIM)
+    assert backend.restore(directory, MODEL) == 1
+    category = np.load(directory / "bench-category.npy")
+    prefix = f"fresh{seed}-"
+    np.save(directory / f"bench-{prefix}queries.npy", queries)
+    np.save(directory / f"bench-{prefix}exact-unfiltered.npy", exact_answers(backend.matrix, queries, None))
+    np.save(directory / f"bench-{prefix}exact-filter_5pct.npy", exact_answers(backend.matrix, queries, category == 0))
+    return prefix
+
+
+def serve(directory: Path, sweep: bool = False, prefix: str = "", spec: dict | None = None) -> dict:
     """The serving process: open the snapshot, then time queries on one thread."""
     import faiss
 
     from lookalike.vectors import FaissBackend, IndexSpec
 
     t = time.perf_counter()
-    backend = FaissBackend(DIM, IndexSpec(), threads=1)
+    backend = FaissBackend(DIM, IndexSpec(**(spec or {})), threads=1)
     assert backend.restore(directory, MODEL) == 1 and backend.restored_vectors and backend.ann is not None
     open_s = time.perf_counter() - t
     faiss.omp_set_num_threads(1)
-    queries = np.load(directory / "bench-queries.npy")
+    queries = np.load(directory / f"bench-{prefix}queries.npy")
     allowed = np.load(directory / "bench-category.npy") == 0
-    out: dict = {"open_s": round(open_s, 2), "rss_after_open_mb": _rss_mb(), "matrix_memory_mapped": isinstance(backend.matrix, np.memmap)}
+    out: dict = {"open_s": round(open_s, 2), "rss_after_open_mb": _rss_mb(), "matrix_memory_mapped": isinstance(backend.matrix, np.memmap),
+                 "queries": prefix.rstrip("-") or "first set", "index_spec": {"nprobe": backend.spec.nprobe, "rerank_factor": backend.spec.rerank_factor}}
     for label, mask in (("unfiltered", None), ("filter_5pct", allowed)):
-        exact = np.load(directory / f"bench-exact-{label}.npy")
+        exact = np.load(directory / f"bench-{prefix}exact-{label}.npy")
         latencies, recall = [], []
         for q, truth in zip(queries, exact):
             t = time.perf_counter()
@@ -118,7 +136,7 @@ def serve(directory: Path, sweep: bool = False) -> dict:
         out[label] = {**percentiles(latencies[20:]), "recall_at_10": round(float(np.mean(recall)), 4)}
     out["serve_peak_rss_mb"] = peak_rss_mb()
     if sweep:
-        exact = {label: np.load(directory / f"bench-exact-{label}.npy") for label in ("unfiltered", "filter_5pct")}
+        exact = {label: np.load(directory / f"bench-{prefix}exact-{label}.npy") for label in ("unfiltered", "filter_5pct")}
         out["sweep"] = sweep_settings(backend, queries, exact, allowed)
     return out
 
@@ -162,14 +180,20 @@ def main() -> None:
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the serving process's half
     parser.add_argument("--serve-only", type=Path, metavar="DIR", help="only re-run the serving half on a directory kept with --keep")
     parser.add_argument("--sweep", action="store_true", help="also time other nprobe / re-rank settings (unfiltered)")
+    parser.add_argument("--nprobe", type=int, help="serve with this nprobe instead of the default")
+    parser.add_argument("--fresh-queries", type=int, metavar="SEED", help="with --serve-only: a new query set drawn with SEED")
+    parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    spec = {"nprobe": args.nprobe} if args.nprobe else {}
     if args.serve:
-        print(json.dumps(serve(args.serve, args.sweep)))
+        print(json.dumps(serve(args.serve, args.sweep, args.prefix, spec)))
         return
     if args.serve_only:
         results = json.loads((args.serve_only / "bench-build.json").read_text())
-        results["serve"] = run_serving_process(args.serve_only, args.sweep, results)
-        report(f"ten_million_{results['n']}", results)
+        prefix = fresh_queries(args.serve_only, results["n"], args.fresh_queries, args.queries) if args.fresh_queries is not None else ""
+        results["serve"] = run_serving_process(args.serve_only, args.sweep, results, prefix, args.nprobe)
+        name = f"ten_million_{results['n']}" + (f"_{prefix.rstrip('-')}" if prefix else "") + (f"_nprobe{args.nprobe}" if args.nprobe else "")
+        report(name, results)
         return
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.keep or Path(tmp) / "snapshot"
@@ -181,9 +205,10 @@ def main() -> None:
     report(f"ten_million_{args.n}", results)
 
 
-def run_serving_process(directory: Path, sweep: bool, built: dict) -> dict:
+def run_serving_process(directory: Path, sweep: bool, built: dict, prefix: str = "", nprobe: int | None = None) -> dict:
     """The serving half in a fresh process (its open time and peak RSS are its own)."""
-    command = [sys.executable, __file__, "--serve", str(directory)] + (["--sweep"] if sweep else [])
+    command = [sys.executable, __file__, "--serve", str(directory), "--prefix", prefix] + (["--sweep"] if sweep else []) + \
+        (["--nprobe", str(nprobe)] if nprobe else [])
     child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     served = json.loads(child.stdout.strip().splitlines()[-1])
     served["speedup_vs_exact"] = round(built["exact_search_ms_per_query"] / served["unfiltered"]["p50_ms"], 1)
