@@ -41,12 +41,23 @@ DIM = 128
 MODEL = "synthetic-128"
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM), MB."""
+def memory_mb(key: str = "VmHWM") -> float:
+    """A memory figure of this process from /proc (VmHWM: peak resident; VmRSS: resident now), MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
+
+
+def time_queries(backend, queries: np.ndarray, truth: np.ndarray, mask: np.ndarray | None) -> dict:
+    """p50/p99 (the first 20 queries warm up) and mean recall@10 against the exact answers."""
+    latencies, recall = [], []
+    for q, exact in zip(queries, truth):
+        t = time.perf_counter()
+        found, _ = backend.search(q, 10, mask)
+        latencies.append((time.perf_counter() - t) * 1000)
+        recall.append(len(set(found.tolist()) & set(exact.tolist())) / 10)
+    return {**percentiles(latencies[20:]), "recall_at_10": round(float(np.mean(recall)), 4)}
 
 
 def exact_answers(matrix: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int = 10) -> np.ndarray:
@@ -91,7 +102,7 @@ def build(args: argparse.Namespace, directory: Path) -> dict:
     return {"n": args.n, "dim": DIM, "index": backend.ann_factory, "generate_and_load_s": round(generate_s, 1),
             "index_build_s": round(build_s, 1), "snapshot_save_s": round(save_s, 1),
             "snapshot_gb": round(sum(p.stat().st_size for p in directory.iterdir() if not p.name.startswith("bench-")) / 1e9, 2),
-            "exact_search_ms_per_query": round(exact_s * 1000, 1), "build_peak_rss_mb": peak_rss_mb()}
+            "exact_search_ms_per_query": round(exact_s * 1000, 1), "build_peak_rss_mb": memory_mb()}
 
 
 def fresh_queries(directory: Path, n: int, seed: int, m: int) -> str:
@@ -99,11 +110,13 @@ def fresh_queries(directory: Path, n: int, seed: int, m: int) -> str:
     settings chosen on the first set are measured on queries they were not chosen on."""
     from lookalike.vectors import FaissBackend
 
+    prefix = f"fresh{seed}-"
+    if all((directory / f"bench-{prefix}{name}.npy").exists() for name in ("queries", "exact-unfiltered", "exact-filter_5pct")):
+        return prefix  # drawn before with this seed: the same set
     queries = CatalogueLikeVectors(n, **CatalogueLikeVectors.FINE_TUNED_128).queries(m, seed=seed)
     backend = FaissBackend(DIM)
     assert backend.restore(directory, MODEL) == 1
     category = np.load(directory / "bench-category.npy")
-    prefix = f"fresh{seed}-"
     np.save(directory / f"bench-{prefix}queries.npy", queries)
     np.save(directory / f"bench-{prefix}exact-unfiltered.npy", exact_answers(backend.matrix, queries, None))
     np.save(directory / f"bench-{prefix}exact-filter_5pct.npy", exact_answers(backend.matrix, queries, category == 0))
@@ -123,22 +136,27 @@ def serve(directory: Path, sweep: bool = False, prefix: str = "", spec: dict | N
     faiss.omp_set_num_threads(1)
     queries = np.load(directory / f"bench-{prefix}queries.npy")
     allowed = np.load(directory / "bench-category.npy") == 0
-    out: dict = {"open_s": round(open_s, 2), "rss_after_open_mb": _rss_mb(), "matrix_memory_mapped": isinstance(backend.matrix, np.memmap),
-                 "queries": prefix.rstrip("-") or "first set", "index_spec": {"nprobe": backend.spec.nprobe, "rerank_factor": backend.spec.rerank_factor}}
+    out: dict = {"open_s": round(open_s, 2), "rss_after_open_mb": memory_mb("VmRSS"), "matrix_memory_mapped": isinstance(backend.matrix, np.memmap),
+                 "queries": prefix.rstrip("-") or "first set", "index": backend.ann_factory, "probing": probing(backend)}
     for label, mask in (("unfiltered", None), ("filter_5pct", allowed)):
-        exact = np.load(directory / f"bench-{prefix}exact-{label}.npy")
-        latencies, recall = [], []
-        for q, truth in zip(queries, exact):
-            t = time.perf_counter()
-            found, _ = backend.search(q, 10, mask)
-            latencies.append((time.perf_counter() - t) * 1000)
-            recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
-        out[label] = {**percentiles(latencies[20:]), "recall_at_10": round(float(np.mean(recall)), 4)}
-    out["serve_peak_rss_mb"] = peak_rss_mb()
+        out[label] = time_queries(backend, queries, np.load(directory / f"bench-{prefix}exact-{label}.npy"), mask)
+    out["serve_peak_rss_mb"] = memory_mb()
     if sweep:
         exact = {label: np.load(directory / f"bench-{prefix}exact-{label}.npy") for label in ("unfiltered", "filter_5pct")}
         out["sweep"] = sweep_settings(backend, queries, exact, allowed)
     return out
+
+
+def probing(backend) -> dict:
+    """The lists an unfiltered and a 5 %-filtered query probe, and the candidates re-ranked per result."""
+    import faiss
+
+    from lookalike.vectors.faiss_ivf import FAST_SCAN_RERANK, is_fast_scan
+
+    nlist = faiss.extract_index_ivf(backend.ann).nlist
+    depth = backend.spec.rerank_factor * (FAST_SCAN_RERANK if is_fast_scan(backend.ann_factory) else 1)
+    return {"nlist": nlist, "nprobe": backend.spec.probes(nlist), "filter_5pct_nprobe": backend.spec.filtered_probes(nlist, 0.05),
+            "rerank_depth": depth}
 
 
 def sweep_settings(backend, queries: np.ndarray, exact: dict[str, np.ndarray], allowed: np.ndarray) -> list[dict]:
@@ -153,23 +171,9 @@ def sweep_settings(backend, queries: np.ndarray, exact: dict[str, np.ndarray], a
     for label, nprobe, rerank in settings:
         backend.spec = IndexSpec(nprobe=nprobe, rerank_factor=rerank)
         mask = allowed if label == "filter_5pct" else None
-        latencies, recall = [], []
-        for q, truth in zip(queries, exact[label]):
-            t = time.perf_counter()
-            found, _ = backend.search(q, 10, mask)
-            latencies.append((time.perf_counter() - t) * 1000)
-            recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
-        rows.append({"query": label, "nprobe": nprobe, "rerank_factor": rerank, **percentiles(latencies[20:]),
-                     "recall_at_10": round(float(np.mean(recall)), 4)})
+        rows.append({"query": label, **probing(backend), **time_queries(backend, queries, exact[label], mask)})
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 def main() -> None:

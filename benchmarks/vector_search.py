@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 
 import faiss
 import numpy as np
 
 from _common import CatalogueLikeVectors, fill_and_build, percentiles, report
-from lookalike.vectors import FaissBackend, IndexSpec
+from lookalike.vectors import FaissBackend, IndexSpec, faiss_ivf
 
 
 def exact_top(matrix: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--index", default="auto", help="auto, or a FAISS index factory string")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[IndexSpec.nprobe])
     parser.add_argument("--rerank", type=int, nargs="+", default=[IndexSpec.rerank_factor])
+    parser.add_argument("--filter-probe-fraction", type=float, nargs="+", default=[faiss_ivf.FILTER_PROBE_FRACTION],
+                        help="share of an unfiltered query's candidate volume a filtered query probes (lookalike's default first)")
     args = parser.parse_args()
 
     spec = IndexSpec(args.index, ann_threshold=min(IndexSpec.ann_threshold, args.n))
@@ -57,21 +60,23 @@ def main() -> None:
     results = {"n": args.n, "dim": 1280, "index": index.ann_factory, "build_s": round(build_s, 1), "generate_and_load_s": round(generate_s, 1),
                "ann_bytes_per_vector": round(faiss.serialize_index(index.ann).nbytes / args.n, 1),
                "exact_search_p50_ms": round(float(np.median(exact_ms)), 2), "runs": []}
-    for nprobe in args.nprobe:
-        for rerank in args.rerank:
-            index.spec = dataclasses.replace(spec, nprobe=nprobe, rerank_factor=rerank)
-            run = {"nprobe": nprobe, "rerank_factor": rerank}
-            for label, mask in (("unfiltered", None), ("filter_5pct", selective)):
-                lat, recall = [], []
-                for q, truth in zip(queries, truths[label]):
-                    t = time.perf_counter()
-                    found, _ = index.search(q, 10, mask)
-                    lat.append((time.perf_counter() - t) * 1000)
-                    recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
-                run[label] = {**percentiles(lat), "recall_at_10": round(float(np.mean(recall)), 4),
-                              "speedup_vs_exact": round(results["exact_search_p50_ms"] / float(np.median(lat)), 1)}
-            print(run, flush=True)
-            results["runs"].append(run)
+    for nprobe, rerank, fraction in itertools.product(args.nprobe, args.rerank, args.filter_probe_fraction):
+        index.spec = dataclasses.replace(spec, nprobe=nprobe, rerank_factor=rerank)
+        faiss_ivf.FILTER_PROBE_FRACTION = fraction
+        nlist = faiss.extract_index_ivf(index.ann).nlist
+        run = {"nprobe": index.spec.probes(nlist), "rerank_factor": rerank, "filter_probe_fraction": fraction,
+               "filter_5pct_nprobe": index.spec.filtered_probes(nlist, 0.05)}
+        for label, mask in (("unfiltered", None), ("filter_5pct", selective)):
+            lat, recall = [], []
+            for q, truth in zip(queries, truths[label]):
+                t = time.perf_counter()
+                found, _ = index.search(q, 10, mask)
+                lat.append((time.perf_counter() - t) * 1000)
+                recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
+            run[label] = {**percentiles(lat), "recall_at_10": round(float(np.mean(recall)), 4),
+                          "speedup_vs_exact": round(results["exact_search_p50_ms"] / float(np.median(lat)), 1)}
+        print(run, flush=True)
+        results["runs"].append(run)
     suffix = "" if args.index == "auto" else "_" + args.index.replace(",", "_")
     report(f"vector_search_{args.n}{suffix}", results)
 

@@ -168,3 +168,42 @@ def test_empty_and_bad_queries():
 
 def test_auto_nlist_grows_with_catalogue():
     assert auto_nlist(20_000) < auto_nlist(1_000_000) <= 4096
+
+
+def test_automatic_probing_keeps_the_1m_rule_and_widens_with_finer_lists():
+    auto, fixed = IndexSpec(), IndexSpec(nprobe=16)
+    assert auto.probes(4096) == 64  # 1M vectors: the measured default
+    assert auto.probes(16384) == 164  # 10M: 1 % of the lists (0.4 % gave recall 0.84)
+    assert auto.probes(32) == 32 and IndexSpec(nprobe=-5).probes(1000) == 64  # never more lists than exist; ≤ 0 is automatic
+    assert fixed.probes(16384) == 16  # a set nprobe is obeyed
+    # A 5 % filter sees a quarter of the allowed vectors an unfiltered 64-list query sees: 320 lists, at 1M and 10M alike.
+    assert auto.filtered_probes(4096, 0.05) == 320 and auto.filtered_probes(16384, 0.05) == 320
+    assert auto.filtered_probes(16384, 0.9) == 164  # a broad filter probes no fewer than an unfiltered query
+    assert fixed.filtered_probes(16384, 0.05) == 80 and auto.filtered_probes(512, 0.0) == 512
+
+
+def test_automatic_codes_follow_size_and_width():
+    spec = IndexSpec()
+    assert spec.factory_for(10_000, 128) is None  # below the ANN threshold: exact
+    assert spec.factory_for(1_000_000, 128) == "IVF4096,SQ8"
+    assert spec.factory_for(10_000_000, 128) == "IVF16384,PQ64x4fsr"  # fast-scan codes (of residuals) at 10M
+    assert spec.factory_for(10_000_000, 1280) == "PCA256,IVF16384,SQ8"  # wide vectors keep SQ8 (4-bit codes plateaued)
+    assert IndexSpec("IVF8,Flat").factory_for(10_000_000, 128) == "IVF8,Flat"
+
+
+def test_fast_scan_codes_are_reranked_deeper_and_filter():
+    x = clustered(6000, dim=32, seed=4)
+    ids = np.arange(6000)
+    index = VectorIndex(32, IndexSpec("IVF32,PQ16x4fsr", ann_threshold=1000, nprobe=8))
+    index.upsert(ids, x)
+    index.build_ann()
+    assert index._fetch(10) == 400  # 10 results × rerank 10 × 4 for 4-bit codes
+    recall, allowed = [], np.random.default_rng(0).random(6000) < 0.05
+    for qi in range(0, 6000, 300):
+        found, scores = index.search(x[qi], 10)
+        recall.append(len(set(found.tolist()) & set(brute(x, ids, x[qi], 10))) / 10)
+        np.testing.assert_allclose(scores, x[found] @ x[qi], rtol=1e-5)
+        filtered, _ = index.search(x[qi], 10, allowed)
+        assert len(filtered) == 10 and allowed[filtered].all()
+    assert np.mean(recall) >= 0.95
+

@@ -43,7 +43,7 @@ class Settings:
     milvus_token: str = ""
     milvus_collection: str = ""
     milvus_index: str = "AUTOINDEX"
-    nprobe: int = 64
+    nprobe: int = 0  # IVF lists probed per query; 0: automatic (64, or 1 % of the lists when more)
     rerank_factor: int = 10
     # With a quantised model: search its codes by "adc" (float query) or "sdc" (coded query), or "off".
     code_search: str = "adc"

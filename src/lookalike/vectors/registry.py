@@ -27,7 +27,7 @@ class BackendConfig:
     backend: str = "auto"
     index: str = "auto"
     ann_threshold: int = 20_000
-    nprobe: int = 64
+    nprobe: int = 0  # IVF lists probed per query; 0: automatic (64, or 1 % of the lists when more)
     rerank_factor: int = 10
     threads: int = 1
     code_search: str = "adc"
