@@ -10,9 +10,13 @@ threshold: at most ``--negative-rate`` of the fitting part's hard negatives acce
 without it, the shipped rule is measured on the held-out part: identical photos found, copies
 found per kind, hard negatives grouped, precision, and time per product — with the copies, and
 on the held-out listings alone (a shop's catalogue holds far fewer duplicates than this test's 38 %).
+``--at-scale 100000`` times one search over every image here (Myntra, phone and street photos and
+the 70,000 Fashion-MNIST articles: 83,706 listings with the copies), directly rather than by
+extrapolation (needs ``apt-get install dataset-fashion-mnist``).
 
     python benchmarks/duplicates.py --fit src/lookalike/duplicates/default_rule.json
     python benchmarks/duplicates.py
+    python benchmarks/duplicates.py --at-scale 100000
 """
 
 from __future__ import annotations
@@ -56,9 +60,52 @@ def every_real_photo() -> list[dict[str, str]]:
     return rows
 
 
-def build(work: Path, rows: list[dict[str, str]], copies: int, seed: int) -> Path:
-    """A store of ``rows`` plus four copies of ``copies`` of them (ids ``<id>~<kind>``) and, for the
-    colourful ones among those, a recoloured variant (id ``<id>@variant``: not a duplicate)."""
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist (MIT)
+
+
+def street_photos() -> list[dict[str, str]]:
+    with open(SHARED / "ccp" / "images.csv", encoding="utf-8") as handle:
+        return [{"item_id": "s-" + Path(r["image_file"]).stem, "path": str(SHARED / "ccp" / r["image_file"])} for r in csv.DictReader(handle)]
+
+
+def fashion_mnist_rows(work: Path, count: int) -> list[dict[str, str]]:
+    """Up to 70,000 distinct Zalando articles from Fashion-MNIST as catalogue photos: inverted back to
+    a dark garment on white (the set stores them light on black) and enlarged to 224 px.  Many are
+    near look-alikes at this resolution (plain T-shirts, trainers), which makes the candidate search
+    work harder per listing than a real catalogue does: a pessimistic filler."""
+    import gzip
+
+    if not FASHION_MNIST.is_dir():
+        raise SystemExit(f"{FASHION_MNIST} is missing: apt-get install -y dataset-fashion-mnist")
+    folder = work / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, str]] = []
+    for part in ("train", "t10k"):
+        with gzip.open(FASHION_MNIST / f"{part}-images-idx3-ubyte.gz") as handle:
+            pixels = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+        for i, image in enumerate(pixels[: count - len(rows)]):
+            path = folder / f"{part}-{i}.jpg"
+            if not path.exists():
+                Image.fromarray(255 - image).resize((224, 224), Image.Resampling.BICUBIC).save(path, quality=90)
+            rows.append({"item_id": f"f-{part}-{i}", "path": str(path)})
+    return rows
+
+
+def at_scale_rows(work: Path, n: int) -> list[dict[str, str]]:
+    """``n`` listings: every real photo here (held-out Myntra first: the copies are made of those, then
+    the rest of Myntra, phone photos, street photos), then Fashion-MNIST."""
+    held_out = part_rows(held_out=True)
+    first = {r["item_id"] for r in held_out}
+    rows = held_out + [r for r in every_real_photo() if r["item_id"] not in first] + street_photos()
+    if len(rows) < n:
+        rows += fashion_mnist_rows(work, n - len(rows))
+    return rows[:n]
+
+
+def build(work: Path, rows: list[dict[str, str]], copies: int, seed: int, copy_pool: int = 0) -> Path:
+    """A store of ``rows`` plus four copies of ``copies`` of them (of the first ``copy_pool`` when
+    given; ids ``<id>~<kind>``) and, for the colourful ones among those, a recoloured variant
+    (id ``<id>@variant``: not a duplicate)."""
     store = work / "store"
     if (work / "done").exists():
         return store
@@ -66,7 +113,8 @@ def build(work: Path, rows: list[dict[str, str]], copies: int, seed: int) -> Pat
     (work / "copies").mkdir(parents=True)
     rng = np.random.default_rng(seed)
     listing = [{"id": r["item_id"], "image": photo_path(r)} for r in rows]
-    for index in rng.choice(len(rows), min(copies, len(rows)), replace=False):
+    pool = copy_pool or len(rows)
+    for index in rng.choice(pool, min(copies, pool), replace=False):
         row = rows[int(index)]
         original = Image.open(photo_path(row)).convert("RGB")
         for kind in COPY_KINDS:
@@ -180,6 +228,31 @@ def measure(store: Path) -> dict:
             "set aside before aligning (garment colours apart)": sum(1 for f in survey.findings if f.evidence.get("screened"))}
 
 
+def at_scale(store: Path) -> dict:
+    """One duplicate search over the whole large catalogue, timed directly, with the copies found."""
+    with Engine.open(store) as engine:
+        started = time.perf_counter()
+        result = engine.duplicates.find(DuplicateOptions())
+        seconds = time.perf_counter() - started
+    group_of = {m: g.group for g in result.groups for m in g.members}
+    found = {kind: [] for kind in COPY_KINDS}
+    with open(store.parent / "catalogue.csv", encoding="utf-8") as handle:
+        copies = [row["id"] for row in csv.DictReader(handle) if "~" in row["id"]]
+    for pid in copies:
+        found[pid.split("~")[1]].append(pid in group_of and group_of[pid] == group_of.get(stem(pid)))
+    sources = {"f-": "Fashion-MNIST", "s-": "street", "c-": "phone"}
+    source = lambda pid: next((name for prefix, name in sources.items() if pid.startswith(prefix)), "Myntra")  # noqa: E731
+    kinds: dict[str, int] = {}
+    for g in result.groups:
+        key = " + ".join(sorted({source(m) for m in g.members}))
+        kinds[key] = kinds.get(key, 0) + 1
+    return {"products": result.products, "candidate pairs": result.candidates, "pairs per product": round(result.candidates / result.products, 2),
+            "verified": result.verified, "groups": len(result.groups), "groups by where their members come from": kinds,
+            "seconds": round(seconds, 1),
+            "ms per product": round(1000 * seconds / result.products, 2), "minutes": round(seconds / 60, 1),
+            **{f"copies found: {k}": f"{sum(v)}/{len(v)}" for k, v in found.items()}}
+
+
 def timing(store: Path, runs: int = 2) -> dict:
     """Time per product on a catalogue as a shop has it (the held-out part without synthetic copies,
     whose dense groups cost more per product than real listings do), every run reported."""
@@ -204,10 +277,16 @@ if __name__ == "__main__":
     parser.add_argument("--hard-weight", type=float, default=5.0, help="weight of the hard negatives (look-alikes, recoloured variants) in the fit")
     parser.add_argument("--scale", action="store_true", help="also time every real photo here (Myntra and phone photos, ~10,900)")
     parser.add_argument("--seed", type=int, default=2, help="which held-out products get copies and variants (another seed: a fresh synthetic set the rule never saw)")
+    parser.add_argument("--at-scale", type=int, metavar="N", help="only time one search over up to N listings: every real photo here, "
+                        "filled up with Fashion-MNIST articles (83,706 listings in all), plus copies of --copies held-out Myntra products")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "duplicates")
     args = parser.parse_args()
     need_shared()
-    if args.fit:
+    if args.at_scale:
+        rows = at_scale_rows(args.work, args.at_scale - 4 * args.copies)  # Fashion-MNIST photos written beside the store's folder
+        report(f"duplicates_at_{args.at_scale}", at_scale(build(args.work / f"at-scale-{args.at_scale}", rows, args.copies, args.seed,
+                                                                copy_pool=len(part_rows(held_out=True)))))
+    elif args.fit:
         fit(build(args.work / "fitting", part_rows(held_out=False), args.copies, seed=1), args.fit, args.negative_rate, args.hard_weight)
     else:
         held_out = args.work / ("held-out" if args.seed == 2 else f"held-out-seed-{args.seed}")

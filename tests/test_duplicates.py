@@ -320,3 +320,22 @@ def test_worker_processes_measure_what_this_process_measures(engine, tmp_path, m
     engine.duplicates.threads = 2
     pooled = {(f.first, f.second): f.evidence for f in engine.duplicates.survey().findings}
     assert len(alone) > 10 and pooled == alone
+
+
+def test_layout_search_above_the_exact_size_still_finds_every_near_identical_pair():
+    """Past SIGNATURE_EXACT_MAX photos the layouts are searched through an inverted file (all pairs grow
+    with the square of the catalogue): planted near-copies (cosine ≥ 0.995) must all still be found."""
+    from lookalike.duplicates.finder import SIGNATURE_EXACT_MAX, SIGNATURE_FLOOR, nearest_layouts
+
+    rng = np.random.default_rng(0)
+    n, copies = SIGNATURE_EXACT_MAX + 5000, 500
+    centres = rng.normal(size=(300, 192))
+    layouts = centres[rng.integers(0, 300, n)] + 0.8 * rng.normal(size=(n, 192))  # clustered, as photo layouts are
+    originals = rng.choice(n - copies, copies, replace=False)
+    layouts[n - copies:] = layouts[originals] + 0.05 * rng.normal(size=(copies, 192))
+    layouts = (layouts / np.linalg.norm(layouts, axis=1, keepdims=True)).astype(np.float32)
+    similarity, neighbours = nearest_layouts(layouts, 3)
+    planted = [(int(o), n - copies + i) for i, o in enumerate(originals)]
+    assert all(float(layouts[a] @ layouts[b]) >= SIGNATURE_FLOOR for a, b in planted)
+    found = sum(b in neighbours[a].tolist() or a in neighbours[b].tolist() for a, b in planted)
+    assert found == copies

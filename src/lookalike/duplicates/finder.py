@@ -35,7 +35,7 @@ from PIL import Image
 from ..common.folders import replace_atomically
 from ..common.progress import Progress
 from ..search.view import CatalogueView
-from ..vectors import VectorFilter
+from ..vectors import VectorFilter, auto_nlist
 from .compare import WIDEST, PairEvidence, PhotoPrint, compare_photos
 from .rule import DuplicateRule
 
@@ -52,6 +52,8 @@ SIGNATURE_SIZE = (12, 16)
 SIGNATURE_BATCH = 5000
 SIGNATURE_NEIGHBOURS = 2
 SIGNATURE_FLOOR = 0.99  # layout cosine from which a pair is checked: half-size and JPEG copies sit at ≥ 0.998
+SIGNATURE_EXACT_MAX = 20_000  # layouts compared all against all below this many photos, through an inverted file above
+SIGNATURE_PROBES = 16   # lists an inverted-file layout search probes
 CROP_COSINE = 0.88     # a pair this close in the embedding may be a crop: searched over scales (Myntra crops: 1st percentile 0.885)
 CROP_RANK = 2          # ... and so may a product's nearest two neighbours, however far (crops of phone photos fall to 0.83)
 CROP_SCALE = 1.03      # B's width over A's beyond which B shows A's content larger: B is the crop
@@ -321,8 +323,6 @@ def _signature(jpeg: bytes) -> np.ndarray | None:
 
 def _layout_candidates(view: CatalogueView, rowids: np.ndarray, progress: Progress | None) -> list[Candidate]:
     """Pairs whose layout signatures are nearly equal (each product's nearest two), with their embedding cosine."""
-    import faiss
-
     kept, signatures = [], []
     for start in range(0, len(rowids), SIGNATURE_BATCH):
         for rowid, jpeg in view.store.thumbnails(rowids[start:start + SIGNATURE_BATCH].tolist()).items():
@@ -334,10 +334,7 @@ def _layout_candidates(view: CatalogueView, rowids: np.ndarray, progress: Progre
             progress("layouts", min(start + SIGNATURE_BATCH, len(rowids)), len(rowids))
     if len(kept) < 2:
         return []
-    matrix = np.ascontiguousarray(np.stack(signatures), dtype=np.float32)
-    index = faiss.IndexFlatIP(matrix.shape[1])
-    index.add(matrix)
-    similarity, neighbours = index.search(matrix, SIGNATURE_NEIGHBOURS + 1)
+    similarity, neighbours = nearest_layouts(np.ascontiguousarray(np.stack(signatures), dtype=np.float32), SIGNATURE_NEIGHBOURS + 1)
     backend, pairs = view.searcher.serving.backend, set()
     for i, (row_similarity, row_neighbours) in enumerate(zip(similarity, neighbours)):
         for score, j in zip(row_similarity.tolist(), row_neighbours.tolist()):
@@ -345,6 +342,27 @@ def _layout_candidates(view: CatalogueView, rowids: np.ndarray, progress: Progre
                 pairs.add((min(kept[i], kept[j]), max(kept[i], kept[j])))
     cosines = [(a, b, float(backend.vector(a) @ backend.vector(b))) for a, b in sorted(pairs)]
     return [(a, b, cosine, cosine >= CROP_COSINE) for a, b, cosine in cosines]
+
+
+def nearest_layouts(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each signature's ``k`` most similar (itself included): exactly below SIGNATURE_EXACT_MAX, else
+    through an inverted file, because all pairs grow with the square of the catalogue (about a
+    minute and a half of the two cores at 100K).  The pairs wanted are near-identical layouts
+    (cosine ≥ SIGNATURE_FLOOR), which fall in the same or a neighbouring list, so a few probed
+    lists find them."""
+    from ..common.untyped import faiss
+
+    if len(matrix) < SIGNATURE_EXACT_MAX:
+        index = faiss.IndexFlatIP(matrix.shape[1])
+    else:
+        nlist = auto_nlist(len(matrix))
+        coarse = faiss.IndexFlatIP(matrix.shape[1])  # held here: the inverted file does not own it
+        index = faiss.IndexIVFFlat(coarse, matrix.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(len(matrix), min(len(matrix), 40 * nlist), replace=False)
+        index.train(matrix[np.sort(sample)])
+        index.nprobe = SIGNATURE_PROBES
+    index.add(matrix)
+    return index.search(matrix, k)
 
 
 def _merged(*sources: list[Candidate]) -> list[Candidate]:
