@@ -164,6 +164,27 @@ def test_http_round_task_vote_leaderboard_and_hostile_input(server):
     assert httpx.get(server.url + "/judging/rounds/..%2F..%2Fkeys/leaderboard", headers=server.auth).status_code in (404, 422)
 
 
+def test_a_judge_key_votes_and_changes_nothing_else(server, store_copy):
+    from lookalike.security import KeyRing
+
+    body = {"name": "judged", "configs": [EXACT, IVF], "queries": 4, "k": 4}
+    assert httpx.post(server.url + "/judging/rounds", json=body, headers=server.auth).status_code == 201
+    _, token = KeyRing(store_copy).create("ana", "judge")
+    judge, reader = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {KeyRing(store_copy).create('rob', 'read')[1]}"}
+    task = httpx.get(server.url + "/judging/rounds/judged/task", headers=judge).json()["task"]
+    vote = {"query": task["query"], "shown": task["shown"], "choice": "left"}
+    assert httpx.post(server.url + "/judging/rounds/judged/votes", json=vote, headers=reader).status_code == 403  # reading is not judging
+    assert httpx.post(server.url + "/judging/rounds/judged/votes", json=vote, headers=judge).status_code == 200
+    votes = httpx.get(server.url + "/judging/rounds/judged/votes", headers=server.auth).json()["votes"]
+    assert [v["judge"] for v in votes] == ["ana"]
+    assert httpx.get(server.url + "/search/text", params={"q": "shirt"}, headers=judge).status_code in (200, 422)  # a judge reads
+    refused = [httpx.put(server.url + "/products/p-new", json={"metadata": {"title": "x"}}, headers=judge),
+               httpx.delete(server.url + "/products/anything", headers=judge),
+               httpx.post(server.url + "/judging/rounds", json={**body, "name": "mine"}, headers=judge),
+               httpx.get(server.url + "/judging/rounds/judged/leaderboard", headers=judge)]
+    assert [r.status_code for r in refused] == [403, 403, 403, 403], [r.text for r in refused]
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_judging_on_a_phone(browser, store_copy):  # noqa: F811
     with Engine.open(store_copy) as engine:

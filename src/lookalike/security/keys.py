@@ -1,6 +1,7 @@
 """API keys: random tokens shown once, stored only as SHA-256 hashes, each with scopes.
 
-Scopes nest: ``admin`` ⊃ ``write`` ⊃ ``read``.  A key is ``lk_<id>_<secret>``; the id is
+Scopes nest: ``admin`` ⊃ ``write`` ⊃ ``judge`` ⊃ ``read``; ``judge`` reads and votes in judging
+rounds and nothing else, so a key handed to people judging results cannot change the catalogue.  A key is ``lk_<id>_<secret>``; the id is
 public (it names the key in ``keys list`` and logs), the secret is 32 random bytes, so a
 plain SHA-256 is enough (no password stretching is needed for a high-entropy token) and a
 stolen key file reveals no usable key.  The ring is its own SQLite file in the store
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCOPES = ("read", "write", "admin")
+SCOPES = ("read", "judge", "write", "admin")
 _PREFIX = "lk_"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (

@@ -14,7 +14,7 @@ from ...security.keys import KeyRing
 from ...storage import StoreError
 from .common import app, guarded, out, state
 
-keys_app = typer.Typer(help="API keys for the HTTP server: create, list, revoke (scopes: read < write < admin).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for the HTTP server: create, list, revoke (scopes: read < judge < write < admin).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
@@ -28,8 +28,8 @@ def _key_ring() -> KeyRing:
 
 @keys_app.command("create")
 def keys_create(
-    scope: str = typer.Option("read", help="read (search and view), write (add, change, delete products and ingest), "
-                                           "or admin (also prune, re-index, run reports, admin pages)."),
+    scope: str = typer.Option("read", help="read (search and view), judge (also vote in judging rounds), write (add, change, "
+                                           "delete products and ingest), or admin (also prune, re-index, run reports, admin pages)."),
     name: str = typer.Option(..., "--name", "-n", help="Who or what uses the key (shown in keys list)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:

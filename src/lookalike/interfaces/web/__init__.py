@@ -248,7 +248,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
     forms = FormGuard(policy)
     app.include_router(duplicates_router(engine, page, administrator, forms))
     app.include_router(labels_router(engine, page, administrator, forms))
-    app.include_router(judging_router(engine, page, _page_access(policy, "write"), administrator, forms))
+    app.include_router(judging_router(engine, page, _page_access(policy, "judge"), administrator, forms))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
 

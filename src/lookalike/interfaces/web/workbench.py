@@ -97,7 +97,7 @@ def labels_router(engine: Engine, render: Render, administrator: Any, forms: For
 def judging_router(engine: Engine, render: Render, judge_access: Any, administrator: Any, forms: FormGuard) -> APIRouter:
     """The blind judging page (a phone is enough: one task per screen) and the operator's leaderboards."""
     router = APIRouter(include_in_schema=False)
-    voter = forms.requires("write")
+    voter = forms.requires("judge")
 
     @router.get("/judge/{name}", response_class=HTMLResponse, dependencies=[judge_access])
     def judge_page(request: Request, name: str = Path(..., max_length=64)) -> HTMLResponse:

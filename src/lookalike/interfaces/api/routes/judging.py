@@ -34,7 +34,7 @@ class VoteIn(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["judging"])
     rounds = ctx.engine.judging
-    writer = requires(ctx.scopes.policy, "write")
+    writer = requires(ctx.scopes.policy, "judge")  # a judge key votes; a write or admin key may too
     round_name = Path(..., min_length=1, max_length=64)
 
     @api.post("/judging/rounds", status_code=201, summary="Create a judging round of two configurations", dependencies=[ctx.scopes.admin])
