@@ -214,12 +214,17 @@ def measure(store: Path) -> dict:
             by_hash.setdefault(hashes[pid], []).append(pid)
     identical = [same_group(g[0], other) for g in by_hash.values() if len(g) > 1 for other in g[1:]]
     hard = [f for f in survey.findings if not f.identical and f.cosine >= HARD_NEGATIVE_COSINE and not same_item(f.first, f.second, hashes)]
+    product_pairs: dict[tuple[str, str], bool] = {}  # each pair of products once, however many synthetic copies one side has
+    for f in hard:
+        pair = (min(stem(f.first), stem(f.second)), max(stem(f.first), stem(f.second)))
+        product_pairs[pair] = product_pairs.get(pair, False) or same_group(f.first, f.second)
     variants = [pid for pid in ids if pid.endswith("@variant")]
     grouped_pairs = [(a, b) for g in result.groups for i, a in enumerate(g.members) for b in g.members[i + 1:]]
     true_pairs = [(a, b) for a, b in grouped_pairs if same_item(a, b, hashes)]
     return {"products": len(ids), "identical pairs found": f"{sum(identical)}/{len(identical)}",
             **{f"copies found: {k}": round(float(np.mean(v)), 3) for k, v in found.items()},
             "hard negatives (cosine >= 0.93) grouped": f"{sum(same_group(f.first, f.second) for f in hard)}/{len(hard)}",
+            "hard negatives grouped, each pair of products once": f"{sum(product_pairs.values())}/{len(product_pairs)}",
             "recoloured variants grouped with their photo": f"{sum(same_group(v, v.split('@')[0]) for v in variants)}/{len(variants)}",
             "pair precision": round(len(true_pairs) / max(1, len(grouped_pairs)), 4),
             "groups": len(result.groups), "candidates": result.candidates, "verified": result.verified,
