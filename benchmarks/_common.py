@@ -39,6 +39,18 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
             "p99_ms": round(float(np.percentile(a, 99)), 3), "mean_ms": round(float(a.mean()), 3), "n": len(a)}
 
 
+def time_queries(backend, queries: np.ndarray, truth, mask: np.ndarray | None, warm_up: int = 0) -> dict:
+    """Single-query latency percentiles (the first ``warm_up`` queries not counted) and mean
+    recall@10 against the exact answers ``truth`` (one id list per query)."""
+    latencies, recall = [], []
+    for q, exact in zip(queries, truth):
+        t = time.perf_counter()
+        found, _ = backend.search(q, 10, mask)
+        latencies.append((time.perf_counter() - t) * 1000)
+        recall.append(len(set(found.tolist()) & set(np.asarray(exact).tolist())) / 10)
+    return {**percentiles(latencies[warm_up:]), "recall_at_10": round(float(np.mean(recall)), 4)}
+
+
 def report(name: str, results: dict) -> None:
     """Print the figures and keep them in benchmarks/results/NAME.json."""
     results = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "machine": platform.machine(), **results}

@@ -194,6 +194,15 @@ def fit(store: Path, out: Path, negative_rate: float, hard_weight: float) -> Non
     print(rule.provenance)
 
 
+def copies_found(group_of: dict[str, str], ids: list[str]) -> dict[str, list[bool]]:
+    """For each kind of copy, whether each copy (id ``<original>~<kind>``) is grouped with its original."""
+    found: dict[str, list[bool]] = {kind: [] for kind in COPY_KINDS}
+    for pid in ids:
+        if "~" in pid:
+            found[pid.split("~")[1]].append(pid in group_of and group_of[pid] == group_of.get(stem(pid)))
+    return found
+
+
 def measure(store: Path) -> dict:
     with Engine.open(store) as engine:
         started = time.perf_counter()
@@ -204,10 +213,7 @@ def measure(store: Path) -> dict:
         hashes = {pid: p.image_hash for pid, p in survey.products.items()}
     group_of = {m: g.group for g in result.groups for m in g.members}
     same_group = lambda a, b: a in group_of and group_of.get(a) == group_of.get(b)  # noqa: E731
-    found = {kind: [] for kind in COPY_KINDS}
-    for pid in ids:
-        if "~" in pid:
-            found[pid.split("~")[1]].append(same_group(pid, stem(pid)))
+    found = copies_found(group_of, ids)
     by_hash: dict[str, list[str]] = {}
     for pid in ids:
         if "~" not in pid and hashes[pid]:
@@ -240,11 +246,8 @@ def at_scale(store: Path) -> dict:
         result = engine.duplicates.find(DuplicateOptions())
         seconds = time.perf_counter() - started
     group_of = {m: g.group for g in result.groups for m in g.members}
-    found = {kind: [] for kind in COPY_KINDS}
     with open(store.parent / "catalogue.csv", encoding="utf-8") as handle:
-        copies = [row["id"] for row in csv.DictReader(handle) if "~" in row["id"]]
-    for pid in copies:
-        found[pid.split("~")[1]].append(pid in group_of and group_of[pid] == group_of.get(stem(pid)))
+        found = copies_found(group_of, [row["id"] for row in csv.DictReader(handle)])
     sources = {"f-": "Fashion-MNIST", "s-": "street", "c-": "phone"}
     source = lambda pid: next((name for prefix, name in sources.items() if pid.startswith(prefix)), "Myntra")  # noqa: E731
     kinds: dict[str, int] = {}

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import CatalogueLikeVectors, fill_and_build, percentiles, report
+from _common import CatalogueLikeVectors, fill_and_build, report, time_queries
 
 DIM = 128
 MODEL = "synthetic-128"
@@ -47,17 +47,6 @@ def memory_mb(key: str = "VmHWM") -> float:
         if line.startswith(key + ":"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
-
-
-def time_queries(backend, queries: np.ndarray, truth: np.ndarray, mask: np.ndarray | None) -> dict:
-    """p50/p99 (the first 20 queries warm up) and mean recall@10 against the exact answers."""
-    latencies, recall = [], []
-    for q, exact in zip(queries, truth):
-        t = time.perf_counter()
-        found, _ = backend.search(q, 10, mask)
-        latencies.append((time.perf_counter() - t) * 1000)
-        recall.append(len(set(found.tolist()) & set(exact.tolist())) / 10)
-    return {**percentiles(latencies[20:]), "recall_at_10": round(float(np.mean(recall)), 4)}
 
 
 def exact_answers(matrix: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int = 10) -> np.ndarray:
@@ -87,7 +76,7 @@ def build(args: argparse.Namespace, directory: Path) -> dict:
     save_s = time.perf_counter() - t
     queries = data.queries(args.queries)
     category = np.random.default_rng(5).integers(0, 20, args.n).astype(np.int8)  # category 0: a 5 % filter
-    exact = {"unfiltered": exact_answers(backend.matrix, queries, None), "filter_5pct": exact_answers(backend.matrix, queries, category == 0)}
+    exact = {"unfiltered": exact_answers(backend.matrix[: args.n], queries, None), "filter_5pct": exact_answers(backend.matrix[: args.n], queries, category == 0)}
     single = []
     for q in queries[:5]:  # the baseline: one query scored exactly against every vector (in memory here)
         t = time.perf_counter()
@@ -118,8 +107,8 @@ def fresh_queries(directory: Path, n: int, seed: int, m: int) -> str:
     assert backend.restore(directory, MODEL) == 1
     category = np.load(directory / "bench-category.npy")
     np.save(directory / f"bench-{prefix}queries.npy", queries)
-    np.save(directory / f"bench-{prefix}exact-unfiltered.npy", exact_answers(backend.matrix, queries, None))
-    np.save(directory / f"bench-{prefix}exact-filter_5pct.npy", exact_answers(backend.matrix, queries, category == 0))
+    np.save(directory / f"bench-{prefix}exact-unfiltered.npy", exact_answers(backend.matrix[:n], queries, None))
+    np.save(directory / f"bench-{prefix}exact-filter_5pct.npy", exact_answers(backend.matrix[:n], queries, category == 0))
     return prefix
 
 
@@ -139,7 +128,7 @@ def serve(directory: Path, sweep: bool = False, prefix: str = "", spec: dict | N
     out: dict = {"open_s": round(open_s, 2), "rss_after_open_mb": memory_mb("VmRSS"), "matrix_memory_mapped": isinstance(backend.matrix, np.memmap),
                  "queries": prefix.rstrip("-") or "first set", "index": backend.ann_factory, "probing": probing(backend)}
     for label, mask in (("unfiltered", None), ("filter_5pct", allowed)):
-        out[label] = time_queries(backend, queries, np.load(directory / f"bench-{prefix}exact-{label}.npy"), mask)
+        out[label] = time_queries(backend, queries, np.load(directory / f"bench-{prefix}exact-{label}.npy"), mask, warm_up=20)
     out["serve_peak_rss_mb"] = memory_mb()
     if sweep:
         exact = {label: np.load(directory / f"bench-{prefix}exact-{label}.npy") for label in ("unfiltered", "filter_5pct")}
@@ -151,12 +140,9 @@ def probing(backend) -> dict:
     """The lists an unfiltered and a 5 %-filtered query probe, and the candidates re-ranked per result."""
     import faiss
 
-    from lookalike.vectors.faiss_ivf import FAST_SCAN_RERANK, is_fast_scan
-
     nlist = faiss.extract_index_ivf(backend.ann).nlist
-    depth = backend.spec.rerank_factor * (FAST_SCAN_RERANK if is_fast_scan(backend.ann_factory) else 1)
     return {"nlist": nlist, "nprobe": backend.spec.probes(nlist), "filter_5pct_nprobe": backend.spec.filtered_probes(nlist, 0.05),
-            "rerank_depth": depth}
+            "rerank_depth": backend.rerank_depth()}
 
 
 def sweep_settings(backend, queries: np.ndarray, exact: dict[str, np.ndarray], allowed: np.ndarray) -> list[dict]:
@@ -171,7 +157,7 @@ def sweep_settings(backend, queries: np.ndarray, exact: dict[str, np.ndarray], a
     for label, nprobe, rerank in settings:
         backend.spec = IndexSpec(nprobe=nprobe, rerank_factor=rerank)
         mask = allowed if label == "filter_5pct" else None
-        rows.append({"query": label, **probing(backend), **time_queries(backend, queries, exact[label], mask)})
+        rows.append({"query": label, **probing(backend), **time_queries(backend, queries, exact[label], mask, warm_up=20)})
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 

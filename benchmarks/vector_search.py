@@ -20,7 +20,7 @@ import time
 import faiss
 import numpy as np
 
-from _common import CatalogueLikeVectors, fill_and_build, percentiles, report
+from _common import CatalogueLikeVectors, fill_and_build, report, time_queries
 from lookalike.vectors import FaissBackend, IndexSpec, faiss_ivf
 
 
@@ -67,14 +67,8 @@ def main() -> None:
         run = {"nprobe": index.spec.probes(nlist), "rerank_factor": rerank, "filter_probe_fraction": fraction,
                "filter_5pct_nprobe": index.spec.filtered_probes(nlist, 0.05)}
         for label, mask in (("unfiltered", None), ("filter_5pct", selective)):
-            lat, recall = [], []
-            for q, truth in zip(queries, truths[label]):
-                t = time.perf_counter()
-                found, _ = index.search(q, 10, mask)
-                lat.append((time.perf_counter() - t) * 1000)
-                recall.append(len(set(found.tolist()) & set(truth.tolist())) / 10)
-            run[label] = {**percentiles(lat), "recall_at_10": round(float(np.mean(recall)), 4),
-                          "speedup_vs_exact": round(results["exact_search_p50_ms"] / float(np.median(lat)), 1)}
+            timed = time_queries(index, queries, truths[label], mask)
+            run[label] = {**timed, "speedup_vs_exact": round(results["exact_search_p50_ms"] / timed["p50_ms"], 1)}
         print(run, flush=True)
         results["runs"].append(run)
     suffix = "" if args.index == "auto" else "_" + args.index.replace(",", "_")

@@ -309,10 +309,13 @@ class FaissBackend(ExactBackend):
             return no_neighbours()
         return self._exact_subset(query, candidates, min(k, len(candidates)))
 
+    def rerank_depth(self) -> int:
+        """Candidates re-scored exactly per result: ``rerank_factor``, FAST_SCAN_RERANK times that for 4-bit codes."""
+        return max(1, self.spec.rerank_factor) * (FAST_SCAN_RERANK if is_fast_scan(self.ann_factory) else 1)
+
     def _fetch(self, k: int) -> int:
         """Candidates the ANN pass proposes for ``k`` results (re-scored exactly after)."""
-        depth = max(1, self.spec.rerank_factor) * (FAST_SCAN_RERANK if is_fast_scan(self.ann_factory) else 1)
-        return min(self.count, k * depth)
+        return min(self.count, k * self.rerank_depth())
 
     def _search_params(self, mask: np.ndarray | None, n_allowed: int) -> tuple[Any, Any]:
         """Search parameters for the ANN index: nprobe raised as a filter gets more selective
