@@ -234,6 +234,41 @@ def test_encoder_matches_pytorch_reference():
     np.testing.assert_allclose(encoder.embed(pixels), ref, atol=1e-4)
 
 
+def test_photos_queued_behind_a_run_go_side_by_side_on_one_thread_each():
+    """A lone photo runs on every thread; photos that queued behind it then run together, one
+    thread each, and give the same vectors as the whole-machine session; a batch waits for all."""
+    from lookalike.models.encoders.efficientnet import RunSlots
+
+    slots = RunSlots(2)
+    with slots.hold(whole=False) as wide:
+        assert wide  # an idle model: the quickest single photo
+    together = threading.Barrier(2, timeout=10)
+    got: list[bool] = []
+
+    def queued() -> None:
+        with slots.hold(whole=False) as wide_run:
+            got.append(wide_run)
+            together.wait()  # raises BrokenBarrierError unless both run at once
+
+    first = slots.hold(whole=True)
+    first.__enter__()
+    workers = [threading.Thread(target=queued) for _ in range(2)]
+    for w in workers:
+        w.start()
+    while slots.waiting < 2:
+        time.sleep(0.01)
+    first.__exit__(None, None, None)
+    for w in workers:
+        w.join(15)
+    assert got == [False, False] and not together.broken
+    assert slots.free == 2
+
+    encoder = EfficientNetLiteEncoder("efficientnet-lite0")
+    pixels = np.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in sorted(DEMO_IMAGES.glob("*.jpg"))[:2]])
+    narrow = encoder._load_session(wide=False).run(None, {"pixels": pixels[:1]})[0]  # what a queued photo runs on
+    np.testing.assert_allclose(narrow[0], encoder.embed(pixels)[0], atol=1e-4)
+
+
 def test_threaded_ingest_keeps_the_catalogue_order(tmp_path):
     """Loading runs on threads, yet products are written in catalogue order: rowids, browse order
     and everything seeded from them (training splits) are reproducible."""

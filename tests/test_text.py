@@ -178,6 +178,42 @@ def test_a_new_product_is_found_by_words_without_retraining(myntra_text_store, t
         assert hits[0].id == "new-1" and hits[0].evidence["title"] is True
 
 
+@requires_shared
+@requires_text
+def test_titled_products_lend_their_photos_to_words_the_bridge_cannot_read(myntra_text_store, tmp_path, monkeypatch):
+    """A made-up brand named only in a few titles: the products so titled lend their photos as an
+    example, so untitled photos that look like them come first; without that feedback the bridge
+    alone cannot read the word."""
+    import shutil
+
+    from lookalike.text import gallery as text_gallery
+
+    store, held, _ = myntra_text_store
+    counts: dict[str, int] = {}
+    for row in held:
+        counts[row["article_type"]] = counts.get(row["article_type"], 0) + 1
+    kind = max((k for k in counts if k in {"Watches", "Casual Shoes", "Sports Shoes", "Handbags", "Sunglasses", "Heels"}), key=counts.get)
+    used = {r["item_id"] for r in held}
+    rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open(encoding="utf-8")))
+    lenders = [r for r in rows if r["article_type"] == kind and r["item_id"] not in used][-6:]
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+
+    def share_of_kind() -> float:
+        hits = engine.search_text("qwimbly zorblax", k=10, where="split=heldout")
+        by_id = {r["item_id"]: r["article_type"] for r in held}
+        return float(np.mean([by_id[h.id] == kind for h in hits]))
+
+    with Engine.open(copy) as engine:
+        for i, row in enumerate(lenders):
+            engine.upsert(f"lender-{i}", SHARED / "myntra" / row["image_file"], {"title": "Qwimbly Zorblax", "split": "lender"})
+        with_examples = share_of_kind()
+        monkeypatch.setattr(text_gallery, "FEEDBACK_WEIGHT", 0.0)
+        bridge_alone = share_of_kind()
+    assert counts[kind] >= 3
+    assert with_examples >= 0.3 and with_examples > bridge_alone, (kind, with_examples, bridge_alone)
+
+
 # ---- entry points -------------------------------------------------------------------------------
 def test_cli_text_search_and_change(store_copy):
     result = run("search", "--text", "shoes", "-k", "3", "--json", store=store_copy)

@@ -24,6 +24,12 @@ from .encoder import SentenceEncoder
 TITLE_REGION = "title"
 ENCODE_BATCH = 256
 COLOUR_MODEL, COLOUR_REGION = "colour:lab-v1", "colour"  # the garment-pixel colour descriptor, cached per photo
+# Pseudo-relevance feedback (see TextGallery.image_scores), chosen on the development split of
+# benchmarks/text_search.py: how many titled examples, how sharply their title cosines weigh them,
+# and the examples' weight beside the bridge's reading of the words (0: the bridge alone).
+FEEDBACK_EXAMPLES = 20
+FEEDBACK_TEMPERATURE = 0.05
+FEEDBACK_WEIGHT = 1.0
 
 # With the text extra, the two big matrices are kept in half precision and scored by torch
 # (imported on the first query, never at start-up: commands that do not search stay quick).
@@ -189,18 +195,41 @@ class TextGallery:
             self.titles[rowid] = cached[rowid][1]
             self.has_title[rowid] = True
 
-    def scores(self, text_vector: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """(image scores or None, title scores) of the query for ``rows``."""
-        return self.image_scores(text_vector, rows), self.title_scores(text_vector, rows)
+    def scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+        """(image scores or None, title scores) of the query for ``rows``.  ``examples``: rowids of
+        titled products whose photos may lend the words an example (see :meth:`image_scores`)."""
+        every_title = matrix_scores(self.titles, text_vector) if len(self.titles) else np.zeros(self.capacity, np.float32)
+        title = np.where(self.has_title[rows], every_title[rows], np.nan).astype(np.float32)
+        return self.image_scores(text_vector, rows, examples, every_title), title
 
-    def title_scores(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Cosine of the query with each row's title (NaN where there is no title).  One product
-        over the whole matrix, then the rows: cheaper than gathering the rows' vectors first."""
-        scores = matrix_scores(self.titles, text_vector)[rows] if len(self.titles) else np.zeros(len(rows), np.float32)
-        return np.where(self.has_title[rows], scores, np.nan).astype(np.float32)
+    def image_scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None,
+                     every_title: np.ndarray | None = None) -> np.ndarray | None:
+        """Cosine, in the bridge's shared space, of the query with each row's photo (None without a bridge).
 
-    def image_scores(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-        """Cosine, in the bridge's shared space, of the query with each row's photo (None without a bridge)."""
+        With ``examples`` and the query's cosine with every title, the query also leans toward the
+        photos of the ``FEEDBACK_EXAMPLES`` example products whose titles read most like it
+        (pseudo-relevance feedback through the shop's own titles): a brand, fit or fabric word
+        that the linear bridge cannot see in a photo is seen in the products named with it."""
         if self.bridge is None:
             return None
-        return matrix_scores(self.joint, self.bridge.text_side(text_vector[None])[0])[rows]
+        query = self.bridge.text_side(text_vector[None])[0]
+        if examples is not None and every_title is not None and FEEDBACK_WEIGHT > 0:
+            example = self._example(every_title, examples)
+            if example is not None:
+                query = query + FEEDBACK_WEIGHT * example
+        return matrix_scores(self.joint, query)[rows]
+
+    def _example(self, every_title: np.ndarray, examples: np.ndarray) -> np.ndarray | None:
+        """The unit mean, in the shared space, of the photos of the examples whose titles are
+        nearest the query, weighted by a softmax of those cosines (None: no titled example)."""
+        pool = examples[(examples < self.capacity)]
+        pool = pool[self.has_title[pool]]
+        if not len(pool):
+            return None
+        m = min(FEEDBACK_EXAMPLES, len(pool))
+        nearest = pool[np.argpartition(-every_title[pool], m - 1)[:m]]
+        closeness = every_title[nearest].astype(np.float64) / FEEDBACK_TEMPERATURE
+        weights = np.exp(closeness - closeness.max())
+        mean = (weights / weights.sum()).astype(np.float32) @ self.joint[nearest].astype(np.float32)
+        norm = float(np.linalg.norm(mean))
+        return mean / norm if norm > 0 else None

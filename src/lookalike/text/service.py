@@ -54,6 +54,7 @@ class TextService:
         self._view, self._sentences = view, sentences
         self._gallery: tuple[tuple[Any, ...], TextGallery] | None = None
         self._facet_cache: tuple[tuple[Any, ...], Facets] | None = None
+        self._example_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
 
     # ---- the bridge ---------------------------------------------------------------------------
     def bridge_folder(self) -> Path | None:
@@ -132,9 +133,10 @@ class TextService:
         for match in parsed.unwanted:
             against = facets.match(match.facet, match.value, gallery.capacity)[rows] * match.strength
             facet_score -= against * FACET_WEIGHT
-        words = self._semantic(gallery, parsed.text, rows)
+        examples = self._examples(view, gallery)
+        words = self._semantic(gallery, parsed.text, rows, examples)
         for phrase in parsed.negative_phrases:
-            against = self._semantic(gallery, phrase, rows)
+            against = self._semantic(gallery, phrase, rows, examples)
             if against is not None:
                 words = -NEGATIVE_SHARE * against if words is None else words - NEGATIVE_SHARE * against
         semantic: np.ndarray | None = words
@@ -156,12 +158,25 @@ class TextService:
         allowed = VectorFilter(mask, exclude=tuple(excluded)).bitmap(view.live_mask())
         return np.flatnonzero(allowed[:capacity])
 
-    def _semantic(self, gallery: TextGallery, text: str, rows: np.ndarray) -> np.ndarray | None:
+    def _examples(self, view: CatalogueView, gallery: TextGallery) -> np.ndarray | None:
+        """Rowids of the products whose titled photos lend words an example: those the bridge
+        learned from (its ``where``), whatever the query's own filters (they narrow the results,
+        not what the shop's titles teach).  Cached until the index or the gallery moves."""
+        if gallery.bridge is None:
+            return None
+        key = (view.searcher.serving.synced_gen, gallery.generation, id(gallery))
+        if self._example_cache is None or self._example_cache[0] != key:
+            rows = view.matching_rowids(list(gallery.bridge.info.get("where") or []))
+            rows = rows[rows < gallery.capacity]
+            self._example_cache = (key, rows[gallery.has_title[rows]])
+        return self._example_cache[1]
+
+    def _semantic(self, gallery: TextGallery, text: str, rows: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray | None:
         """Title and image evidence for words, standardised over ``rows`` (None: nothing to read them with)."""
         if not text.strip() or (gallery.bridge is None and not gallery.has_title[rows].any()):
             return None
         vector = self._sentences().encode([text])[0]
-        image, title = gallery.scores(vector, rows)
+        image, title = gallery.scores(vector, rows, examples)
         titled = ~np.isnan(title)
         out = _standard(image) if image is not None else np.zeros(len(rows), np.float32)
         if titled.any():
