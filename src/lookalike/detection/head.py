@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .tail import is_tail_array, run_tail, tail_blocks
+from .tail import dense, is_tail_array, run_tail, tail_blocks
 
 TAPS = ("s4", "s8", "s16", "s32")
 ARRAY_NAMES = tuple([f"lateral_{t}_{p}" for t in TAPS for p in ("weight", "bias")]
@@ -106,7 +106,7 @@ class SegmentationHead:
         return int(sum(a.size for name, a in self.arrays.items() if a.ndim and (tail or not is_tail_array(name))))
 
     def _lateral(self, tap: str, maps: np.ndarray) -> np.ndarray:
-        return maps @ self.arrays[f"lateral_{tap}_weight"] + self.arrays[f"lateral_{tap}_bias"]
+        return dense(maps, self.arrays[f"lateral_{tap}_weight"], self.arrays[f"lateral_{tap}_bias"])
 
     def logits(self, pyramid: list[np.ndarray]) -> np.ndarray:
         """(n, h/4, w/4, classes) scores from the NHWC maps of strides 4, 8, 16, 32 and the input of
@@ -124,7 +124,7 @@ class SegmentationHead:
         f8 = np.maximum(conv3x3(np.maximum(p8, 0), a["mix8_weight"], a["mix8_bias"]), 0)
         p4 = self._lateral("s4", s4) + resize_maps(f8, s4.shape[1], s4.shape[2])
         f4 = np.maximum(conv3x3(np.maximum(p4, 0), a["mix4_weight"], a["mix4_bias"]), 0)
-        return f4 @ a["classes_weight"] + a["classes_bias"]
+        return dense(f4, a["classes_weight"], a["classes_bias"])
 
 
 def scaled_probabilities(logits: np.ndarray, canvas_shape: tuple[int, int], scaled: tuple[int, int]) -> np.ndarray:

@@ -22,6 +22,16 @@ def is_tail_array(name: str) -> bool:
     return bool(_TAIL_KEY.match(name))
 
 
+def dense(maps: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """A 1×1 convolution of NHWC maps as one matrix product over every pixel.  ``maps @ weight``
+    on the 4-D array would run one small product per image row (numpy broadcasts the leading
+    axes), several times slower on the small maps a glance makes."""
+    flat = np.ascontiguousarray(maps, dtype=np.float32).reshape(-1, maps.shape[-1]) @ weight
+    if bias is not None:
+        flat += bias
+    return flat.reshape(*maps.shape[:-1], weight.shape[-1])
+
+
 def depthwise(maps: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """Same-padded depthwise convolution of NHWC maps; ``weight`` is (k, k, channels)."""
     k = weight.shape[0]
@@ -59,10 +69,9 @@ def tail_blocks(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 def run_tail(blocks: list[dict[str, np.ndarray]], maps: np.ndarray) -> np.ndarray:
     x = np.asarray(maps, dtype=np.float32)
     for block in blocks:
-        y = np.clip(x @ np.asarray(block["expand_weight"], dtype=np.float32) + block["expand_bias"], 0.0, 6.0)
-        y = np.clip(depthwise(y, np.asarray(block["depthwise_weight"], dtype=np.float32),
-                              np.asarray(block["depthwise_bias"], dtype=np.float32)), 0.0, 6.0)
-        y = y @ np.asarray(block["project_weight"], dtype=np.float32) + block["project_bias"]
+        y = np.clip(dense(x, block["expand_weight"], block["expand_bias"]), 0.0, 6.0)
+        y = np.clip(depthwise(y, block["depthwise_weight"], block["depthwise_bias"]), 0.0, 6.0)
+        y = dense(y, block["project_weight"], block["project_bias"])
         x = y + x if bool(block["skip"]) else y
     return x
 

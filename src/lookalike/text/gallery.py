@@ -198,7 +198,7 @@ class TextGallery:
     def scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
         """(image scores or None, title scores) of the query for ``rows``.  ``examples``: rowids of
         titled products whose photos may lend the words an example (see :meth:`image_scores`)."""
-        every_title = matrix_scores(self.titles, text_vector) if len(self.titles) else np.zeros(self.capacity, np.float32)
+        every_title = matrix_scores(self.titles, text_vector) if self.titles.size else np.zeros(self.capacity, np.float32)
         title = np.where(self.has_title[rows], every_title[rows], np.nan).astype(np.float32)
         return self.image_scores(text_vector, rows, examples, every_title), title
 
@@ -222,7 +222,7 @@ class TextGallery:
     def _example(self, every_title: np.ndarray, examples: np.ndarray) -> np.ndarray | None:
         """The unit mean, in the shared space, of the photos of the examples whose titles are
         nearest the query, weighted by a softmax of those cosines (None: no titled example)."""
-        pool = examples[(examples < self.capacity)]
+        pool = examples[examples < self.capacity]
         pool = pool[self.has_title[pool]]
         if not len(pool):
             return None
