@@ -159,16 +159,15 @@ class TextService:
         return np.flatnonzero(allowed[:capacity])
 
     def _examples(self, view: CatalogueView, gallery: TextGallery) -> np.ndarray | None:
-        """Rowids of the products whose titled photos lend words an example: those the bridge
-        learned from (its ``where``), whatever the query's own filters (they narrow the results,
-        not what the shop's titles teach).  Cached until the index or the gallery moves."""
+        """Rowids of the products that may lend their titled photos to words (the gallery keeps
+        those with a title): those the bridge learned from (its ``where``), whatever the query's
+        own filters (they narrow the results, not what the shop's titles teach).  Cached until
+        the index or the gallery moves."""
         if gallery.bridge is None:
             return None
         key = (view.searcher.serving.synced_gen, gallery.generation, id(gallery))
         if self._example_cache is None or self._example_cache[0] != key:
-            rows = view.matching_rowids(list(gallery.bridge.info.get("where") or []))
-            rows = rows[rows < gallery.capacity]
-            self._example_cache = (key, rows[gallery.has_title[rows]])
+            self._example_cache = (key, view.matching_rowids(list(gallery.bridge.info.get("where") or [])))
         return self._example_cache[1]
 
     def _semantic(self, gallery: TextGallery, text: str, rows: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray | None:
