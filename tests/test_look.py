@@ -509,6 +509,45 @@ def test_ingest_finds_the_garments_of_outfit_shots_by_itself(tmp_path):
         assert set(engine.store.regions(engine.encoder.identity)) == {""}  # whole-photo vectors only
 
 
+def test_the_garments_stage_skips_an_unreadable_photo_and_looks_at_the_rest(tmp_path, monkeypatch):
+    """Photos are looked at side by side: one that can no longer be read (file gone, stored
+    thumbnail damaged) is reported by rowid with the reason, the others get their garments,
+    and two lookers find exactly what one finds."""
+    import shutil
+    import sqlite3
+
+    from lookalike.ingest import garments as stage
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in ("0108", "0122"):
+        shutil.copy(ROOT / "examples" / "street" / f"outfit-{n}.jpg", photos / f"outfit-{n}.jpg")
+    rows = [{"id": r["id"], "image": str(DEMO_CSV.parent / r["image"])} for r in list(csv.DictReader(DEMO_CSV.open()))[:6]]
+    rows += [{"id": f"outfit-{n}", "image": str(photos / f"outfit-{n}.jpg")} for n in ("0108", "0122")]
+    catalogue = tmp_path / "catalogue.csv"
+    with catalogue.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with Engine.open(tmp_path / "store") as engine:
+        assert engine.ingest(catalogue, garments=False).added == 8
+        lost = engine.get("outfit-0108").rowid
+    (photos / "outfit-0108.jpg").unlink()
+    with sqlite3.connect(tmp_path / "store" / "catalogue.sqlite") as db:
+        db.execute("UPDATE thumbnails SET jpeg = ? WHERE rowid = ?", (b"not a jpeg", lost))
+    with Engine.open(tmp_path / "store") as engine:
+        assert stage.LOOKERS >= 2
+        found = engine.find_garments()
+        assert found["looked_at"] == 7 and found["skipped"] == 1 and found["with_person"] == 1, found
+        (rowid, reason), = found["skipped_examples"]
+        assert rowid == str(lost) and f"rowid {lost}" in reason and "thumbnail is damaged" in reason, reason
+        model = engine.encoder.identity
+        side_by_side = engine.store.regions(model)
+        monkeypatch.setattr(stage, "LOOKERS", 1)
+        engine.store.drop_garments(model)
+        assert engine.find_garments() == found and engine.store.regions(model) == side_by_side
+
+
 def test_a_damaged_finder_never_costs_an_ingest_its_products(tmp_path):
     catalogue = _outfit_catalogue(tmp_path)
     folder = _copy_default(tmp_path / "store" / "detectors")

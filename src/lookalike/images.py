@@ -297,14 +297,18 @@ def load_source_or_thumbnail(source: str | None, thumbnail: bytes | None, limits
     """A stored product's photo from its source, or from its stored thumbnail when the source can
     no longer be read (moved file, dead URL); returns (image, came from the thumbnail).  Training
     and re-indexing read products long after ingest, so a missing original is not fatal."""
+    problem = "it has no image"
     if source:
         try:
             return load_image(source, limits, draft_size=draft_size), False
-        except ImageError:
-            pass
+        except ImageError as exc:
+            problem = f"its image cannot be read ({exc.message})"
     if thumbnail:
-        return load_image(thumbnail, limits), True
-    raise ImageError("missing", f"{name}: neither its image ({source}) nor a stored thumbnail can be read")
+        try:
+            return load_image(thumbnail, limits), True
+        except ImageError as exc:
+            raise ImageError(exc.kind, f"{name}: {problem}, and its stored thumbnail is damaged ({exc.message})") from exc
+    raise ImageError("missing", f"{name}: {problem}, and it has no stored thumbnail")
 
 
 def thumbnail_jpeg(image: Image.Image, size: int = 256, quality: int = 85) -> bytes:
