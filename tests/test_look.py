@@ -542,10 +542,13 @@ def test_the_garments_stage_skips_an_unreadable_photo_and_looks_at_the_rest(tmp_
         (rowid, reason), = found["skipped_examples"]
         assert rowid == str(lost) and f"rowid {lost}" in reason and "thumbnail is damaged" in reason, reason
         model = engine.encoder.identity
-        side_by_side = engine.store.regions(model)
+        side_by_side = {group: engine.store.region_matrix(model, group) for group in engine.store.regions(model)}
         monkeypatch.setattr(stage, "LOOKERS", 1)
         engine.store.drop_garments(model)
-        assert engine.find_garments() == found and engine.store.regions(model) == side_by_side
+        assert engine.find_garments() == found and set(engine.store.regions(model)) == set(side_by_side)
+        for group, (rowids, vectors) in side_by_side.items():
+            again_rowids, again_vectors = engine.store.region_matrix(model, group)
+            assert np.array_equal(rowids, again_rowids) and np.allclose(vectors, again_vectors, atol=1e-6), group
 
 
 def test_a_damaged_finder_never_costs_an_ingest_its_products(tmp_path):

@@ -96,7 +96,6 @@ def _find_garments(store: Any, limits: ImageLimits, encoder: Encoder, finder: Ga
                 break
             batch = todo[start:start + BATCH]
             thumbnails = store.thumbnails([rowid for rowid, _, _ in batch])
-
             looks = list(pool.map(partial(_look_at, thumbnails=thumbnails, limits=limits, finder=finder), batch))
             outcome.skipped += [(str(rowid), found) for rowid, _, found in looks if isinstance(found, str)]
             entries = _embed_crops([(rowid, image_hash, found) for rowid, image_hash, found in looks if not isinstance(found, str)], encoder)
