@@ -269,6 +269,43 @@ def test_photos_queued_behind_a_run_go_side_by_side_on_one_thread_each():
     np.testing.assert_allclose(narrow[0], encoder.embed(pixels)[0], atol=1e-4)
 
 
+def test_a_photo_runs_wide_only_for_the_sole_search_in_progress(engine):
+    """Another search decoding or searching vectors (not running the model) still makes a photo
+    run on one thread: a wide run would take the core that search needs.  A lone search runs wide."""
+    from lookalike.models.encoders.efficientnet import RunSlots
+
+    slots = RunSlots(2)
+    with slots.searching():
+        with slots.hold(whole=False) as wide:
+            assert wide  # the only search
+        with slots.searching():  # a second search in progress, between its model runs
+            with slots.hold(whole=False) as wide:
+                assert not wide
+            with slots.hold(whole=True) as wide:
+                assert wide  # a batch always takes every thread
+        assert slots.searches == 1
+    assert slots.searches == 0 and slots.free == 2
+
+    # a real search holds the mark for its whole length: its model run sees one search (itself)
+    encoder = engine.encoder
+    runs: list[bool] = []
+    hold = encoder._slots.hold
+
+    def spy(whole):
+        runs.append(encoder._slots.searches)
+        return hold(whole)
+
+    encoder._slots.hold = spy
+    try:
+        photos = sorted(DEMO_IMAGES.glob("*.jpg"))
+        assert engine.search(photos[0], k=3)
+        with encoder.searching():  # another search under way
+            assert engine.search(photos[1], k=3)
+    finally:
+        del encoder._slots.hold
+    assert runs == [1, 2] and encoder._slots.searches == 0
+
+
 def test_threaded_ingest_keeps_the_catalogue_order(tmp_path):
     """Loading runs on threads, yet products are written in catalogue order: rowids, browse order
     and everything seeded from them (training splits) are reproducible."""

@@ -93,8 +93,9 @@ class Searcher:
         columns.mask(clauses)  # reject a bad filter before spending time on an image
         exclude = self._rowids(query.exclude)
         if isinstance(query, ImageQuery):
-            vector = self.embed(query.image)
-        elif isinstance(query, ProductQuery):
+            with self.serving.encoder.searching():  # the whole search: the model runs wide only for a lone one
+                return self._find(self.embed(query.image), query.k, clauses, exclude)
+        if isinstance(query, ProductQuery):
             if query.change:
                 raise TypeError("a ProductQuery with changes is answered by the text service (Engine.query)")
             product = self.product(query.product_id)

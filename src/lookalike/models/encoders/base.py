@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,6 +34,12 @@ class Encoder(ABC):
     @abstractmethod
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch from ``preprocess`` to an (n, dim) float32 array of unit vectors."""
+
+    def searching(self) -> ContextManager[None]:
+        """Held by a search for its whole length (decode, model, vector search): an encoder that
+        can run a photo on one thread or on all of them runs it wide only for the sole search in
+        progress.  Nothing to do for most encoders."""
+        return contextlib.nullcontext()
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Embed a list of RGB images, batch by batch."""
