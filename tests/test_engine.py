@@ -270,40 +270,64 @@ def test_photos_queued_behind_a_run_go_side_by_side_on_one_thread_each():
 
 
 def test_a_photo_runs_wide_only_for_the_sole_search_in_progress(engine):
-    """Another search decoding or searching vectors (not running the model) still makes a photo
-    run on one thread: a wide run would take the core that search needs.  A lone search runs wide."""
+    """Another search decoding, glancing or searching vectors (not running this model) still
+    makes a photo run on one thread: a wide run would take the core that search needs.  A lone
+    search runs wide; a search inside a search (same thread) counts once."""
+    from lookalike.models.encoders.base import SEARCHES, SearchesInProgress
     from lookalike.models.encoders.efficientnet import RunSlots
 
-    slots = RunSlots(2)
-    with slots.searching():
-        with slots.hold(whole=False) as wide:
-            assert wide  # the only search
-        with slots.searching():  # a second search in progress, between its model runs
-            with slots.hold(whole=False) as wide:
-                assert not wide
-            with slots.hold(whole=True) as wide:
-                assert wide  # a batch always takes every thread
-        assert slots.searches == 1
-    assert slots.searches == 0 and slots.free == 2
+    def another_search(marks: SearchesInProgress) -> tuple[threading.Thread, threading.Event]:
+        """A search in progress on another thread, until the event is set."""
+        entered, done = threading.Event(), threading.Event()
 
-    # a real search holds the mark for its whole length: its model run sees one search (itself)
+        def run() -> None:
+            with marks.mark():
+                entered.set()
+                done.wait(30)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert entered.wait(10)
+        return thread, done
+
+    searches = SearchesInProgress()
+    slots = RunSlots(2, searches)
+    with searches.mark():
+        with searches.mark(), slots.hold(whole=False) as wide:  # nested on one thread: still one search
+            assert wide
+        other, finish = another_search(searches)
+        with slots.hold(whole=False) as wide:
+            assert not wide
+        with slots.hold(whole=True) as wide:
+            assert wide  # a batch always takes every thread
+        finish.set()
+        other.join()
+        assert searches.count == 1
+    assert searches.count == 0 and slots.free == 2
+
+    # real searches hold the mark for their whole length: the model run sees one search (itself)
     encoder = engine.encoder
-    runs: list[bool] = []
+    seen: list[int] = []
     hold = encoder._slots.hold
 
     def spy(whole):
-        runs.append(encoder._slots.searches)
+        seen.append(SEARCHES.count)
         return hold(whole)
 
     encoder._slots.hold = spy
     try:
         photos = sorted(DEMO_IMAGES.glob("*.jpg"))
         assert engine.search(photos[0], k=3)
-        with encoder.searching():  # another search under way
+        assert engine.search_garment(photos[0], k=3, whole=False)[1]  # glance first, then the photo or its garment
+        with encoder.searching():  # a mark around a search on the same thread: still one search
             assert engine.search(photos[1], k=3)
+        other, finish = another_search(SEARCHES)
+        assert engine.search(photos[2], k=3)
+        finish.set()
+        other.join()
     finally:
         del encoder._slots.hold
-    assert runs == [1, 2] and encoder._slots.searches == 0
+    assert seen[0] == 1 and all(n == 1 for n in seen[1:-1]) and seen[-1] == 2 and SEARCHES.count == 0
 
 
 def test_threaded_ingest_keeps_the_catalogue_order(tmp_path):

@@ -233,11 +233,13 @@ class LookService:
         ``garment_search = "main"``); returns the garment searched (None: the whole photo) and the hits."""
         whole = self.garment_search == "whole" if whole is None else whole
         finder = None if whole else self.finder()
+        searcher = self.searcher()
         if finder is None:
-            return None, self.searcher().search(ImageQuery(image, k=k, where=_clauses(where)))
+            return None, searcher.search(ImageQuery(image, k=k, where=_clauses(where)))
         ImageQuery(image, k=k, where=_clauses(where))  # a bad k or filter fails before the photo is decoded
-        picture = self.read_image(image, SEARCH_DRAFT)  # decoded once, at the size the search needs
-        region, hits = self._looks(finder).search(picture, k, _clauses(where))
+        with searcher.serving.encoder.searching():  # glance, crop and search: one search in progress
+            picture = self.read_image(image, SEARCH_DRAFT)  # decoded once, at the size the search needs
+            region, hits = self._looks(finder).search(picture, k, _clauses(where))
         return (None if region is None else region.to_dict()), hits
 
 

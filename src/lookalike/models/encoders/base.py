@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
-from typing import ContextManager, Sequence
+from typing import ContextManager, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,36 @@ from PIL import Image
 
 class EncoderError(RuntimeError):
     """A model is missing, cannot be loaded or cannot be exported."""
+
+
+class SearchesInProgress:
+    """Photo searches under way in this process.  They share its cores whichever model each one
+    is running at the moment (the garment finder's glance, the serving encoder) or none (decoding,
+    vector search), so one count serves every encoder.  Marks nest: a search that calls another
+    search on the same thread counts once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._depth = threading.local()
+
+    @contextlib.contextmanager
+    def mark(self) -> Iterator[None]:
+        depth = getattr(self._depth, "value", 0)
+        self._depth.value = depth + 1
+        if depth == 0:
+            with self._lock:
+                self.count += 1
+        try:
+            yield
+        finally:
+            self._depth.value = depth
+            if depth == 0:
+                with self._lock:
+                    self.count -= 1
+
+
+SEARCHES = SearchesInProgress()
 
 
 class Encoder(ABC):
@@ -36,10 +67,10 @@ class Encoder(ABC):
         """A stacked batch from ``preprocess`` to an (n, dim) float32 array of unit vectors."""
 
     def searching(self) -> ContextManager[None]:
-        """Held by a search for its whole length (decode, model, vector search): an encoder that
-        can run a photo on one thread or on all of them runs it wide only for the sole search in
-        progress.  Nothing to do for most encoders."""
-        return contextlib.nullcontext()
+        """Held by a photo search for its whole length (decode, models, vector search): an encoder
+        that can run a photo on one thread or on all of them runs it wide only for the sole
+        search in progress (see :data:`SEARCHES`)."""
+        return SEARCHES.mark()
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Embed a list of RGB images, batch by batch."""

@@ -16,13 +16,13 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, ContextManager, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 
 from ...config import Settings
-from .base import Encoder, EncoderError
+from .base import SEARCHES, Encoder, EncoderError, SearchesInProgress
 
 # Bump when preprocessing or the exported graph changes: the store refuses vectors of another version.
 GRAPH_VERSION = "2"
@@ -181,23 +181,12 @@ class RunSlots:
     the next photo ran wide and the others' decoding and vector search lost their core (1M
     products, 8 clients: p50 64-70 ms at 106-115 requests/s, a third of the CPU idle)."""
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, searches: SearchesInProgress = SEARCHES):
         self.slots = max(1, slots)
         self.free = self.slots
         self.waiting = 0
-        self.searches = 0  # searches in progress that will run (or ran) one photo (see :meth:`searching`)
+        self.searches = searches  # photo searches under way in the process (Encoder.searching marks them)
         self.changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def searching(self) -> Iterator[None]:
-        """Mark a search in progress for its whole length, not only its model run."""
-        with self.changed:
-            self.searches += 1
-        try:
-            yield
-        finally:
-            with self.changed:
-                self.searches -= 1
 
     @contextlib.contextmanager
     def hold(self, whole: bool) -> Iterator[bool]:
@@ -207,7 +196,7 @@ class RunSlots:
             while self.free < (self.slots if whole else 1):
                 self.changed.wait()
             self.waiting -= 1
-            wide = whole or (self.free == self.slots and self.waiting == 0 and self.searches <= 1)
+            wide = whole or (self.free == self.slots and self.waiting == 0 and self.searches.count <= 1)
             taken = self.slots if wide else 1
             self.free -= taken
         try:
@@ -293,9 +282,6 @@ class EfficientNetLiteEncoder(Encoder):
             with self._run_lock:
                 session = self._load_session(wide)
             return session.run(None, {"pixels": pixels})
-
-    def searching(self) -> ContextManager[None]:
-        return self._slots.searching()
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return letterbox(image, self.input_size)

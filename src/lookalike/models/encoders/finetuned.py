@@ -6,8 +6,7 @@ of a model never mix, exactly as with the pretrained encoders.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -38,13 +37,6 @@ class FineTunedEncoder(Encoder):
         if len(self.backbones) == 1:
             return self.backbones[0].preprocess(image)
         return _stack_inputs([b.preprocess(image) for b in self.backbones], self.input_size)
-
-    @contextlib.contextmanager
-    def searching(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for backbone in self.backbones:
-                stack.enter_context(backbone.searching())
-            yield
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if len(self.backbones) == 1:
