@@ -321,6 +321,17 @@ def test_a_photo_runs_wide_only_for_the_sole_search_in_progress(engine):
         assert engine.search_garment(photos[0], k=3, whole=False)[1]  # glance first, then the photo or its garment
         with encoder.searching():  # a mark around a search on the same thread: still one search
             assert engine.search(photos[1], k=3)
+        # shop the look: the finder's run and every garment's search run under one mark
+        backbone = engine.looks.finder().backbone
+        finder_seen: list[int] = []
+        finder_hold = backbone._slots.hold
+        backbone._slots.hold = lambda whole: (finder_seen.append(SEARCHES.count), finder_hold(whole))[1]
+        before = len(seen)
+        try:
+            garments = engine.look(ROOT / "examples" / "street" / "outfit-0122.jpg", k=2).garments
+        finally:
+            del backbone._slots.hold
+        assert finder_seen == [1] and len(garments) >= 2 and len(seen) - before >= len(garments)
         other, finish = another_search(SEARCHES)
         assert engine.search(photos[2], k=3)
         finish.set()

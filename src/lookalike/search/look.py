@@ -225,7 +225,9 @@ class LookService:
         finder = self.finder()
         if finder is None:
             raise LookUnavailable("no garment finder: this store's setting 'detector' is 'none'")
-        return self._looks(finder).look(self.read_image(image), k, _clauses(where), groups, max_garments, person_only)
+        looks = self._looks(finder)
+        with looks.searcher.serving.encoder.searching():  # finding and every garment's search: one search in progress
+            return looks.look(self.read_image(image), k, _clauses(where), groups, max_garments, person_only)
 
     def search(self, image: Any, k: int = 10, where: Iterable[str] | str | None = None,
                whole: bool | None = None) -> tuple[dict[str, Any] | None, list[Hit]]:
