@@ -165,6 +165,50 @@ def test_titles_teach_words_to_find_untitled_photos(myntra_text_store):
 
 @requires_shared
 @requires_text
+def test_the_bridge_reads_title_words_and_refuses_a_damaged_vocabulary(myntra_text_store, tmp_path):
+    """Words beside the sentence vector: a vocabulary learned from the training titles, saved with
+    the heads (no pickle) and read back to the same points; a damaged one is a clear error, never a crash."""
+    import shutil
+
+    from lookalike.text import TextImageBridge
+
+    store, held, bridge = myntra_text_store
+    assert bridge.words is not None and bridge.info["word_weight"] == 1.0 and bridge.info["words"] == len(bridge.words) > 50
+    assert "men" in bridge.words.words and "xqzv" not in bridge.words.words
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    folder = copy / "text" / bridge.info["name"]
+    loaded = TextImageBridge.load(folder)
+    texts = [held[0]["title"], "xqzv"]
+    vectors = np.random.default_rng(0).normal(size=(2, bridge.text_weights.shape[0] - len(bridge.words))).astype(np.float32)
+    assert np.allclose(loaded.text_side(vectors, texts), bridge.text_side(vectors, texts), atol=1e-6)
+    assert not np.allclose(bridge.text_side(vectors[:1], [texts[0]]), bridge.text_side(vectors[:1], ["xqzv"]))  # the words count
+    with pytest.raises(TextError, match="reads the words"):
+        bridge.text_side(vectors)
+    with np.load(folder / "weights.npz") as weights:
+        arrays = dict(weights)
+    arrays["word_idf"] = arrays["word_idf"][:-1]  # one weight short of the words
+    np.savez(folder / "weights.npz", **arrays)
+    with Engine.open(copy) as engine:
+        with pytest.raises(TextError, match="damaged word vocabulary"):
+            engine.search_text("men black shirt", k=3)
+        assert engine.search(SHARED / "myntra" / held[0]["image_file"], k=3)  # the store itself still serves
+    del arrays["words"], arrays["word_idf"]  # the vocabulary lost altogether: the text head no longer fits
+    np.savez(folder / "weights.npz", **arrays)
+    with Engine.open(copy) as engine, pytest.raises(TextError, match="text features"):
+        engine.search_text("men black shirt", k=3)
+    refused = run("train", "text", "--word-weight", "-1", store=copy)
+    assert refused.returncode == 2 and "word-weight" in refused.stderr
+    retrained = run("train", "text", "--word-weight", "0", "--json", store=copy)  # a new version replaces it: sentence vectors only
+    assert retrained.returncode == 0, retrained.stderr
+    info = json.loads(retrained.stdout)
+    assert info["words"] == 0 and info["word_weight"] == 0 and info["name"] != bridge.info["name"]
+    with Engine.open(copy) as engine:
+        assert engine.search_text("men black shirt", k=3)
+
+
+@requires_shared
+@requires_text
 def test_a_new_product_is_found_by_words_without_retraining(myntra_text_store, tmp_path):
     import shutil
 

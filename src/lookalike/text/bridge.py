@@ -47,6 +47,45 @@ class BridgeOptions:
     where: tuple[str, ...] = ()  # learn only from products matching these filters
     colour_weight: float = 0.05  # the garment-pixel colour descriptor beside the image vector (0: image vector only);
     #                              ImageNet features ignore colour, titles name it (validation R@10 0.84 -> 0.88)
+    word_weight: float = 1.0     # the title's words (TF-IDF over the shop's own title vocabulary) beside its sentence
+    #                              vector (0: sentence vector only); see TitleWords
+    word_min_count: int = 3      # a word is in the vocabulary when this many training titles use it
+
+
+class TitleWords:
+    """A title's words as TF-IDF features over the shop's own title vocabulary (scikit-learn's
+    vectoriser; saved as the words and their weights, never pickled).
+
+    MiniLM reads "Puma", "Roadster" or "slim fit" as near-neighbours of any other brand or fit;
+    a learned weight per word lets the bridge tie a brand or a fabric to how its photos look.
+    Cross-validated on Myntra (3 folds, 1,000 titles each finding their own photo): R@10 0.835
+    -> 0.867, R@1 0.400 -> 0.451; the weight made no difference between 0.5 and 2."""
+
+    def __init__(self, words: list[str], idf: np.ndarray):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.words, self.idf = list(words), np.asarray(idf, np.float64)
+        self._vectoriser = TfidfVectorizer(vocabulary={w: i for i, w in enumerate(self.words)}, binary=True)
+        self._vectoriser.idf_ = self.idf
+
+    @classmethod
+    def fit(cls, titles: list[str], min_count: int) -> TitleWords | None:
+        """The vocabulary of ``titles`` (None when no word is used ``min_count`` times)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        try:
+            fitted = TfidfVectorizer(min_df=max(1, min(min_count, len(titles))), binary=True).fit(titles)
+        except ValueError:  # no word at all, or none frequent enough
+            return None
+        words = sorted(fitted.vocabulary_, key=fitted.vocabulary_.__getitem__)
+        return cls(words, fitted.idf_)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), len(self)) unit rows (all zero for a text with no known word)."""
+        return np.asarray(self._vectoriser.transform(texts).toarray(), np.float32)
 
 
 @dataclass
@@ -59,13 +98,20 @@ class TextImageBridge:
     encoder: str               # identity of the image encoder whose vectors it reads
     info: dict[str, Any] = field(default_factory=dict)
     colour_scale: np.ndarray | None = None  # (2, colour features): mean and spread, when colour is read beside the image
+    words: TitleWords | None = None  # the title vocabulary, when words are read beside the sentence vector
 
     @property
     def uses_colour(self) -> bool:
         return self.colour_scale is not None
 
-    def text_side(self, text_vectors: np.ndarray) -> np.ndarray:
-        return _unit(np.asarray(text_vectors, np.float32) @ self.text_weights)
+    def text_side(self, text_vectors: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        """The shared-space points of sentence vectors; ``texts``, the words they were made from,
+        are needed when the bridge reads words too."""
+        inputs = _text_input(text_vectors, texts, self.words, float(self.info.get("word_weight", 0.0)))
+        if inputs.shape[1] != self.text_weights.shape[0]:
+            raise TextError(f"text bridge {self.info.get('name', '')!r} reads {self.text_weights.shape[0]} text features; "
+                            f"its sentence model and vocabulary give {inputs.shape[1]} (train another with `lookalike train text`)")
+        return _unit(inputs @ self.text_weights)
 
     def image_side(self, image_vectors: np.ndarray, colours: np.ndarray | None = None) -> np.ndarray:
         return _unit(_image_input(image_vectors, colours, self.colour_scale, float(self.info.get("colour_weight", 0.0))) @ self.image_weights)
@@ -73,10 +119,15 @@ class TextImageBridge:
     # ---- learning ---------------------------------------------------------------------------
     @classmethod
     def fit(cls, text_vectors: np.ndarray, image_vectors: np.ndarray, text_model: str, encoder: str,
-            options: BridgeOptions | None = None, log: Callable[[str], None] = lambda _: None, colours: np.ndarray | None = None) -> TextImageBridge:
+            options: BridgeOptions | None = None, log: Callable[[str], None] = lambda _: None, colours: np.ndarray | None = None,
+            titles: list[str] | None = None) -> TextImageBridge:
         """Learn the heads from row-aligned (title vector, image vector[, colour descriptor]) pairs with a
-        symmetric InfoNCE loss; a validation share reports title -> own photo R@1/R@10 among those pairs."""
+        symmetric InfoNCE loss; a validation share reports title -> own photo R@1/R@10 among those pairs.
+        ``titles`` (the titles' text) adds their words beside the sentence vectors (``word_weight``);
+        the vocabulary comes from the training share only."""
         options = options or BridgeOptions()
+        if titles is not None and len(titles) != len(text_vectors):
+            raise TextError(f"{len(titles)} titles but {len(text_vectors)} title vectors")
         scale = None
         if colours is not None and options.colour_weight > 0:
             colours = np.asarray(colours, np.float32)
@@ -96,7 +147,9 @@ class TextImageBridge:
         n_val = int(len(order) * options.validation) if len(order) >= 10 * MIN_PAIRS else 0
         val, train = order[:n_val], order[n_val:]
         torch.manual_seed(options.seed)
-        t_all = torch.from_numpy(_unit(text_vectors))
+        words = TitleWords.fit([titles[i] for i in train], options.word_min_count) if titles is not None and options.word_weight > 0 else None
+        word_weight = options.word_weight if words is not None else 0.0
+        t_all = torch.from_numpy(_text_input(text_vectors, titles, words, word_weight))
         i_all = torch.from_numpy(inputs)
         text_head = torch.nn.Linear(t_all.shape[1], options.dim, bias=False)
         image_head = torch.nn.Linear(i_all.shape[1], options.dim, bias=False)
@@ -122,17 +175,20 @@ class TextImageBridge:
                 total += loss.item() * len(batch)
             if epoch % 10 == 9 or epoch == options.epochs - 1:
                 log(f"text bridge epoch {epoch + 1}/{options.epochs}: loss {total / max(len(train), 1):.3f}")
-        bridge = cls(text_head.weight.detach().numpy().T.copy(), image_head.weight.detach().numpy().T.copy(), text_model, encoder, colour_scale=scale)
+        bridge = cls(text_head.weight.detach().numpy().T.copy(), image_head.weight.detach().numpy().T.copy(), text_model, encoder,
+                     colour_scale=scale, words=words)
         bridge.info = {"pairs": int(len(train)), "validation_pairs": int(n_val), "dim": options.dim, "epochs": options.epochs,
                        "train_seconds": round(time.time() - started, 1), "seed": options.seed, "colour_weight": weight,
-                       "where": list(options.where)}
+                       "word_weight": word_weight, "words": len(words) if words is not None else 0, "where": list(options.where)}
         if n_val:
-            bridge.info["validation"] = bridge.retrieval(text_vectors[val], image_vectors[val], None if colours is None else colours[val])
+            bridge.info["validation"] = bridge.retrieval(text_vectors[val], image_vectors[val], None if colours is None else colours[val],
+                                                         None if titles is None else [titles[i] for i in val])
         return bridge
 
-    def retrieval(self, text_vectors: np.ndarray, image_vectors: np.ndarray, colours: np.ndarray | None = None) -> dict[str, float]:
+    def retrieval(self, text_vectors: np.ndarray, image_vectors: np.ndarray, colours: np.ndarray | None = None,
+                  texts: list[str] | None = None) -> dict[str, float]:
         """Each text finding its own image among the given ones: R@1 and R@10."""
-        scores = self.text_side(text_vectors) @ self.image_side(image_vectors, colours).T
+        scores = self.text_side(text_vectors, texts) @ self.image_side(image_vectors, colours).T
         rank = (scores > np.diag(scores)[:, None]).sum(1)
         return {"r_at_1": round(float(np.mean(rank < 1)), 4), "r_at_10": round(float(np.mean(rank < 10)), 4), "among": len(scores)}
 
@@ -148,6 +204,8 @@ class TextImageBridge:
             arrays: dict[str, Any] = {"text": self.text_weights, "image": self.image_weights}
             if self.colour_scale is not None:
                 arrays["colour_scale"] = self.colour_scale
+            if self.words is not None:
+                arrays["words"], arrays["word_idf"] = np.array(self.words.words, dtype=str), self.words.idf
             np.savez(folder / WEIGHTS_FILE, **arrays)
             (folder / BRIDGE_FILE).write_text(json.dumps(description, indent=2))
 
@@ -160,12 +218,33 @@ class TextImageBridge:
             with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as weights:
                 text, image = np.asarray(weights["text"], np.float32), np.asarray(weights["image"], np.float32)
                 scale = np.asarray(weights["colour_scale"], np.float32) if "colour_scale" in weights else None
+                vocabulary = (np.asarray(weights["words"]), np.asarray(weights["word_idf"], np.float64)) if "words" in weights else None
         except (OSError, ValueError, KeyError) as exc:
             raise TextError(f"text bridge {folder.name!r} is unreadable ({exc}); train another with `lookalike train text`") from exc
         if text.ndim != 2 or image.ndim != 2 or text.shape[1] != image.shape[1] or (scale is not None and scale.ndim != 2):
             raise TextError(f"text bridge {folder.name!r} has heads of shapes {text.shape} and {image.shape}; train another")
+        words = None
+        if vocabulary is not None:
+            names, idf = vocabulary
+            if names.ndim != 1 or names.dtype.kind != "U" or idf.shape != names.shape or not np.isfinite(idf).all() \
+                    or len(set(names.tolist())) != len(names) or text.shape[0] <= len(names):
+                raise TextError(f"text bridge {folder.name!r} has a damaged word vocabulary; train another with `lookalike train text`")
+            words = TitleWords(names.tolist(), idf)
+        if not isinstance(info, dict):
+            raise TextError(f"text bridge {folder.name!r} has an unreadable description; train another with `lookalike train text`")
         info.setdefault("name", folder.name)
-        return cls(text, image, str(info.get("text_model", "")), str(info.get("encoder", "")), info, scale)
+        return cls(text, image, str(info.get("text_model", "")), str(info.get("encoder", "")), info, scale, words)
+
+
+def _text_input(vectors: np.ndarray, texts: list[str] | None, words: TitleWords | None, weight: float) -> np.ndarray:
+    """The text head's input: the unit sentence vector, then (when the bridge reads words) the
+    text's TF-IDF word features scaled by ``weight``."""
+    vectors = _unit(vectors)
+    if words is None or weight <= 0:
+        return vectors
+    if texts is None or len(texts) != len(vectors):
+        raise TextError("this text bridge reads the words themselves beside their sentence vectors; none were given")
+    return np.hstack([vectors, weight * words.transform(list(texts))]).astype(np.float32)
 
 
 def _image_input(vectors: np.ndarray, colours: np.ndarray | None, scale: np.ndarray | None, weight: float) -> np.ndarray:

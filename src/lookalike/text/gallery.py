@@ -195,15 +195,17 @@ class TextGallery:
             self.titles[rowid] = cached[rowid][1]
             self.has_title[rowid] = True
 
-    def scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    def scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None,
+               text: str = "") -> tuple[np.ndarray | None, np.ndarray]:
         """(image scores or None, title scores) of the query for ``rows``.  ``examples``: rowids of
-        titled products whose photos may lend the words an example (see :meth:`image_scores`)."""
+        titled products whose photos may lend the words an example (see :meth:`image_scores`);
+        ``text``: the words ``text_vector`` was made from (a bridge may read them too)."""
         every_title = matrix_scores(self.titles, text_vector) if self.titles.size else np.zeros(self.capacity, np.float32)
         title = np.where(self.has_title[rows], every_title[rows], np.nan).astype(np.float32)
-        return self.image_scores(text_vector, rows, examples, every_title), title
+        return self.image_scores(text_vector, rows, examples, every_title, text), title
 
     def image_scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None,
-                     every_title: np.ndarray | None = None) -> np.ndarray | None:
+                     every_title: np.ndarray | None = None, text: str = "") -> np.ndarray | None:
         """Cosine, in the bridge's shared space, of the query with each row's photo (None without a bridge).
 
         With ``examples`` and the query's cosine with every title, the query also leans toward the
@@ -212,7 +214,7 @@ class TextGallery:
         that the linear bridge cannot see in a photo is seen in the products named with it."""
         if self.bridge is None:
             return None
-        query = self.bridge.text_side(text_vector[None])[0]
+        query = self.bridge.text_side(text_vector[None], [text])[0]
         if examples is not None and every_title is not None and FEEDBACK_WEIGHT > 0:
             example = self._example(every_title, examples)
             if example is not None:

@@ -78,7 +78,10 @@ class TextService:
         images = np.stack([view.vector(int(r)) for r in rows]) if len(rows) else np.zeros((0, view.encoder.dim), np.float32)
         log(f"text bridge: {len(rows)} products with a title and a photo")
         colours = gallery.colours[rows] if gallery.keep_colours else None
-        bridge = TextImageBridge.fit(gallery.titles[rows].astype(np.float32), images, self._sentences().name, view.encoder.identity, options, log, colours)
+        products = view.store.get_by_rowids(rows.tolist()) if options.word_weight > 0 else {}
+        titles = [gallery.title_of(products[int(r)].metadata) if int(r) in products else "" for r in rows] if products else None
+        bridge = TextImageBridge.fit(gallery.titles[rows].astype(np.float32), images, self._sentences().name, view.encoder.identity, options, log,
+                                     colours, titles)
         if save:
             folder = bridge.save(view.directory)
             bridge.info["name"] = folder.name
@@ -175,7 +178,7 @@ class TextService:
         if not text.strip() or (gallery.bridge is None and not gallery.has_title[rows].any()):
             return None
         vector = self._sentences().encode([text])[0]
-        image, title = gallery.scores(vector, rows, examples)
+        image, title = gallery.scores(vector, rows, examples, text)
         titled = ~np.isnan(title)
         out = _standard(image) if image is not None else np.zeros(len(rows), np.float32)
         if titled.any():

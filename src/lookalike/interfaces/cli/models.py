@@ -110,6 +110,8 @@ def train_text_cmd(
     dim: int = typer.Option(256, min=8, max=2048, help="Size of the shared space."),
     seed: int = typer.Option(0, help="Random seed."),
     where: List[str] = typer.Option([], "--where", "-w", help="Learn only from products matching these filters, repeatable."),
+    word_weight: float = typer.Option(1.0, min=0.0, max=10.0, help="Weight of the titles' own words (brands, fits, fabrics) beside "
+                                                                  "their sentence vectors; 0 reads sentence vectors only."),
     as_json: bool = typer.Option(False, "--json", help="Print the bridge description as JSON."),
 ) -> None:
     """Learn the text bridge (needs lookalike[text]): words meet photos, so products without a title are found by words."""
@@ -117,14 +119,16 @@ def train_text_cmd(
     def body() -> None:
         from ...text import BridgeOptions
         with state.engine() as engine, progress_bar() as bar:
-            bridge = engine.text.train(BridgeOptions(epochs=epochs, dim=dim, seed=seed, where=tuple(where)), progress=bar_progress(bar),
+            bridge = engine.text.train(BridgeOptions(epochs=epochs, dim=dim, seed=seed, where=tuple(where), word_weight=word_weight), progress=bar_progress(bar),
                                        log=say)
         if as_json:
             out.print_json(json.dumps(bridge.info, default=str))
             return
         validation = bridge.info.get("validation")
         shown = f"; a title finds its own photo among {validation['among']} held-out pairs: R@1 {validation['r_at_1']:.3f}, R@10 {validation['r_at_10']:.3f}" if validation else ""
-        out.print(f"saved text bridge {bridge.info.get('name')} ({bridge.info['pairs']} pairs, {bridge.info['train_seconds']} s){shown}", highlight=False)
+        words = f", {bridge.info['words']} title words" if bridge.info.get("words") else ""
+        out.print(f"saved text bridge {bridge.info.get('name')} ({bridge.info['pairs']} pairs{words}, {bridge.info['train_seconds']} s){shown}",
+                  highlight=False)
 
     guarded(body)
 
