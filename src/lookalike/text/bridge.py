@@ -113,16 +113,16 @@ class TextImageBridge:
         are needed when the bridge reads words too."""
         vectors = _unit(text_vectors)
         weight = float(self.info.get("word_weight", 0.0))
-        reads_words = self.words is not None and weight > 0
-        width = vectors.shape[1] + (len(self.words) if reads_words and self.words is not None else 0)
+        words = self.words if weight > 0 else None
+        width = vectors.shape[1] + (len(words) if words is not None else 0)
         if width != self.text_weights.shape[0]:
             raise TextError(f"text bridge {self.info.get('name', '')!r} reads {self.text_weights.shape[0]} text features; "
                             f"its sentence model and vocabulary give {width} (train another with `lookalike train text`)")
         points = vectors @ self.text_weights[:vectors.shape[1]]
-        if reads_words and self.words is not None:
+        if words is not None:
             # The few words a query has, as a sparse product: a dense one over the whole vocabulary
             # woke OpenBLAS's threads, whose spinning then slowed the next MiniLM call from 9 to 26-47 ms.
-            points = points + weight * np.asarray(self.words.sparse(_texts_for(texts, len(vectors))) @ self.text_weights[vectors.shape[1]:])
+            points = points + weight * np.asarray(words.sparse(_texts_for(texts, len(vectors))) @ self.text_weights[vectors.shape[1]:])
         return _unit(points)
 
     def image_side(self, image_vectors: np.ndarray, colours: np.ndarray | None = None) -> np.ndarray:

@@ -78,8 +78,10 @@ class TextService:
         images = np.stack([view.vector(int(r)) for r in rows]) if len(rows) else np.zeros((0, view.encoder.dim), np.float32)
         log(f"text bridge: {len(rows)} products with a title and a photo")
         colours = gallery.colours[rows] if gallery.keep_colours else None
-        products = view.store.get_by_rowids(rows.tolist()) if options.word_weight > 0 else {}
-        titles = [gallery.title_of(products[int(r)].metadata) if int(r) in products else "" for r in rows] if products else None
+        titles = None
+        if options.word_weight > 0:  # the titles' text itself, for their words (the gallery keeps only their vectors)
+            products = view.store.get_by_rowids(rows.tolist())
+            titles = [gallery.title_of(products[int(r)].metadata) if int(r) in products else "" for r in rows]
         bridge = TextImageBridge.fit(gallery.titles[rows].astype(np.float32), images, self._sentences().name, view.encoder.identity, options, log,
                                      colours, titles)
         if save:
