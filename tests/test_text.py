@@ -42,6 +42,27 @@ def test_query_reading_finds_values_plurals_aliases_and_negations():
     assert VOCABULARY.parse("shoes without stripes and red").describe()["wanted"] == {"base_colour": "Red"}
 
 
+def test_the_gallery_scores_bfloat16_rows_like_float32_ones(monkeypatch):
+    from lookalike.text import gallery
+
+    rows = np.random.default_rng(0).standard_normal((3000, 384)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    stored = gallery.to_half(rows)
+    assert stored.dtype == np.uint16 and stored.shape == rows.shape
+    assert np.all(np.abs(gallery.from_half(stored) - rows) <= np.abs(rows) / 256)  # 8 significant bits, no more lost
+    assert np.array_equal(gallery.from_half(gallery.to_half(np.array([1.0, -0.5, 0.0, 3.0], np.float32))), [1.0, -0.5, 0.0, 3.0])
+    query = rows[7]
+    exact = rows @ query
+    for torch_present in (True, False):  # torch's kernel, and the chunked NumPy path used where torch is absent
+        monkeypatch.setattr(gallery, "HAS_TORCH", torch_present)
+        monkeypatch.setattr(gallery, "SCORE_CHUNK", 1000)
+        scores = gallery.matrix_scores(stored, query)
+        assert scores.dtype == np.float32 and scores.shape == (3000,)
+        assert np.max(np.abs(scores - exact)) < 0.01 and int(np.argmax(scores)) == 7
+        assert np.corrcoef(scores, exact)[0, 1] > 0.9999
+    assert gallery.matrix_scores(stored[:0], query).shape == (0,)
+
+
 def test_hostile_text_queries_are_refused_with_the_reason():
     with pytest.raises(FilterError, match="at most 500"):
         TextQuery(text="dress " * 200)

@@ -166,7 +166,7 @@ def _title_ranker(engine: Engine, shop: TextShop) -> Callable[[str], list[str]]:
     sentences = engine.text._sentences()
 
     def rank(text: str) -> list[str]:
-        scores = gallery.titles[rows].astype(np.float32) @ sentences.encode([text])[0]
+        scores = gallery.title_vectors(rows) @ sentences.encode([text])[0]
         return [shop.held[j] for j in np.argsort(-scores)[:10]]
 
     return rank

@@ -82,7 +82,7 @@ class TextService:
         if options.word_weight > 0:  # the titles' text itself, for their words (the gallery keeps only their vectors)
             products = view.store.get_by_rowids(rows.tolist())
             titles = [gallery.title_of(products[int(r)].metadata) if int(r) in products else "" for r in rows]
-        bridge = TextImageBridge.fit(gallery.titles[rows].astype(np.float32), images, self._sentences().name, view.encoder.identity, options, log,
+        bridge = TextImageBridge.fit(gallery.title_vectors(rows), images, self._sentences().name, view.encoder.identity, options, log,
                                      colours, titles)
         if save:
             folder = bridge.save(view.directory)
