@@ -34,7 +34,8 @@ FEEDBACK_WEIGHT = 1.0
 # The two big matrices (title sentence vectors, photos in the shared space) are kept as bfloat16
 # bit patterns in uint16 arrays (numpy has no bfloat16): half the memory of float32, and torch's
 # bfloat16 matrix-vector kernel reads them three times as fast as its float16 one (100K x 384:
-# 2 ms against 6.7 ms).  Text p50 at 100K products 33 -> 22.5 ms, same store, same queries.
+# 2 ms against 6.7 ms, in isolation).  Text p50 at 100K products 35.4-37.2 -> 25.0-25.7 ms, same
+# store, alternating runs (benchmarks/text_latency.py).
 MATRIX_DTYPE = np.uint16
 SCORE_CHUNK = 65_536  # rows decoded at a time where torch is absent
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # looked up, not imported: start-up stays quick
