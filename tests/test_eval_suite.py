@@ -187,12 +187,13 @@ def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
         "tasks": [{"name": "codes", "type": "learned_codes", "dataset": "demo", "positives": ["category"], "holdout": 0.4,
                    "bits": [16, 32], "compare_losses": ["triplet"], "steps": 150, "quantizer_steps": 60, "views": 2, "view_sample": 30, "latency_items": 10000,
                    "pairs": "pairs.csv", "boxes": "boxes.csv", "images": "/", "column": "category",
-                   "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}}],
+                   "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}, "backbone_first_depth": 10}],
     }
     (suite_dir / "codes.yaml").write_text(yaml.safe_dump(spec))
     result = evaluate(load_suite(suite_dir / "codes.yaml"), [load_config(suite_dir / "exact.yaml")], suite_dir / "cache")
     table = result.tasks["codes"]["exact"].plots["codes_table"]
-    assert table["columns"] == ["off-the-shelf float", "fine-tuned float (proxy-anchor loss)", "fine-tuned float (triplet loss)", "16-bit SDC", "16-bit ADC", "32-bit SDC", "32-bit ADC",
+    assert table["columns"] == ["off-the-shelf float", "fine-tuned float (proxy-anchor loss)",
+                                "fine-tuned float, the backbone's nearest first when in the tuned top 10", "fine-tuned float (triplet loss)", "16-bit SDC", "16-bit ADC", "32-bit SDC", "32-bit ADC",
                                 "32-bit ADC + re-rank 100", "FAISS PQ 32-bit", "FAISS OPQ 32-bit", "Hamming 64-bit (sign of PCA)"]
     cells = table["cells"]
     assert cells["off-the-shelf float"]["bytes/product"] == 1280 * 4 and cells["fine-tuned float (proxy-anchor loss)"]["bytes/product"] == 128 * 4
@@ -201,6 +202,9 @@ def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
         assert 0 < row["same type mAP"] <= 1 and 0 <= row["street P@10"] <= 1 and row["latency ms at 10K"] > 0, name
         # the duplicate listings are forced into the held-out set and twins are identical photos (codes may tie them with others)
         assert row["duplicates R@1"] >= (0.5 if "float" in name else 0.05), (name, row)
+    # views R@1 also per alteration: a row for each of the seven, each over its share of the sample
+    view_rows = [r for r in table["rows"] if r.startswith("views R@1: ")]
+    assert len(view_rows) == 7 and all(0 <= cells[c][r] <= 1 for c in cells for r in view_rows)
     notes = " ".join(result.tasks["codes"]["exact"].notes)
     assert "held-out products" in notes and "forced out of training" in notes
     paths = write_report(result, tmp_path / "report")
@@ -233,6 +237,43 @@ def test_the_near_duplicate_lift_keeps_a_copy_first_and_the_tuned_order_otherwis
     assert float((far @ backbone.T).max()) < 0.85  # nothing near: the tuned order, untouched
     np.testing.assert_allclose(score(far)[0], (head(far) @ tuned.T)[0], rtol=1e-6)
     assert column.bytes_per_item == (2 + 16) * 4
+
+
+def test_the_backbone_first_column_lifts_the_backbones_nearest_only_from_inside_the_tuned_depth():
+    import numpy as np
+
+    from lookalike.evaluation.learned import _backbone_first_column
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+    def head(b):  # a stand-in head that sees only the first two coordinates
+        return unit(b[:, :2])
+
+    rng = np.random.default_rng(0)  # product 7 sixth in the tuned order
+    backbone = unit(rng.normal(size=(40, 16)))
+    query = unit(backbone[7] + 0.1 * rng.normal(size=16))  # an altered photo of product 7
+    tuned = head(backbone)
+    plain = (head(query[None]) @ tuned.T)[0]
+    rank = int((plain > plain[7]).sum())  # where the tuned order puts product 7
+    assert int(np.argmax(query @ backbone.T)) == 7 and rank > 0
+    inside = _backbone_first_column(head, tuned, backbone, depth=rank + 1).scorer(np.arange(40))(query[None])[0]
+    assert int(np.argmax(inside)) == 7
+    rest = np.delete(np.arange(40), 7)  # everything else keeps the tuned order
+    assert np.array_equal(np.argsort(-inside[rest]), np.argsort(-plain[rest]))
+    outside = _backbone_first_column(head, tuned, backbone, depth=rank).scorer(np.arange(40))(query[None])[0]
+    np.testing.assert_allclose(outside, plain, rtol=1e-6)  # beyond the depth: the tuned order, untouched
+
+
+@pytest.mark.parametrize("depth", [-1, 1001, 2.5, "50", True])
+def test_a_bad_backbone_first_depth_is_refused_naming_the_task(depth):
+    from lookalike.evaluation.learned import _first_depth
+    from lookalike.evaluation.suite import TaskSpec
+
+    assert _first_depth(TaskSpec("t", "learned_codes", "a", {"backbone_first_depth": 50})) == 50
+    assert _first_depth(TaskSpec("t", "learned_codes", "a", {})) == 0
+    with pytest.raises(SuiteError, match="task 't': backbone_first_depth"):
+        _first_depth(TaskSpec("t", "learned_codes", "a", {"backbone_first_depth": depth}))
 
 
 @pytest.mark.parametrize("gate", [{"margin": 0}, {"margin": "x"}, {"floor": 2}, {"weight": -1}, [0.02], {"margn": 0.02}])

@@ -247,6 +247,43 @@ def test_a_batch_below_the_ann_threshold_is_scored_in_matrix_products(make, monk
         assert found.tolist() == one[0].tolist() and np.allclose(scores, one[1], atol=1e-5)
 
 
+def test_a_single_query_runs_faiss_on_one_thread_in_any_thread():
+    """OpenMP's thread count belongs to each thread: a server's worker threads start at every
+    core.  A single query's FAISS call runs on one (a second only spins), and the caller's setting
+    is back afterwards; a batch still gets every core."""
+    import threading
+
+    import faiss
+
+    backend = FaissBackend(DIM, IndexSpec("auto", ann_threshold=500, nprobe=8))
+    x = clustered(2000)
+    backend.upsert(np.arange(2000, dtype=np.int64), x)
+    backend.maintain()
+    assert backend.ann is not None
+    seen: list[int] = []
+
+    original = backend.ann.search
+
+    def recording(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return original(*args, **kwargs)
+
+    backend.ann.search = recording  # this index object only
+    outcome: dict[str, object] = {}
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(2)  # what a fresh thread has on a 2-core machine
+        found, _ = backend.search(x[0], 5)
+        outcome["found"], outcome["after"] = found.tolist(), faiss.omp_get_max_threads()
+        backend.search_many(x[:8], 5)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert outcome["found"][0] == 0 and outcome["after"] == 2
+    assert seen[0] == 1 and seen[1] >= 2
+
+
 def test_snapshot_restore_round_trip(filled, tmp_path):
     backend, ids, x = filled
     snapshots = tmp_path / "index"
