@@ -364,8 +364,8 @@ def _backbone_first_column(head: Callable[[np.ndarray], np.ndarray], tuned: np.n
         def score(queries: np.ndarray) -> np.ndarray:
             scores = head(queries) @ t_rows.T
             nearest = (queries @ b_rows.T).argmax(axis=1)
-            index = np.arange(len(scores))
-            cut = -np.partition(-scores, min(depth, scores.shape[1]) - 1, axis=1)[:, min(depth, scores.shape[1]) - 1]
+            index, last = np.arange(len(scores)), min(depth, scores.shape[1]) - 1
+            cut = -np.partition(-scores, last, axis=1)[:, last]  # the tuned score at the depth
             inside = scores[index, nearest] >= cut
             scores[index[inside], nearest[inside]] = scores.max(axis=1)[inside] + 1.0
             return scores

@@ -276,7 +276,7 @@ class FaissBackend(ExactBackend):
             k = min(k, n_allowed)
             fetch = self._fetch(k)
             params, keep_alive = self._search_params(mask if filtered else None, n_allowed)
-            with _all_cores(self.threads):  # a batch is throughput work: every core (single queries keep the pinned budget)
+            with _openmp_threads(max(self.threads, os.cpu_count() or 1)):  # a batch is throughput work: every core
                 _, found = self.ann.search(queries, fetch, params=params)
             del keep_alive
             out: list[Neighbours] = []
@@ -301,7 +301,7 @@ class FaissBackend(ExactBackend):
         assert self.ann is not None
         fetch = self._fetch(k)
         params, keep_alive = self._search_params(mask, n_allowed)
-        with _one_core():
+        with _openmp_threads(1):  # a single query: one thread (a second only spins)
             _, found = self.ann.search(query.reshape(1, -1), fetch, params=params)
         del keep_alive
         candidates = np.unique(found[0][found[0] >= 0])
@@ -340,27 +340,20 @@ class FaissBackend(ExactBackend):
 
 
 @contextlib.contextmanager
-def _one_core() -> Iterator[None]:
-    """One query on the calling thread's core only.  OpenMP's thread count is per thread: a
-    server's worker threads never set it and start at every core, and for a single query FAISS
-    gains no time from a second thread (its coarse quantiser's parallel loop leaves the second
-    thread spinning): 1M products, 1.44 against 1.49 ms, but half the CPU (1.45 against 2.9 ms),
-    which concurrent requests need for their models."""
+def _openmp_threads(count: int) -> Iterator[None]:
+    """FAISS on ``count`` OpenMP threads for the block, then the calling thread's own count again.
+
+    OpenMP's thread count belongs to each thread: a server's worker threads never set it and
+    start at every core.  A single query gains no time from a second thread (the coarse
+    quantiser's parallel loop leaves it spinning): 1M products in one process, 1.44 against
+    1.49 ms at half the CPU (1.45 against 2.9 ms); the 1M server at 8 clients measured the same
+    either way.  A batch is throughput work and gets every core."""
     previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(count)
     try:
         yield
     finally:
         faiss.omp_set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def _all_cores(pinned: int):
-    faiss.omp_set_num_threads(max(pinned, os.cpu_count() or 1))
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(pinned)
 
 
 def snapshot_info(directory: Path, model: str) -> dict[str, Any] | None:
