@@ -136,6 +136,7 @@ class Catalog:
             image_hash, reference = content_hash(data), (None if isinstance(image, bytes) else display_name(image))
         else:
             picture, image_hash, reference = load_image(image), None, None
-        vector = encoder.embed(encoder.preprocess(picture)[None])[0]
-        return ProductWrite(product_id, reference, image_hash, new_metadata, vector, thumbnail_jpeg(picture, self.settings.thumbnail_size))
+        vectors, kept = encoder.embed_keeping(encoder.preprocess(picture)[None])
+        return ProductWrite(product_id, reference, image_hash, new_metadata, vectors[0], thumbnail_jpeg(picture, self.settings.thumbnail_size),
+                            {model: rows[0] for model, rows in kept.items()})
 

@@ -27,7 +27,7 @@ from .ingest.reindex import reindex_store
 from .jobs import BusyError, JobBoard
 from .judging import Rounds
 from .models import Encoder, adopt_model, get_encoder
-from .search import Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex, TextQuery
+from .search import ExactFirst, Hit, ImageQuery, NotFoundError, ProductQuery, Query, Searcher, ServingIndex, TextQuery
 from .search.look import Look, LookService
 from .search.view import CatalogueView
 from .security.paths import PathPolicy
@@ -57,8 +57,7 @@ class Engine(Catalog):
                                      lambda: self.store.get_meta(VERSION_META) or "")
             model = encoder if isinstance(encoder, Encoder) else get_encoder(self.encoder_name(encoder, DEFAULT_ENCODER), self.settings)
             self.settings = self.settings.replace(encoder=model.name)
-            # The serving encoder and its index change together (re-index): a query reads one
-            # searcher and never embeds with one model and searches another's vectors.
+            # The serving encoder and its index change together (re-index): a query reads one searcher, never a mix of two models.
             self.searcher = self._serve(model)
         except BaseException:
             super().close()
@@ -67,9 +66,8 @@ class Engine(Catalog):
     @classmethod
     def open(cls, path: str | Path | None = None, settings: Settings | None = None, encoder: str | Encoder | None = None,  # type: ignore[override]
              **overrides: Any) -> Engine:
-        """Open (or create) the store at ``path``.  The encoder is, in order: the ``encoder``
-        argument, ``settings.encoder``, the one the store was built with, ``efficientnet-lite0``.
-        A store refuses an encoder other than its own."""
+        """Open (or create) the store at ``path``.  The encoder is, in order: the ``encoder`` argument, ``settings.encoder``,
+        the one the store was built with, ``efficientnet-lite0``.  A store refuses an encoder other than its own."""
         settings = (settings or load_settings()).replace(**overrides)
         directory = Path(path or settings.store).expanduser()
         return cls(directory, settings.replace(store=str(directory)), encoder)
@@ -78,7 +76,10 @@ class Engine(Catalog):
         self.store.bind_encoder(encoder.identity, encoder.dim)
         serving = ServingIndex(self.store, encoder, self._backend(encoder), self.directory / "index", self.settings.max_filter_columns)
         serving.load()
-        return Searcher(serving, self.store, self.read_image, split_list(self.settings.facets))
+        return self._searcher(serving)
+
+    def _searcher(self, serving: ServingIndex) -> Searcher:  # noqa: E704  (ExactFirst: a fine-tuned model's photo search puts the exact product first)
+        return Searcher(serving, self.store, self.read_image, split_list(self.settings.facets), ExactFirst(self.settings.exact_first_depth, self.store))
 
     def _backend(self, encoder: Encoder) -> VectorBackend:
         return create_backend(encoder.dim, BackendConfig.from_settings(self.settings, encoder.identity), getattr(encoder, "quantizer", None))
@@ -122,8 +123,7 @@ class Engine(Catalog):
             return report
 
     def reindex(self, model: str, progress: Progress | None = None, batch_size: int = 64, allow_paths: bool = True, distributor: Distributor | None = None) -> dict[str, Any]:
-        """Re-embed the catalogue with another model and switch to it atomically; search keeps
-        answering from the current index meanwhile (see :mod:`lookalike.ingest.reindex`)."""
+        """Re-embed the catalogue with another model and switch to it atomically; search answers from the current index meanwhile."""
         with self.jobs.exclusive("reindex", model) as job:
             target = get_encoder(adopt_model(model, self.directory) if allow_paths else model, self.settings, allow_paths=allow_paths)
             job.outcome = {"model": target.identity, "switched": False, "reason": "already serving this model"}
@@ -135,7 +135,7 @@ class Engine(Catalog):
 
     def _switch(self, serving: ServingIndex) -> None:
         """Called by re-index under the serving lock: the new model serves the next query."""
-        self.searcher = Searcher(serving, self.store, self.read_image, self.searcher.pinned_facets)
+        self.searcher = self._searcher(serving)
         self.settings = self.settings.replace(encoder=serving.encoder.name)
 
     def train_embedding(self, options: Any, progress: Progress | None = None, log: Log = no_log, save: bool = True) -> Any:

@@ -352,26 +352,26 @@ def _first_depth(task: TaskSpec) -> int:
 
 
 def _backbone_first_column(head: Callable[[np.ndarray], np.ndarray], tuned: np.ndarray, backbone: np.ndarray, depth: int) -> Representation:
-    """The tuned ranking, except that the product the backbone finds nearest to the query goes
-    first when the tuned ranking has it among its top ``depth``.  An altered photo of a catalogue
-    product is nearest its own photo off the shelf far more often than after fine-tuning (which
-    learns the type, not the photo), and is usually still in the tuned top few dozen; a photo of
-    another product moves one near neighbour within the top ``depth``, so category-level figures
-    barely move.  Needs both vectors of every product and a backbone search per query."""
+    """What a fine-tuned model's photo search serves (:class:`lookalike.search.ExactFirst`): the
+    tuned ranking, except that among its top ``depth`` the product whose backbone vector is
+    nearest the query's goes first.  An altered photo of a catalogue product is nearest its own
+    photo off the shelf far more often than after fine-tuning (which learns the type, not the
+    photo), and is usually still in the tuned top few dozen; a photo of another product moves one
+    near neighbour within the top ``depth``, so category-level figures barely move."""
     def scorer(rows: np.ndarray) -> Scorer:
         t_rows, b_rows = np.ascontiguousarray(tuned[rows]), np.ascontiguousarray(backbone[rows])
 
         def score(queries: np.ndarray) -> np.ndarray:
             scores = head(queries) @ t_rows.T
-            nearest = (queries @ b_rows.T).argmax(axis=1)
-            index, last = np.arange(len(scores)), min(depth, scores.shape[1]) - 1
-            cut = -np.partition(-scores, last, axis=1)[:, last]  # the tuned score at the depth
-            inside = scores[index, nearest] >= cut
-            scores[index[inside], nearest[inside]] = scores.max(axis=1)[inside] + 1.0
+            last = min(depth, scores.shape[1]) - 1
+            top = np.argpartition(-scores, last, axis=1)[:, : last + 1]  # the tuned top ``depth``, any order
+            near = np.einsum("qd,qkd->qk", queries, b_rows[top])  # their backbone cosines to the query
+            picked = top[np.arange(len(top)), near.argmax(axis=1)]
+            scores[np.arange(len(scores)), picked] = scores.max(axis=1) + 1.0
             return scores
         return score
 
-    return Representation(f"fine-tuned float, the backbone's nearest first when in the tuned top {depth}",
+    return Representation(f"fine-tuned float, the nearest off the shelf among the tuned top {depth} first",
                           (tuned.shape[1] + backbone.shape[1]) * 4, lambda b: b, scorer)
 
 

@@ -47,9 +47,10 @@ class Mapper:
             self.load(job)
         changed = [(job, job.pixels) for job in partition.jobs if job.pixels is not None]
         if changed:
-            vectors = self.encoder.embed(np.stack([pixels for _, pixels in changed]))
-            for (job, _), vector in zip(changed, vectors):
-                job.vector, job.pixels = vector, None  # pixels are not sent back: only what is written
+            vectors, kept = self.encoder.embed_keeping(np.stack([pixels for _, pixels in changed]))
+            for i, (job, _) in enumerate(changed):
+                job.vector, job.pixels = vectors[i], None  # pixels are not sent back: only what is written
+                job.kept = {model: rows[i] for model, rows in kept.items()}
         return partition
 
     def load(self, job: Job) -> None:

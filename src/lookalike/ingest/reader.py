@@ -31,6 +31,7 @@ class Job:
     image_hash: str | None = None
     pixels: np.ndarray | None = None
     vector: np.ndarray | None = None
+    kept: dict[str, np.ndarray] = field(default_factory=dict)  # other models' vectors of the picture (Encoder.embed_keeping)
     thumbnail: bytes | None = None
     error: ImageError | None = None
 

@@ -44,6 +44,7 @@ class ReembedBatch:
     lane: str
     ready: list[tuple[int, str | None, np.ndarray]] = field(default_factory=list)
     todo: list[tuple[int, str | None, str | None, bytes | None]] = field(default_factory=list)
+    kept: dict[str, list[tuple[int, str | None, np.ndarray]]] = field(default_factory=dict)  # other models' vectors found on the way
     from_images: int = 0
     from_thumbnails: int = 0
     size: int = 0
@@ -75,8 +76,10 @@ class Reembedder:
                 batch.from_thumbnails += from_thumbnail
                 batch.from_images += not from_thumbnail
                 pixels.append(self.encoder.preprocess(picture))
-            vectors = self.encoder.embed(np.stack(pixels))
+            vectors, kept = self.encoder.embed_keeping(np.stack(pixels))
             batch.ready += [(rowid, image_hash, vector) for (rowid, image_hash, _, _), vector in zip(batch.todo, vectors)]
+            for model, rows in kept.items():
+                batch.kept[model] = [(rowid, image_hash, row) for (rowid, image_hash, _, _), row in zip(batch.todo, rows)]
             batch.todo = []  # thumbnails are not sent back
         return batch
 
@@ -119,6 +122,9 @@ class Reindexer:
             if batch is None:
                 continue
             self.store.stage_vectors(self.target.identity, batch.ready)
+            for model, entries in batch.kept.items():
+                if model != self.store.serving_model:  # the serving model's vectors of these pictures are stored already
+                    self.store.stage_vectors(model, entries)
             self.counts["from_images"] += batch.from_images
             self.counts["from_thumbnails"] += batch.from_thumbnails
             done += batch.size

@@ -53,4 +53,4 @@ def _write(job: Job, with_image: bool) -> ProductWrite:
     image = display_name(job.row.image)
     if not with_image:
         return ProductWrite(job.row.id, image, job.image_hash, job.row.metadata)
-    return ProductWrite(job.row.id, image, job.image_hash, job.row.metadata, job.vector, job.thumbnail)
+    return ProductWrite(job.row.id, image, job.image_hash, job.row.metadata, job.vector, job.thumbnail, job.kept)

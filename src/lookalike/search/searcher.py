@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..vectors import VectorFilter
+from .exact import ExactFirst
 from .filters import Clause, clauses_expression, parse_where
 from .live import ServingIndex
 from .queries import ImageQuery, ProductQuery, Query, VectorQuery
@@ -59,9 +60,11 @@ class ProductLookup(Protocol):
 class Searcher:
     """Queries against one serving model."""
 
-    def __init__(self, serving: ServingIndex, products: ProductLookup, read_image: ImageReader, pinned_facets: list[str] | None = None):
+    def __init__(self, serving: ServingIndex, products: ProductLookup, read_image: ImageReader, pinned_facets: list[str] | None = None,
+                 exact_first: ExactFirst | None = None):
         self.serving, self.products, self.read_image = serving, products, read_image
         self.pinned_facets = pinned_facets or []
+        self.exact_first = exact_first if exact_first is not None and exact_first.depth > 0 else None
 
     @property
     def dim(self) -> int:
@@ -93,8 +96,13 @@ class Searcher:
         columns.mask(clauses)  # reject a bad filter before spending time on an image
         exclude = self._rowids(query.exclude)
         if isinstance(query, ImageQuery):
-            with self.serving.encoder.searching():  # the whole search: the model runs wide only for a lone one
-                return self._find(self.embed(query.image), query.k, clauses, exclude)
+            encoder = self.serving.encoder
+            with encoder.searching():  # the whole search: the model runs wide only for a lone one
+                pixels = encoder.preprocess(self.read_image(query.image, encoder.input_size))[None]
+                if self.exact_first is None:
+                    return self._find(encoder.embed(pixels)[0], query.k, clauses, exclude)
+                vectors, kept = encoder.embed_keeping(pixels)
+                return self._find(vectors[0], query.k, clauses, exclude, {model: rows[0] for model, rows in kept.items()})
         if isinstance(query, ProductQuery):
             if query.change:
                 raise TypeError("a ProductQuery with changes is answered by the text service (Engine.query)")
@@ -114,16 +122,23 @@ class Searcher:
     def _rowids(self, product_ids: tuple[str, ...]) -> list[int]:
         return [p.rowid for p in (self.products.get(i) for i in product_ids) if p is not None]
 
-    def _find(self, vector: np.ndarray, k: int, clauses: list[Clause], exclude: list[int]) -> list[Hit]:
+    def _find(self, vector: np.ndarray, k: int, clauses: list[Clause], exclude: list[int],
+              kept: dict[str, np.ndarray] | None = None) -> list[Hit]:
+        """The ``k`` best products; with the query's backbone vectors (``kept``) and the exact-first
+        rule on, the one nearest by those among the first ``depth`` goes first (:mod:`.exact`)."""
+        rule = self.exact_first if kept else None
         where = VectorFilter(self.serving.columns.mask(clauses), clauses_expression(clauses), tuple(exclude))
-        ids, scores = self.serving.backend.search(vector, k, where)
+        ids, scores = self.serving.backend.search(vector, max(k, rule.depth) if rule else k, where)
         products = self.products.get_by_rowids(ids.tolist())
-        hits = []
-        for rowid, score in zip(ids.tolist(), scores.tolist()):
-            product = products.get(rowid)
-            if product is not None:  # deleted between search and lookup
-                hits.append(Hit(product.id, float(score), product.metadata, product.image, product.tags))
-        return hits
+        found = [(products[r], s) for r, s in zip(ids.tolist(), scores.tolist()) if r in products]  # not deleted meanwhile
+        hits = [Hit(p.id, float(s), p.metadata, p.image, p.tags) for p, s in found]
+        picked = rule.pick(kept or {}, [p.rowid for p, _ in found], {p.rowid: p.image_hash for p, _ in found}) if rule else None
+        if rule is not None and picked is not None:
+            position, similarity = picked
+            hits[position].evidence = {"placed_first": f"nearest photo off the shelf among the model's first {rule.depth}",
+                                       "backbone_similarity": round(similarity, 6), "model_rank": position + 1}
+            hits.insert(0, hits.pop(position))
+        return hits[:k]
 
     def search_with_regions(self, vector: np.ndarray, k: int, where: Iterable[str], regions: tuple[np.ndarray, np.ndarray]) -> list[Hit]:
         """The ``k`` best products for a garment vector, each scored by the better of its whole

@@ -148,6 +148,9 @@ class ProductWrite:
     metadata: dict[str, Any]
     vector: np.ndarray | None = None
     thumbnail: bytes | None = None
+    # other models' vectors of the same picture, by model identity (a fine-tuned model's backbone
+    # features: see Encoder.embed_keeping); written with ``vector`` only
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def canonical_json(metadata: dict[str, Any]) -> str:
@@ -340,6 +343,9 @@ class ProductStore:
                 rowids.append(row[0])
                 if item.vector is not None:
                     self._put_embedding(str(model), WHOLE_IMAGE, row[0], item.image_hash, item.vector)
+                    for kept_model, kept_vector in item.kept.items():
+                        if kept_model != model:  # never the serving model's own row
+                            self._put_embedding(kept_model, WHOLE_IMAGE, row[0], item.image_hash, kept_vector)
                     # Regions found in another picture no longer describe this one.
                     self._db.execute("DELETE FROM embeddings WHERE product = ? AND region != '' AND image_hash IS NOT ?", (row[0], item.image_hash))
                 # Predicted tags describe the old image and text; the auto-tagger writes fresh ones.

@@ -48,6 +48,10 @@ def search(
             err.print(f"searched the main garment: {garment['group']} (confidence {garment['confidence']:.2f}); --whole searches the whole photo",
                       highlight=False)
         print_hits(hits, as_json, default_columns(hits))
+        placed = hits[0].evidence if hits and hits[0].evidence and "placed_first" in hits[0].evidence else None
+        if placed and not as_json:
+            err.print(f"first: the nearest photo off the shelf (the model ranked it {placed['model_rank']}, backbone similarity "
+                      f"{placed['backbone_similarity']:.3f}); exact_first_depth = 0 turns this off", highlight=False)
 
     guarded(body)
 

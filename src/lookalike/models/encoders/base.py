@@ -66,6 +66,13 @@ class Encoder(ABC):
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch from ``preprocess`` to an (n, dim) float32 array of unit vectors."""
 
+    def embed_keeping(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``embed``, plus the vectors of other models this one computes on the way, by model
+        identity (a fine-tuned model's off-the-shelf backbone features).  The store keeps them
+        beside the serving vectors: re-indexing back needs no image, and a photo search can put
+        the exact product first (:mod:`lookalike.search.exact`).  Plain models keep nothing."""
+        return self.embed(batch), {}
+
     def searching(self) -> ContextManager[None]:
         """Held by a photo search for its whole length (decode, models, vector search): an encoder
         that can run a photo on one thread or on all of them runs it wide only for the sole

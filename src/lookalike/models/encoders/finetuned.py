@@ -39,11 +39,19 @@ class FineTunedEncoder(Encoder):
         return _stack_inputs([b.preprocess(image) for b in self.backbones], self.input_size)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.embed_keeping(batch)[0]
+
+    def embed_keeping(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The head's vectors and each backbone's own (unit, pooled) vectors.  An unfrozen head
+        reads feature maps, which are neither small nor the backbone's search vectors: it keeps nothing."""
         if len(self.backbones) == 1:
-            features = self.backbones[0].embed(batch)
+            parts = [self.backbones[0].embed(batch)]
         else:
-            features = np.concatenate([b.embed(_unstack(batch, i, b.input_size)) for i, b in enumerate(self.backbones)], axis=1)
-        return self.model.head(features)
+            parts = [b.embed(_unstack(batch, i, b.input_size)) for i, b in enumerate(self.backbones)]
+        vectors = self.model.head(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+        if self.model.head.conv is not None:
+            return vectors, {}
+        return vectors, {b.identity: part for b, part in zip(self.backbones, parts)}
 
 
 def _stack_inputs(parts: list[np.ndarray], size: int) -> np.ndarray:
