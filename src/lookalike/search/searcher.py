@@ -72,9 +72,14 @@ class Searcher:
 
     def embed(self, image: Any) -> np.ndarray:
         """The unit vector of one image with the serving model."""
+        return self.embed_keeping(image)[0]
+
+    def embed_keeping(self, image: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The unit vector of one image, and the vectors the serving model keeps beside it (a
+        fine-tuned model's backbone vectors; computed on the way, so they cost nothing more)."""
         encoder = self.serving.encoder
-        picture = self.read_image(image, encoder.input_size)
-        return encoder.embed(encoder.preprocess(picture)[None])[0]
+        vectors, kept = encoder.embed_keeping(encoder.preprocess(self.read_image(image, encoder.input_size))[None])
+        return vectors[0], {model: rows[0] for model, rows in kept.items()}
 
     def product(self, product_id: str) -> Any:
         product = self.products.get(str(product_id))
@@ -96,13 +101,9 @@ class Searcher:
         columns.mask(clauses)  # reject a bad filter before spending time on an image
         exclude = self._rowids(query.exclude)
         if isinstance(query, ImageQuery):
-            encoder = self.serving.encoder
-            with encoder.searching():  # the whole search: the model runs wide only for a lone one
-                pixels = encoder.preprocess(self.read_image(query.image, encoder.input_size))[None]
-                if self.exact_first is None:
-                    return self._find(encoder.embed(pixels)[0], query.k, clauses, exclude)
-                vectors, kept = encoder.embed_keeping(pixels)
-                return self._find(vectors[0], query.k, clauses, exclude, {model: rows[0] for model, rows in kept.items()})
+            with self.serving.encoder.searching():  # the whole search: the model runs wide only for a lone one
+                vector, kept = self.embed_keeping(query.image)
+                return self._find(vector, query.k, clauses, exclude, kept)
         if isinstance(query, ProductQuery):
             if query.change:
                 raise TypeError("a ProductQuery with changes is answered by the text service (Engine.query)")
@@ -132,7 +133,7 @@ class Searcher:
         products = self.products.get_by_rowids(ids.tolist())
         found = [(products[r], s) for r, s in zip(ids.tolist(), scores.tolist()) if r in products]  # not deleted meanwhile
         hits = [Hit(p.id, float(s), p.metadata, p.image, p.tags) for p, s in found]
-        picked = rule.pick(kept or {}, [p.rowid for p, _ in found], {p.rowid: p.image_hash for p, _ in found}) if rule else None
+        picked = rule.pick(kept, [p.rowid for p, _ in found], {p.rowid: p.image_hash for p, _ in found}) if rule is not None and kept else None
         if rule is not None and picked is not None:
             position, similarity = picked
             hits[position].evidence = {"placed_first": f"nearest photo off the shelf among the model's first {rule.depth}",
