@@ -187,16 +187,20 @@ def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
         "tasks": [{"name": "codes", "type": "learned_codes", "dataset": "demo", "positives": ["category"], "holdout": 0.4,
                    "bits": [16, 32], "compare_losses": ["triplet"], "steps": 150, "quantizer_steps": 60, "views": 2, "view_sample": 30, "latency_items": 10000,
                    "pairs": "pairs.csv", "boxes": "boxes.csv", "images": "/", "column": "category",
-                   "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}, "backbone_first_depth": 10}],
+                   "label_map": {"shoes": ["Shoes"], "hat": ["Hat"]}, "backbone_first_depth": 10, "unfrozen_first_depth": 10}],
     }
     (suite_dir / "codes.yaml").write_text(yaml.safe_dump(spec))
     result = evaluate(load_suite(suite_dir / "codes.yaml"), [load_config(suite_dir / "exact.yaml")], suite_dir / "cache")
     table = result.tasks["codes"]["exact"].plots["codes_table"]
     assert table["columns"] == ["off-the-shelf float", "fine-tuned float (proxy-anchor loss)",
-                                "fine-tuned float, the nearest off the shelf among the tuned top 10 first", "fine-tuned float (triplet loss)", "16-bit SDC", "16-bit ADC", "32-bit SDC", "32-bit ADC",
+                                "fine-tuned float, the nearest off the shelf among the tuned top 10 first",
+                                "fine-tuned float (proxy-anchor loss), unfrozen last convolution", "the same unfrozen head, the nearest off the shelf among its top 10 first",
+                                "fine-tuned float (triplet loss)", "16-bit SDC", "16-bit ADC", "32-bit SDC", "32-bit ADC",
                                 "32-bit ADC + re-rank 100", "FAISS PQ 32-bit", "FAISS OPQ 32-bit", "Hamming 64-bit (sign of PCA)"]
     cells = table["cells"]
     assert cells["off-the-shelf float"]["bytes/product"] == 1280 * 4 and cells["fine-tuned float (proxy-anchor loss)"]["bytes/product"] == 128 * 4
+    unfrozen = cells["the same unfrozen head, the nearest off the shelf among its top 10 first"]
+    assert unfrozen["bytes/product"] == (128 + 1280) * 4 and unfrozen["duplicates R@1"] >= 0.5
     assert cells["32-bit ADC"]["bytes/product"] == 5 and cells["Hamming 64-bit (sign of PCA)"]["bytes/product"] == 8
     for name, row in cells.items():
         assert 0 < row["same type mAP"] <= 1 and 0 <= row["street P@10"] <= 1 and row["latency ms at 10K"] > 0, name
@@ -278,6 +282,8 @@ def test_a_bad_backbone_first_depth_is_refused_naming_the_task(depth):
     assert _first_depth(TaskSpec("t", "learned_codes", "a", {})) == 0
     with pytest.raises(SuiteError, match="task 't': backbone_first_depth"):
         _first_depth(TaskSpec("t", "learned_codes", "a", {"backbone_first_depth": depth}))
+    with pytest.raises(SuiteError, match="task 't': unfrozen_first_depth"):
+        _first_depth(TaskSpec("t", "learned_codes", "a", {"unfrozen_first_depth": depth}), "unfrozen_first_depth")
 
 
 @pytest.mark.parametrize("gate", [{"margin": 0}, {"margin": "x"}, {"floor": 2}, {"weight": -1}, [0.02], {"margn": 0.02}])

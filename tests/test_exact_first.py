@@ -178,3 +178,37 @@ def test_pick_skips_missing_and_stale_vectors_and_reads_only_the_depth():
     for bad in (-1, 1001, 2.5, True):
         with pytest.raises(ValueError, match="exact_first_depth"):
             ExactFirst(bad, vectors)
+
+
+def test_an_unfrozen_head_keeps_the_pretrained_vector_of_its_feature_map(blind_store, tmp_path):
+    """An unfrozen head reads the backbone's last feature map; it keeps the convolution it started
+    from, so the same map gives the photo's off-the-shelf vector (under the plain backbone's
+    identity) and the rule works for it too.  A head saved without it keeps nothing."""
+    pytest.importorskip("torch")
+    from lookalike.models.artefacts import ModelError, load_model, models_dir
+    from lookalike.models.encoders.efficientnet import pretrained_conv_head
+
+    path, backbone = blind_store
+    store = tmp_path / "store"
+    shutil.copytree(path, store)
+    conv = pretrained_conv_head("efficientnet-lite0")
+    blind = [(np.zeros((1280, 4), np.float32), np.array([1, 0, 0, 0], np.float32))]
+    save_model(store, "blind-maps", {"backbones": ["efficientnet-lite0-maps@2"]}, EmbeddingHead(blind, conv, 0.0, conv))
+    save_model(store, "blind-maps-old", {"backbones": ["efficientnet-lite0-maps@2"]}, EmbeddingHead(blind, conv))
+    product, image = _query_product()
+    with Engine.open(store, exact_first_depth=1000) as engine:
+        assert engine.reindex("blind-maps")["from_images"] == 305
+        rowid = engine.store.get(product).rowid
+        (image_hash, kept), = engine.store.model_vectors(backbone, [rowid]).values()
+        assert image_hash == engine.store.get(product).image_hash
+        hits = engine.search(_altered(image), k=3)
+        assert hits[0].id == product and hits[0].evidence["model_rank"] > 1
+    with Engine.open(tmp_path / "plain") as lite:  # the same numbers the backbone itself stores
+        assert float(kept @ lite.searcher.embed(IMAGES / image)) > 0.9999
+    with Engine.open(store, exact_first_depth=1000) as engine:
+        searcher = engine.searcher
+        old = type(engine.encoder)(load_model(models_dir(store) / "blind-maps-old"), lambda name: engine.encoder.backbones[0])
+        assert old.embed_keeping(searcher.serving.encoder.preprocess(Image.open(IMAGES / image).convert("RGB"))[None])[1] == {}
+    with pytest.raises(ModelError, match="pretrained convolution does not match"):
+        bad = EmbeddingHead(blind, conv, 0.0, (conv[0][:10], conv[1]))
+        load_model(save_model(store, "blind-maps-bad", {"backbones": ["efficientnet-lite0-maps@2"]}, bad))

@@ -440,6 +440,7 @@ def test_unfrozen_head_starts_from_the_backbone_and_serves(trained_store, tmp_pa
         model = engine.train_embedding(EmbeddingOptions(positives=["category"], views=2, holdout=0.3, steps=40, dim=64, hidden=512,
                                                         batch_classes=12, unfreeze_head=True))
         assert model.info["backbones"] == ["efficientnet-lite0-maps@2"] and model.head.conv[0].shape == (320, 1280)
+        assert model.head.pretrained_conv is not None and not np.allclose(model.head.pretrained_conv[0], model.head.conv[0])  # kept, and trained away from
         # before training, the folded pretrained convolution reproduces the frozen backbone's features exactly:
         # the off-the-shelf baseline measured through the feature maps equals the one of the frozen run
         for key, value in frozen.info["validation"]["off_the_shelf"].items():

@@ -104,7 +104,8 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     # queries: street crops and synthetic views, embedded by the backbone once
     street = street_crops(task, suite) if task.options.get("boxes") else None
     street_base = engine.encoder.encode(street.crops) if street and street.crops else np.zeros((0, base_vectors.shape[1]), np.float32)
-    view_positions, view_kinds, view_base = _synthetic_views(task, suite, engine, data, gallery)
+    view_positions, view_kinds, view_pictures = _synthetic_views(task, suite, engine, data, gallery)
+    view_base = engine.encoder.encode(view_pictures) if view_pictures else np.zeros((0, base_vectors.shape[1]), np.float32)
 
     # representations: each embeds backbone vectors its own way, then scores against its gallery
     train_float = _training_vectors(model)
@@ -120,6 +121,10 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     depth = _first_depth(task)
     if depth:  # the tuned ranking, with the backbone's nearest product first when the tuned top `depth` has it
         columns.append(_backbone_first_column(model.head, tuned, base_vectors, depth))
+    unfrozen_depth = _first_depth(task, "unfrozen_first_depth")
+    if unfrozen_depth:  # the same training with the last convolution unfrozen, alone and with the exact-first rule
+        columns += _unfrozen_columns(engine, replace(options, unfreeze_head=True), data.ids, gallery,
+                                     [(base_vectors, None), (street_base, street.crops if street else []), (view_base, view_pictures)], unfrozen_depth)
     if options.street is not None:  # the same training without street positives, for the comparison
         plain = engine.train_embedding(replace(options, street=None), save=False).head
         columns.append(_float_column(f"fine-tuned float ({options.loss} loss), no street positives", plain, plain(base_vectors)))
@@ -343,12 +348,45 @@ def _in_shop(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, f
     return {f"{prefix} mAP": float(np.mean(aps)), f"{prefix} NN": float(np.mean(nn))}
 
 
-def _first_depth(task: TaskSpec) -> int:
-    """``backbone_first_depth`` (0: no such column), refused naming the task when not a whole number from 1 to 1,000."""
-    depth = task.options.get("backbone_first_depth", 0)
+def _first_depth(task: TaskSpec, option: str = "backbone_first_depth") -> int:
+    """``backbone_first_depth`` (or ``unfrozen_first_depth``; 0: no such column), refused naming
+    the task when not a whole number from 1 to 1,000."""
+    depth = task.options.get(option, 0)
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 1000:
-        raise SuiteError(f"task {task.name!r}: backbone_first_depth {depth!r} is not a whole number from 1 to 1,000 (0 or absent: no column)")
+        raise SuiteError(f"task {task.name!r}: {option} {depth!r} is not a whole number from 1 to 1,000 (0 or absent: no column)")
     return depth
+
+
+def _unfrozen_columns(engine, options, ids: list[str], gallery: list[int], inputs: list[tuple[np.ndarray, Any]], depth: int) -> list[Representation]:
+    """An unfrozen head reads feature maps, which no other column computes: its vectors of the
+    gallery (the training cache's clean photos) and of every query picture (through the maps
+    encoder) are computed once here and found again by each photo's backbone vector, so the
+    columns score the very same queries as the others.  Served, the rule compares the vectors
+    the pretrained last convolution makes of the same maps, which equal the backbone's own
+    (:meth:`lookalike.models.artefacts.EmbeddingHead.off_the_shelf`)."""
+    from ..models.registry import FEATURE_EXTRACTOR, IMAGE_EMBEDDER, get_encoder
+
+    # its own split can differ where a photo gives no feature map: the measured gallery is kept out whatever it says
+    model = engine.train_embedding(replace(options, keep_out=sorted(set(options.keep_out) | {ids[i] for i in gallery})), save=False)
+    maps_encoder = get_encoder(model.backbones[0], engine.settings, kinds=(IMAGE_EMBEDDER, FEATURE_EXTRACTOR))
+    row_of = {item: i for i, item in enumerate(model.training_set.ids)}
+    missing = [ids[i] for i in gallery if ids[i] not in row_of]
+    if missing:
+        raise SuiteError(f"unfrozen head: no feature map for {len(missing)} held-out product(s), e.g. {missing[0]!r}")
+    tuned_gallery = model.head(model.training_set.features[[row_of[ids[i]] for i in gallery], 0].astype(np.float32))
+    table: dict[bytes, np.ndarray] = {}
+    for base, pictures in inputs:
+        if len(base):
+            tuned = tuned_gallery if pictures is None else model.head(maps_encoder.encode(pictures))
+            table.update({row.tobytes(): vector for row, vector in zip(np.asarray(base, np.float32), tuned)})
+
+    def head(backbone: np.ndarray) -> np.ndarray:
+        return np.stack([table[row.tobytes()] for row in np.asarray(backbone, np.float32)])
+
+    plain = _float_column(f"fine-tuned float ({options.loss} loss), unfrozen last convolution", head, tuned_gallery)
+    first = _backbone_first_column(head, tuned_gallery, inputs[0][0], depth)
+    first.name = f"the same unfrozen head, the nearest off the shelf among its top {depth} first"
+    return [plain, first]
 
 
 def _backbone_first_column(head: Callable[[np.ndarray], np.ndarray], tuned: np.ndarray, backbone: np.ndarray, depth: int) -> Representation:
@@ -396,13 +434,13 @@ def _duplicate_recall(scores: np.ndarray, groups: list[set[str]], ids: list[str]
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def _synthetic_views(task: TaskSpec, suite: Suite, engine, data: DatasetEmbeddings, gallery: list[int]) -> tuple[list[int], list[str], np.ndarray]:
-    """One seeded alteration of a sample of held-out products; returns (gallery position, alteration, backbone vector)."""
+def _synthetic_views(task: TaskSpec, suite: Suite, engine, data: DatasetEmbeddings, gallery: list[int]) -> tuple[list[int], list[str], list[Any]]:
+    """One seeded alteration of a sample of held-out products; returns (gallery position, alteration, picture)."""
     from ..images import ImageError, load_image
 
     sample = int(task.options.get("view_sample", 200))
     if sample <= 0:
-        return [], [], np.zeros((0, data.vectors.shape[1]), np.float32)
+        return [], [], []
     rng = np.random.default_rng(suite.seed)
     chosen = np.sort(rng.choice(len(gallery), min(sample, len(gallery)), replace=False))
     names = list(ALTERATIONS)
@@ -415,4 +453,4 @@ def _synthetic_views(task: TaskSpec, suite: Suite, engine, data: DatasetEmbeddin
         pictures.append(alter(picture, names[j % len(names)], suite.seed * 100_003 + j))
         positions.append(int(pos))
         kinds.append(names[j % len(names)])
-    return positions, kinds, engine.encoder.encode(pictures) if pictures else np.zeros((0, data.vectors.shape[1]), np.float32)
+    return positions, kinds, pictures

@@ -47,6 +47,9 @@ class EmbeddingHead:
     # similarity comes from the backbone: the class structure the head learned, plus the detail
     # that tells one photo of a product from its near-twins (which a class loss trains away)
     backbone_share: float = 0.0
+    # an unfrozen head's starting point: the backbone's own last convolution (batch norm folded
+    # in), so the off-the-shelf vector of a photo comes from the same feature map, for free
+    pretrained_conv: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -63,9 +66,15 @@ class EmbeddingHead:
     def pooled(self, maps: np.ndarray) -> np.ndarray:
         if self.conv is None:
             raise ModelError("this head has no convolution: it takes pooled features, not feature maps")
-        weight, bias = self.conv
-        x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1, weight.shape[0]) @ weight + bias
-        return _unit(np.clip(x, 0.0, 6.0).mean(axis=1))
+        return _pool(maps, self.conv)
+
+    def off_the_shelf(self, maps: np.ndarray) -> np.ndarray:
+        """An unfrozen head's feature maps through the backbone's pretrained last convolution:
+        the unit vectors the backbone itself gives these photos (what the exact-first rule
+        compares), without a second backbone run."""
+        if self.conv is None or self.pretrained_conv is None:
+            raise ModelError("this head keeps no pretrained convolution: only unfrozen heads trained since 2026-12-06 do")
+        return _pool(maps, self.pretrained_conv)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         base = self.pooled(features) if self.conv is not None else np.asarray(features, dtype=np.float32)
@@ -78,6 +87,13 @@ class EmbeddingHead:
         if self.backbone_share > 0:
             x = np.concatenate([np.sqrt(1.0 - self.backbone_share) * x, np.sqrt(self.backbone_share) * _unit(base)], axis=1)
         return x.astype(np.float32)
+
+
+def _pool(maps: np.ndarray, conv: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Position-major feature maps -> 1×1 convolution, ReLU6, average pooling -> unit vectors."""
+    weight, bias = conv
+    x = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1, weight.shape[0]) @ weight + bias
+    return _unit(np.clip(x, 0.0, 6.0).mean(axis=1))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -135,6 +151,9 @@ def save_model(store_dir: Path, name: str, info: dict[str, Any], head: Embedding
         arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"] = weight.astype(np.float32), bias.astype(np.float32)
     if head.conv is not None:
         arrays["conv_weight"], arrays["conv_bias"] = head.conv[0].astype(np.float32), head.conv[1].astype(np.float32)
+    if head.pretrained_conv is not None:
+        arrays["pretrained_conv_weight"] = head.pretrained_conv[0].astype(np.float32)
+        arrays["pretrained_conv_bias"] = head.pretrained_conv[1].astype(np.float32)
     if head.backbone_share > 0:  # in the weights, so the hash covers it
         arrays["backbone_share"] = np.array([head.backbone_share], dtype=np.float64)
     if quantizer is not None:
@@ -194,8 +213,11 @@ def load_model(path: Path) -> TrainedModel:
     layers = [(arrays[f"layer{i}_weight"], arrays[f"layer{i}_bias"]) for i in range(int(info["layers"]))]
     quantizer = AdditiveQuantizer(arrays["codebooks"], tuple(arrays["norm_range"].tolist())) if "codebooks" in arrays else None
     conv = (arrays["conv_weight"], arrays["conv_bias"]) if "conv_weight" in arrays else None
+    pretrained = (arrays["pretrained_conv_weight"], arrays["pretrained_conv_bias"]) if "pretrained_conv_weight" in arrays else None
+    if pretrained is not None and (conv is None or pretrained[0].shape != conv[0].shape or pretrained[1].shape != conv[1].shape):
+        raise ModelError(f"model at {path}: its pretrained convolution does not match its trained one in shape")
     stored = arrays.get("backbone_share", np.zeros(1)).ravel()
     share = float(stored[0]) if stored.size == 1 and stored.dtype.kind == "f" else float("nan")
     if not 0.0 <= share < 1.0:
         raise ModelError(f"model at {path}: backbone share {share} is not in [0, 1)")
-    return TrainedModel(info["name"], path, info, EmbeddingHead(layers, conv, share), quantizer, holdout)
+    return TrainedModel(info["name"], path, info, EmbeddingHead(layers, conv, share, pretrained), quantizer, holdout)

@@ -306,15 +306,17 @@ def _head_module(torch, input_dim: int, hidden: int, dim: int, conv: tuple[np.nd
     return UnfrozenHead()
 
 
-def _to_head(module, backbone_share: float = 0.0) -> EmbeddingHead:
+def _to_head(module, backbone_share: float = 0.0, pretrained_conv: tuple[np.ndarray, np.ndarray] | None = None) -> EmbeddingHead:
     """The trained module as NumPy weights; the backbone share is mixed in after training, since
     a head trained through the mix learns to cancel the backbone's detail (on Myntra at 0.5:
-    view R@1 0.56 trained through it, 0.62 mixed after, 0.64 off the shelf)."""
+    view R@1 0.56 trained through it, 0.62 mixed after, 0.64 off the shelf).  An unfrozen head
+    keeps the convolution it started from (``pretrained_conv``) for the exact-first rule."""
     conv = getattr(module, "conv", None)
     mlp = module.mlp if conv is not None else module
     linears = [layer for layer in mlp if hasattr(layer, "weight")]
     return EmbeddingHead([(l.weight.detach().numpy().T.copy(), l.bias.detach().numpy().copy()) for l in linears],
-                         None if conv is None else (conv.weight.detach().numpy().T.copy(), conv.bias.detach().numpy().copy()), backbone_share)
+                         None if conv is None else (conv.weight.detach().numpy().T.copy(), conv.bias.detach().numpy().copy()), backbone_share,
+                         pretrained_conv if conv is not None else None)
 
 
 def _from_head(torch, head: EmbeddingHead):
@@ -363,7 +365,7 @@ def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Pr
     started = time.perf_counter()
     cross = CrossDomainTerm(torch, street, train_rows, features, data.labels[train_rows], loss_fn, options) if street is not None else None
     losses = _fit_head(torch, head, loss_fn, features, labels, sampler, options, progress, cross)
-    trained = _to_head(head, options.backbone_share)
+    trained = _to_head(head, options.backbone_share, conv)
     off_the_shelf = _identity if conv is None else EmbeddingHead([(np.eye(conv[0].shape[1], dtype=np.float32), np.zeros(conv[0].shape[1], np.float32))], conv)
     metrics = {"off_the_shelf": validate(data, off_the_shelf, street), "fine_tuned": validate(data, trained, street)}
     log(f"held out: off the shelf {metrics['off_the_shelf']}, fine-tuned {metrics['fine_tuned']}")
@@ -565,7 +567,7 @@ def train_quantizer(view: CatalogueView, options: QuantizerOptions, progress: Pr
         if progress and (step % 25 == 0 or step == options.steps - 1):
             progress("training codebooks", step + 1, options.steps)
     head.eval()
-    trained = _to_head(head)
+    trained = _to_head(head, 0.0, base.head.pretrained_conv)
     quantizer = AdditiveQuantizer(codebooks.detach().numpy()).fit_norms(trained(data.features[train_rows, 0].astype(np.float32)))
     metrics = {
         "fine_tuned": validate(data, trained),

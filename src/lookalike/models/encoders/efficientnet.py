@@ -322,6 +322,12 @@ class BlockMapsEncoder(EfficientNetLiteEncoder):
         self.dim = self.channels * side * side
         self.model_path = (settings or Settings()).model_cache_dir() / f"{model_name}-maps-v1.onnx"
 
+    @property
+    def pooled_identity(self) -> str:
+        """The identity of the plain encoder of the same network, whose vectors the pretrained
+        last convolution makes of these maps."""
+        return f"{self.base_name}@{self.version}"
+
 
 class PyramidFeatures(EfficientNetLiteEncoder):
     """Feature maps at strides 4, 8, 16 and 32 for a photo of any size divisible by 32 (never a

@@ -43,14 +43,20 @@ class FineTunedEncoder(Encoder):
 
     def embed_keeping(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The head's vectors and each backbone's own (unit, pooled) vectors.  An unfrozen head
-        reads feature maps, which are neither small nor the backbone's search vectors: it keeps nothing."""
+        reads a feature map: it keeps the vector the pretrained network makes of that map
+        (under the plain backbone's identity, so they compare with its stored vectors), or
+        nothing when the model predates keeping its pretrained convolution."""
         if len(self.backbones) == 1:
             parts = [self.backbones[0].embed(batch)]
         else:
             parts = [b.embed(_unstack(batch, i, b.input_size)) for i, b in enumerate(self.backbones)]
-        vectors = self.model.head(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
-        if self.model.head.conv is not None:
-            return vectors, {}
+        head = self.model.head
+        vectors = head(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+        if head.conv is not None:
+            pooled_as = getattr(self.backbones[0], "pooled_identity", None)
+            if head.pretrained_conv is None or pooled_as is None:
+                return vectors, {}
+            return vectors, {pooled_as: head.off_the_shelf(parts[0])}
         return vectors, {b.identity: part for b, part in zip(self.backbones, parts)}
 
 
