@@ -123,8 +123,8 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
         columns.append(_backbone_first_column(model.head, tuned, base_vectors, depth))
     unfrozen_depth = _first_depth(task, "unfrozen_first_depth")
     if unfrozen_depth:  # the same training with the last convolution unfrozen, alone and with the exact-first rule
-        columns += _unfrozen_columns(engine, replace(options, unfreeze_head=True), data.ids, gallery,
-                                     [(base_vectors, None), (street_base, street.crops if street else []), (view_base, view_pictures)], unfrozen_depth)
+        columns += _unfrozen_columns(engine, replace(options, unfreeze_head=True), data.ids, gallery, base_vectors,
+                                     [(street_base, street.crops if street else []), (view_base, view_pictures)], unfrozen_depth)
     if options.street is not None:  # the same training without street positives, for the comparison
         plain = engine.train_embedding(replace(options, street=None), save=False).head
         columns.append(_float_column(f"fine-tuned float ({options.loss} loss), no street positives", plain, plain(base_vectors)))
@@ -357,7 +357,8 @@ def _first_depth(task: TaskSpec, option: str = "backbone_first_depth") -> int:
     return depth
 
 
-def _unfrozen_columns(engine, options, ids: list[str], gallery: list[int], inputs: list[tuple[np.ndarray, Any]], depth: int) -> list[Representation]:
+def _unfrozen_columns(engine, options, ids: list[str], gallery: list[int], gallery_base: np.ndarray,
+                      queries: list[tuple[np.ndarray, list[Any]]], depth: int) -> list[Representation]:
     """An unfrozen head reads feature maps, which no other column computes: its vectors of the
     gallery (the training cache's clean photos) and of every query picture (through the maps
     encoder) are computed once here and found again by each photo's backbone vector, so the
@@ -374,17 +375,16 @@ def _unfrozen_columns(engine, options, ids: list[str], gallery: list[int], input
     if missing:
         raise SuiteError(f"unfrozen head: no feature map for {len(missing)} held-out product(s), e.g. {missing[0]!r}")
     tuned_gallery = model.head(model.training_set.features[[row_of[ids[i]] for i in gallery], 0].astype(np.float32))
-    table: dict[bytes, np.ndarray] = {}
-    for base, pictures in inputs:
+    table = {row.tobytes(): vector for row, vector in zip(np.asarray(gallery_base, np.float32), tuned_gallery)}
+    for base, pictures in queries:  # (backbone vectors, the pictures they came from)
         if len(base):
-            tuned = tuned_gallery if pictures is None else model.head(maps_encoder.encode(pictures))
-            table.update({row.tobytes(): vector for row, vector in zip(np.asarray(base, np.float32), tuned)})
+            table.update({row.tobytes(): vector for row, vector in zip(np.asarray(base, np.float32), model.head(maps_encoder.encode(pictures)))})
 
     def head(backbone: np.ndarray) -> np.ndarray:
         return np.stack([table[row.tobytes()] for row in np.asarray(backbone, np.float32)])
 
     plain = _float_column(f"fine-tuned float ({options.loss} loss), unfrozen last convolution", head, tuned_gallery)
-    first = _backbone_first_column(head, tuned_gallery, inputs[0][0], depth)
+    first = _backbone_first_column(head, tuned_gallery, gallery_base, depth)
     first.name = f"the same unfrozen head, the nearest off the shelf among its top {depth} first"
     return [plain, first]
 

@@ -366,7 +366,7 @@ def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Pr
     cross = CrossDomainTerm(torch, street, train_rows, features, data.labels[train_rows], loss_fn, options) if street is not None else None
     losses = _fit_head(torch, head, loss_fn, features, labels, sampler, options, progress, cross)
     trained = _to_head(head, options.backbone_share, conv)
-    off_the_shelf = _identity if conv is None else EmbeddingHead([(np.eye(conv[0].shape[1], dtype=np.float32), np.zeros(conv[0].shape[1], np.float32))], conv)
+    off_the_shelf = _identity if conv is None else trained.off_the_shelf
     metrics = {"off_the_shelf": validate(data, off_the_shelf, street), "fine_tuned": validate(data, trained, street)}
     log(f"held out: off the shelf {metrics['off_the_shelf']}, fine-tuned {metrics['fine_tuned']}")
     info = {
