@@ -147,10 +147,20 @@ def test_the_cli_says_which_product_was_placed_first(blind_store, tmp_path):
     assert "first: the nearest photo off the shelf (the model ranked it" in done.stderr
 
 
-@pytest.mark.parametrize("depth", ["-1", "1001", "many"])
+def test_auto_depth_follows_the_serving_model(blind_store, store_copy):
+    path, _ = blind_store
+    with Engine.open(path) as engine:  # the default, "auto": a frozen head's depth
+        assert engine.searcher.exact_first is not None and engine.searcher.exact_first.depth == 50
+    with Engine.open(path, exact_first_depth=7) as engine:  # a number overrides the model's
+        assert engine.searcher.exact_first.depth == 7
+    with Engine.open(store_copy) as engine:  # the plain backbone keeps no vectors, but its depth is still read
+        assert engine.encoder.exact_first_depth == 50
+
+
+@pytest.mark.parametrize("depth", ["-1", "1001", "many", "2.5"])
 def test_a_bad_exact_first_depth_is_refused_naming_the_setting(store_copy, monkeypatch, depth):
     monkeypatch.setenv("LOOKALIKE_EXACT_FIRST_DEPTH", depth)
-    with pytest.raises(ValueError, match="exact_first_depth"), Engine.open(store_copy):
+    with pytest.raises(ValueError, match=f"exact_first_depth': expected \"auto\" or a whole number .* got '{depth}'"), Engine.open(store_copy):
         pass
 
 
@@ -198,6 +208,7 @@ def test_an_unfrozen_head_keeps_the_pretrained_vector_of_its_feature_map(blind_s
     product, image = _query_product()
     with Engine.open(store, exact_first_depth=1000) as engine:
         assert engine.reindex("blind-maps")["from_images"] == 305
+        assert engine.encoder.exact_first_depth == 200  # the unfrozen head's own depth, which "auto" serves
         rowid = engine.store.get(product).rowid
         (image_hash, kept), = engine.store.model_vectors(backbone, [rowid]).values()
         assert image_hash == engine.store.get(product).image_hash
@@ -209,6 +220,9 @@ def test_an_unfrozen_head_keeps_the_pretrained_vector_of_its_feature_map(blind_s
         searcher = engine.searcher
         old = type(engine.encoder)(load_model(models_dir(store) / "blind-maps-old"), lambda name: engine.encoder.backbones[0])
         assert old.embed_keeping(searcher.serving.encoder.preprocess(Image.open(IMAGES / image).convert("RGB"))[None])[1] == {}
+        assert old.exact_first_depth == 50
+    with Engine.open(store) as engine:  # "auto", the default: the unfrozen head's depth
+        assert engine.searcher.exact_first.depth == 200
     with pytest.raises(ModelError, match="pretrained convolution does not match"):
         bad = EmbeddingHead(blind, conv, 0.0, (conv[0][:10], conv[1]))
         load_model(save_model(store, "blind-maps-bad", {"backbones": ["efficientnet-lite0-maps@2"]}, bad))

@@ -139,6 +139,47 @@ def test_like_this_but_with_another_value(tagged):
     assert values and all(v["count"] > 0 for v in values) and sum(v["current"] for v in values) <= 1
 
 
+def _guessed_catalogue(n_dresses: int = 20, n_tshirts: int = 10):
+    """Predicted tags only: dresses whose top colour guess is red (3), blue with red the runner-up
+    at 0.3 (10) or at 0.05 (the rest); t-shirts all red, never blue."""
+    from lookalike.search.filters import MetadataColumns
+    from lookalike.text.facets import Facets
+
+    columns = MetadataColumns()
+    n = n_dresses + n_tshirts
+    red, blue = np.zeros(n, np.float16), np.zeros(n, np.float16)
+    for rowid in range(n):
+        dress = rowid < n_dresses
+        colour = "red" if (rowid < 3 or not dress) else "blue"
+        columns.set(rowid, {"tag.article_type": "Dresses" if dress else "Tshirts", "tag.colour": colour})
+        red[rowid] = 0.9 if colour == "red" else (0.3 if rowid < 13 else 0.05)
+        blue[rowid] = 1.0 - red[rowid] if dress else 0.0
+    return Facets(columns, [], {"colour": {"red": red, "blue": blue}}), np.arange(n)
+
+
+def test_a_guessed_runner_up_keeps_the_type_when_too_few_top_guesses_share_it():
+    from lookalike.text.service import _change_pool
+
+    facets, rows = _guessed_catalogue()
+    types = [("article_type", "Dresses")]
+    mask, kept, preferred = _change_pool(facets, [("colour", "red")], types, rows, len(rows), k=3)
+    assert kept == ["article_type"] and np.flatnonzero(mask).tolist() == [0, 1, 2]  # enough sure ones: only those
+    mask, kept, preferred = _change_pool(facets, [("colour", "red")], types, rows, len(rows), k=10)
+    assert kept == ["article_type"] and np.flatnonzero(mask).tolist() == list(range(13))  # runners-up at 0.3, not 0.05
+    mask, kept, preferred = _change_pool(facets, [("colour", "red")], types, rows, len(rows), k=15)
+    assert kept == [] and preferred == [("article_type", "Dresses")]  # too few even so: those first, then red t-shirts
+    assert np.flatnonzero(mask).tolist() == list(range(13)) + list(range(20, 30))
+    mask, kept, preferred = _change_pool(facets, [("colour", "blue")], [("article_type", "Tshirts")], rows, len(rows), k=3)
+    assert kept == [] and preferred == [] and np.flatnonzero(mask).tolist() == list(range(3, 20))  # no blue t-shirt at all
+
+
+def test_like_this_but_ranks_surer_guesses_first(tagged):
+    hits = tagged.similar("878ff7a3", k=8, change={"colour": tagged.text.change_values("878ff7a3", "colour")[0]["value"]})
+    assert hits
+    sureness = [h.evidence["changed_probability"]["colour"] for h in hits]
+    assert all(0.0 < p <= 1.0 for p in sureness)
+
+
 # ---- real MiniLM on real titles: products without a title are found by words -------------------
 @pytest.fixture(scope="module")
 def myntra_text_store(tmp_path_factory):

@@ -248,6 +248,13 @@ def tagged_server(demo_store, tmp_path_factory):
     shutil.copytree(demo_store, store)
     with Engine.open(store) as engine:
         engine.tag()  # label-free tags: a colour for every product, so product pages get swatches
+        # two blazers in another colour guess the blazer's first swatch colour as their runner-up:
+        # "like this, but <that colour>" then shows them, saying it is a guess
+        wanted = engine.text.change_values("878ff7a3", "colour")[0]["value"]
+        _, blazers = engine.browse(where=["category=Blazer"], limit=100)
+        others = [p for p in blazers if p.id != "878ff7a3" and p.tags.get("colour", {}).get("value") not in (None, wanted)][:2]
+        engine.store.write_tags([(p.rowid, {**p.tags, "colour": {**p.tags["colour"], "alternatives": [[wanted, 0.3]]}}) for p in others], "test")
+        assert len(others) == 2
     server = Server(store)
     yield server
     server.stop()
@@ -294,8 +301,14 @@ def test_product_page_swatches_show_the_same_style_in_another_colour(page, tagge
     swatches.first.click()
     page.wait_for_url("**change=colour%3D**")
     assert f"Like this, but {value}" in page.inner_text("#similar-heading")
-    colours = page.eval_on_selector_all("#similar .card li.tag[data-tag=colour]", "els => els.map(e => e.textContent)")
-    assert colours and set(colours) == {value}
+    cards = page.eval_on_selector_all("#similar .card", """els => els.map(e => ({
+        tag: (e.querySelector('li.tag[data-tag=colour]') || {}).textContent || null,
+        guess: e.querySelector('p.guess[data-facet=colour]') ? e.querySelector('p.guess[data-facet=colour]').dataset.value : null,
+        note: (e.querySelector('p.guess') || {}).textContent || ''}))""")
+    # the asked colour is each card's own guess, or a runner-up guess the card says is one
+    assert cards and all((c["tag"] == value) != (c["guess"] == value) for c in cards), cards
+    assert cards[0]["tag"] == value and all(c["note"] == f"{value}? 30 % likely" for c in cards if c["guess"])
+    assert sum(c["guess"] == value for c in cards) == 2  # the two blazers whose runner-up it is
     shot(page, "product-swatches")
     page.goto(tagged_server.url + "/product/878ff7a3?change=colour%3Dplaid-ish")
     assert "no product has colour='plaid-ish'" in page.inner_text(".similar .error")

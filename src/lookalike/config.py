@@ -67,8 +67,9 @@ class Settings:
     garment_search: str = "main"  # plain photo search: "main" searches the main garment of a photo with a person in it, "whole" the whole frame
     garment_groups: str = ""  # YAML file: {column: <catalogue column>, groups: {group: [values]}}: which products each garment group may match
     # a fine-tuned model's photo search: among its first N results, the product whose photo the
-    # off-the-shelf backbone finds nearest goes first (the exact product of an altered photo); 0: off
-    exact_first_depth: int = 50
+    # off-the-shelf backbone finds nearest goes first (the exact product of an altered photo); 0: off;
+    # "auto": the serving model's own depth (50 for a frozen head, 200 for one trained with --unfreeze-head)
+    exact_first_depth: str = "auto"
     facets: str = ""  # comma-separated columns shown as facets in the web app; empty: chosen automatically
     # ---- security and limits (see README "Security") ----
     public_read: bool = False  # with API keys configured: may anonymous clients search and read?

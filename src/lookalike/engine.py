@@ -79,7 +79,7 @@ class Engine(Catalog):
         return self._searcher(serving)
 
     def _searcher(self, serving: ServingIndex) -> Searcher:  # noqa: E704  (ExactFirst: a fine-tuned model's photo search puts the exact product first)
-        return Searcher(serving, self.store, self.read_image, split_list(self.settings.facets), ExactFirst(self.settings.exact_first_depth, self.store))
+        return Searcher(serving, self.store, self.read_image, split_list(self.settings.facets), ExactFirst.chosen(self.settings.exact_first_depth, serving.encoder.exact_first_depth, self.store))
 
     def _backend(self, encoder: Encoder) -> VectorBackend:
         return create_backend(encoder.dim, BackendConfig.from_settings(self.settings, encoder.identity), getattr(encoder, "quantizer", None))

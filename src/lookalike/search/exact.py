@@ -39,7 +39,20 @@ class ExactFirst:
 
     def __post_init__(self) -> None:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or not 0 <= self.depth <= MAX_DEPTH:
-            raise ValueError(f"setting 'exact_first_depth': expected a whole number from 0 (off) to {MAX_DEPTH}, got {self.depth!r}")
+            raise ValueError(f"setting 'exact_first_depth': expected \"auto\" or a whole number from 0 (off) to {MAX_DEPTH}, got {self.depth!r}")
+
+    @classmethod
+    def chosen(cls, setting: str | int, model_depth: int, vectors: KeptVectors) -> ExactFirst:
+        """The rule the setting asks for: ``"auto"`` reads the serving model's own depth
+        (``Encoder.exact_first_depth``: 50 for a frozen head, 200 for an unfrozen one), a whole
+        number that many (0: off)."""
+        text = str(setting).strip().lower()
+        if text == "auto":
+            return cls(model_depth, vectors)
+        try:
+            return cls(int(text), vectors)
+        except ValueError:
+            raise ValueError(f"setting 'exact_first_depth': expected \"auto\" or a whole number from 0 (off) to {MAX_DEPTH}, got {setting!r}") from None
 
     def pick(self, query: dict[str, np.ndarray], rowids: list[int], hashes: dict[int, str | None]) -> tuple[int, float] | None:
         """(position in ``rowids``, mean cosine over the kept models) of the nearest candidate, or

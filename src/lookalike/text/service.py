@@ -44,7 +44,8 @@ NEGATIVE_SHARE = 0.5        # how hard a negative phrase pushes, relative to the
 PHOTO_DEPTH = 2000          # photo similarity is read for this many nearest products (others: the lowest seen)
 TYPE_FACETS = ("article_type", "category", "product_type", "type", "image_group", "gender")
 KEEP_BONUS = 0.02           # "like this, but…": per other facet value shared with the product
-CHANGE_CONFIDENCE = 0.3     # "like this, but…": per unit of probability that a product has the asked value
+CHANGE_CONFIDENCE = 2.0     # "like this, but…": per unit of probability that a product has the asked value
+CHANGE_RUNNER_UP = 0.1      # "like this, but…": a guessed runner-up this likely may stand in for a missing match of the product's type
 SWATCH_POOL = 10            # swatches: a type facet narrows the products counted while this many remain
 TYPE_BONUS = 1.0            # "like this, but…": a type facet too few candidates share puts those first
 
@@ -218,8 +219,11 @@ class TextService:
     # ---- "like this, but…" -----------------------------------------------------------------------
     def similar_changed(self, query: ProductQuery) -> list[Hit]:
         """Products like ``query.product_id`` whose facet takes the asked value: the changed facet
-        must match; the product's type facets are kept (when fewer than k products share one, those
-        that do come first); its other facet values break ties; photo similarity orders the rest."""
+        must match (a label or a top guess; a runner-up guess where too few of the product's type
+        have those, see :func:`_change_pool`); the product's type facets are kept (when fewer than
+        k products share one, those that do come first); photo similarity and the surety of the
+        asked value order them, the product's other facet values break ties.  Each hit gives the
+        probability it has each asked value (``changed_probability``: 1 for a label)."""
         view = self._view()
         searcher = view.searcher
         searcher.serving.sync()
@@ -228,19 +232,8 @@ class TextService:
         changes = [facets.resolve(f, v) for f, v in query.change]
         capacity = searcher.serving.columns.capacity
         rows = self._allowed_rows(view, query.where, query.exclude, capacity, also=[product.rowid])
-        mask = np.ones(len(rows), bool)
-        for facet, value in changes:
-            mask &= facets.match(facet, value, capacity, hard=True)[rows] > 0
         changed = {f for f, _ in changes}
-        kept: list[str] = []                      # type facets every result shares with the product
-        preferred: list[tuple[str, str]] = []     # type facets too few results share: those come first
-        for facet, own_value in _type_values(facets, product.rowid, changed):
-            if own_value:
-                narrower = mask & (facets.match(facet, own_value, capacity, hard=True)[rows] > 0)
-                if narrower.sum() >= query.k:
-                    mask, kept = narrower, [*kept, facet]
-                elif narrower.any():
-                    preferred.append((facet, own_value))
+        mask, kept, preferred = _change_pool(facets, changes, _type_values(facets, product.rowid, changed), rows, capacity, query.k)
         if not mask.any():
             return []
         vector = searcher.serving.backend.vector(product.rowid)
@@ -261,8 +254,10 @@ class TextService:
         order = np.argsort(-final, kind="stable")[: query.k]
         products = view.store.get_by_rowids(ids[order].tolist())
         evidence = {"changed": dict(changes), "kept": kept, "preferred": [f for f, _ in preferred], "source": product.id}
-        return [Hit(p.id, float(final[i]), p.metadata, p.image, p.tags, evidence)
-                for i in order.tolist() if (p := products.get(int(ids[i]))) is not None]
+        sureness = [facets.match(f, v, capacity)[ids[order]] for f, v in changes]
+        return [Hit(p.id, float(final[i]), p.metadata, p.image, p.tags,
+                    {**evidence, "changed_probability": {f: round(float(sure[rank]), 4) for (f, _), sure in zip(changes, sureness)}})
+                for rank, i in enumerate(order.tolist()) if (p := products.get(int(ids[i]))) is not None]
 
     @staticmethod
     def _nearest(view: CatalogueView, vector: np.ndarray, candidates: np.ndarray, depth: int, capacity: int) -> dict[int, float]:
@@ -304,6 +299,40 @@ class TextService:
             if count:
                 out.append({"value": value, "count": count, "current": own is not None and own[0].lower() == value.lower()})
         return sorted(out, key=lambda v: -v["count"])
+
+
+def _change_pool(facets: Facets, changes: list[tuple[str, str]], types: list[tuple[str, str]], rows: np.ndarray, capacity: int,
+                 k: int) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Which of ``rows`` may answer "like this, but…": (mask, type facets kept, type facets preferred).
+
+    A candidate must show every changed value: by its label or its predicted tag (strict), and —
+    only where fewer than ``k`` of the product's own type do so — also by a runner-up the tagger
+    gives at least ``CHANGE_RUNNER_UP`` (loose).  A guess of the asked colour on a product of the
+    right type beats a sure one on another type: on bare photos of the development split, the strict
+    pool kept the product's type for 46 % of requests only, and results of another type were never
+    right.  A type facet is kept (every candidate shares it) when ``k`` candidates share it, and
+    preferred (those that share it come first, then the rest) when fewer do."""
+    strict = np.ones(len(rows), bool)
+    loose = np.ones(len(rows), bool)
+    for facet, value in changes:
+        strict &= facets.match(facet, value, capacity, hard=True)[rows] > 0
+        loose &= facets.match(facet, value, capacity)[rows] >= CHANGE_RUNNER_UP
+    loose |= strict
+    kept: list[str] = []
+    preferred: list[tuple[str, str]] = []
+    for facet, own_value in types:
+        if not own_value:
+            continue
+        same = facets.match(facet, own_value, capacity, hard=True)[rows] > 0
+        if np.count_nonzero(strict & same) >= k:
+            strict, loose, kept = strict & same, loose & same, [*kept, facet]
+        elif np.count_nonzero(loose & same) >= k:
+            strict = loose = loose & same
+            kept = [*kept, facet]
+        elif (loose & same).any():  # too few even so: those there are come first, then the rest
+            strict = strict | (loose & same)
+            preferred.append((facet, own_value))
+    return strict, kept, preferred
 
 
 def _type_values(facets: Facets, rowid: int, changed: set[str]) -> list[tuple[str, str]]:

@@ -54,10 +54,28 @@ def key_facts(metadata: dict[str, Any], limit: int = 3) -> list[tuple[str, str]]
     return [(c, str(metadata[c])) for c in KEY_COLUMNS if metadata.get(c) not in (None, "")][:limit]
 
 
-def card(product_id: str, metadata: dict[str, Any], score: float | None = None, tags: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def card(product_id: str, metadata: dict[str, Any], score: float | None = None, tags: dict[str, dict[str, Any]] | None = None,
+         evidence: dict[str, Any] | None = None) -> dict[str, Any]:
     quoted = quote(product_id, safe="")
     return {"id": product_id, "title": product_title(product_id, metadata), "facts": key_facts(metadata), "score": score,
-            "tags": tag_chips(tags, limit=3), "thumb": f"/products/{quoted}/thumbnail", "url": f"/product/{quoted}"}
+            "tags": tag_chips(tags, limit=3), "thumb": f"/products/{quoted}/thumbnail", "url": f"/product/{quoted}",
+            "guesses": changed_guesses(evidence, tags)}
+
+
+def changed_guesses(evidence: dict[str, Any] | None, tags: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """"Like this, but…" results that carry the asked value only as the tagger's runner-up guess:
+    the value and how likely it is, so a card tagged "blue" under "…but red" says why it is there
+    (a label or a top guess of the value shows as the card's own fact or tag)."""
+    if not evidence or not isinstance(evidence.get("changed_probability"), dict):
+        return []
+    changed, tags = evidence.get("changed") or {}, tags or {}
+    guesses = []
+    for facet, probability in evidence["changed_probability"].items():
+        value = str(changed.get(facet, ""))
+        own = str((tags.get(facet) or {}).get("value", "")).lower()
+        if isinstance(probability, (int, float)) and probability < 1.0 and own != value.lower():
+            guesses.append({"facet": facet, "value": value, "probability": float(probability)})
+    return guesses
 
 
 def tag_chips(tags: dict[str, dict[str, Any]] | None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -216,7 +234,7 @@ def mount_web(app: FastAPI, engine: Engine, policy: AccessPolicy) -> None:
             hits = engine.query(ProductQuery(product_id, k=12, hide_sharing=(exclude,) if exclude else (), change=(change,) if change else ()))
         except FilterError as exc:  # a swatch link for a value that no longer exists, or a hand-made one
             problem, hits = str(exc), []
-        similar = [card(h.id, h.metadata, h.score, h.tags) for h in hits]
+        similar = [card(h.id, h.metadata, h.score, h.tags, h.evidence) for h in hits]
         columns = [f["name"] for f in engine.facets() if f["kind"] == "values"]
         facet, swatches = _swatches(engine, product_id)
         return page(request, "product.html", status_code=422 if problem else 200, product=card(product.id, product.metadata),

@@ -57,6 +57,9 @@ class Encoder(ABC):
     version: str
     dim: int
     input_size: int
+    # How many of this model's first results the exact-first rule reads when the model keeps
+    # backbone vectors (setting exact_first_depth = "auto"; :mod:`lookalike.search.exact`).
+    exact_first_depth: int = 50
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray:
