@@ -332,6 +332,9 @@ def test_cli_text_search_and_change(store_copy):
     assert neither.returncode != 0 and "give a photo, or words with --text" in neither.stderr
     changed = run("similar", "878ff7a3", "--change", "kids=true", "--json", store=store_copy)
     assert changed.returncode == 0 and all(h["metadata"]["kids"] == "true" for h in json.loads(changed.stdout))
+    assert all(h["evidence"]["changed_probability"] == {"kids": 1.0} for h in json.loads(changed.stdout))  # a label: sure
+    table = run("similar", "878ff7a3", "--change", "kids=true", "-k", "3", store=store_copy)
+    assert table.returncode == 0 and "kids=true: how likely" in table.stdout and table.stdout.count("1.00") >= 3
 
 
 def test_http_text_search_changes_and_hostile_input(server):

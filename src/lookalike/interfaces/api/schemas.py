@@ -30,7 +30,8 @@ class HitOut(BaseModel):
     thumbnail_url: str
     evidence: Optional[dict[str, Any]] = Field(None, description="Text and \"like this, but…\" queries: what ranked the product "
                                                                    "(facet values matched and whether from a label or a predicted tag, title or photo, "
-                                                                   "how the query was read; changed and kept facets). A fine-tuned model's photo search: on the "
+                                                                   "how the query was read; changed and kept facets, and changed_probability: how likely the "
+                                                                   "product has each asked value, 1 for a label). A fine-tuned model's photo search: on the "
                                                                    "product placed first as the nearest photo off the shelf, its backbone similarity and the model's own rank")
 
 

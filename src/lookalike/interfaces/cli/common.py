@@ -98,10 +98,20 @@ def print_hits(hits: list[Hit], as_json: bool, show: list[str]) -> None:
     if not hits:
         out.print("no results")
         return
-    table = Table("#", "id", "score", *show)
+    asked = _asked_values(hits)
+    table = Table("#", "id", "score", *show, *[f"{facet}={value}: how likely" for facet, value in asked])
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", *[str(hit.metadata.get(c, "")) for c in show])
+        likely = (hit.evidence or {}).get("changed_probability") or {}
+        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", *[str(hit.metadata.get(c, "")) for c in show],
+                      *[f"{likely[facet]:.2f}" if isinstance(likely.get(facet), (int, float)) else "" for facet, _ in asked])
     out.print(table)
+
+
+def _asked_values(hits: list[Hit]) -> list[tuple[str, str]]:
+    """"Like this, but…" results: the asked (facet, value) pairs, shown with how likely each
+    result has them (1 for a label; less where the value is a guess from the photo)."""
+    changed = (hits[0].evidence or {}).get("changed") if hits else None
+    return [(str(f), str(v)) for f, v in changed.items()] if isinstance(changed, dict) else []
 
 
 def default_columns(hits: list[Hit]) -> list[str]:
