@@ -391,6 +391,8 @@ def test_eval_task_measures_words_and_changes_on_held_out_products(tmp_path):
     assert metrics["colour+type P@10 type+colour (titled)"]["mean"] >= metrics["colour+type P@10 type+colour (title-only)"]["mean"] - 0.05
     for source in ("predicted tags", "shop labels"):
         assert f"change colour: P@10 colour+type ({source})" in metrics and f"filtered colour: title-word overlap ({source})" in metrics
+        both, kind, colour = (metrics[f"change colour: P@10 {m} ({source})"]["mean"] for m in ("colour+type", "type", "colour"))
+        assert both <= min(kind, colour) + 1e-9 and both >= kind + colour - 1 - 1e-9  # each alone bounds both together
     changed, filtered = (metrics[f"{n} colour: P@10 colour+type (shop labels)"]["mean"] for n in ("change", "filtered"))
     assert changed >= 0.9 and changed > filtered + 0.1  # the type kept: a plain colour filter drifts to other types
     assert "held-out products" in outcome.notes[0] and "never trained on" in outcome.notes[0]

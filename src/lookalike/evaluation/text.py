@@ -15,8 +15,8 @@ every figure is measured on the held-out products:
   and, untitled, within a random gallery of 1,000 held-out products (a top-10 rate falls as the
   gallery grows, so this is the figure to compare across splits and shops);
 * ``--change colour=X`` for held-out products (X: a colour their type has >= ``min_pair`` of):
-  P@10 of colour X and the product's type, and how much of the product's title words (colour
-  words removed: brand, fit, pattern, fabric) the results share — against a plain filtered
+  P@10 of colour X and the product's type (and of each alone), and how much of the product's title
+  words (colour words removed: brand, fit, pattern, fabric) the results share — against a plain filtered
   search (similar items where the colour column is X) — with colours from predicted tags
   (bare photos) and from the shop's labels.
 
@@ -260,6 +260,10 @@ def _changes(engine: Engine, shop: TextShop, n: int, min_pair: int, split: str, 
         for name, hits in (("change", changed), ("filtered", plain)):
             ids = [shop.original(h.id) for h in hits]
             per_query.setdefault(f"{name} colour: P@10 colour+type ({source_of})", []).append(_share(shop, ids, kind, target))
+            if name == "change":  # which of the two it misses: the source's type, or the asked colour
+                per_query.setdefault(f"change colour: P@10 type ({source_of})", []).append(_share(shop, ids, kind))
+                per_query.setdefault(f"change colour: P@10 colour ({source_of})", []).append(
+                    float(np.mean([str(shop.truth[i].get(shop.colour_column)) == target for i in ids])) if ids else 0.0)
             overlap = [len(mine & _style_words(shop, i, colours)) / max(1, len(mine | _style_words(shop, i, colours))) for i in ids]
             per_query.setdefault(f"{name} colour: title-word overlap ({source_of})", []).append(float(np.mean(overlap)) if overlap else 0.0)
 
