@@ -130,7 +130,7 @@ def test_like_this_but_with_another_value(tagged):
     assert sum(blazers) == min(kids_blazers, 8) and blazers == sorted(blazers, reverse=True)  # the type kept: those that share it first
     adults = tagged.similar(hits[0].id, k=8, change={"kids": "false"})
     assert all(h.metadata["kids"] == "false" and h.metadata["category"] == hits[0].metadata["category"] for h in adults)
-    assert hits[0].evidence["changed"] == {"kids": "true"}
+    assert hits[0].evidence["changed"] == {"kids": "true"} and hits[0].evidence["source_type"] == source.metadata["category"] == "Blazer"
     with pytest.raises(FilterError, match="no product has kids='maybe'; values: "):
         tagged.similar("878ff7a3", change={"kids": "maybe"})
     with pytest.raises(FilterError, match="not a facet of this catalogue; facets: .*category"):
@@ -392,6 +392,8 @@ def test_eval_task_measures_words_and_changes_on_held_out_products(tmp_path):
     for source in ("predicted tags", "shop labels"):
         assert f"change colour: P@10 colour+type ({source})" in metrics and f"filtered colour: title-word overlap ({source})" in metrics
         both, kind, colour = (metrics[f"change colour: P@10 {m} ({source})"]["mean"] for m in ("colour+type", "type", "colour"))
+        own_type = metrics[f"change colour: the source's own type as the results keep it ({source})"]["mean"]
+        assert own_type == 1.0 if source == "shop labels" else 0.3 < own_type <= 1.0  # a label is right; a guess mostly
         assert both <= min(kind, colour) + 1e-9 and both >= kind + colour - 1 - 1e-9  # each alone bounds both together
     changed, filtered = (metrics[f"{n} colour: P@10 colour+type (shop labels)"]["mean"] for n in ("change", "filtered"))
     assert changed >= 0.9 and changed > filtered + 0.1  # the type kept: a plain colour filter drifts to other types

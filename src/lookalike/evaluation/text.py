@@ -256,6 +256,8 @@ def _changes(engine: Engine, shop: TextShop, n: int, min_pair: int, split: str, 
             continue
         plain = engine.similar(PREFIXES[split] + item, k=10, where=[f"split={split}", f"{column}={target}"])
         asked += 1
+        per_query.setdefault(f"change colour: the source's own type as the results keep it ({source_of})", []).append(
+            float(str((changed[0].evidence or {}).get("source_type")) == kind) if changed else 0.0)
         mine = _style_words(shop, item, colours)
         for name, hits in (("change", changed), ("filtered", plain)):
             ids = [shop.original(h.id) for h in hits]

@@ -223,7 +223,8 @@ class TextService:
         have those, see :func:`_change_pool`); the product's type facets are kept (when fewer than
         k products share one, those that do come first); photo similarity and the surety of the
         asked value order them, the product's other facet values break ties.  Each hit gives the
-        probability it has each asked value (``changed_probability``: 1 for a label)."""
+        probability it has each asked value (``changed_probability``: 1 for a label) and the
+        product's own type as read here (``source_type``: its label, else its guess)."""
         view = self._view()
         searcher = view.searcher
         searcher.serving.sync()
@@ -233,7 +234,8 @@ class TextService:
         capacity = searcher.serving.columns.capacity
         rows = self._allowed_rows(view, query.where, query.exclude, capacity, also=[product.rowid])
         changed = {f for f, _ in changes}
-        mask, kept, preferred = _change_pool(facets, changes, _type_values(facets, product.rowid, changed), rows, capacity, query.k)
+        types = _type_values(facets, product.rowid, changed)
+        mask, kept, preferred = _change_pool(facets, changes, types, rows, capacity, query.k)
         if not mask.any():
             return []
         vector = searcher.serving.backend.vector(product.rowid)
@@ -253,7 +255,8 @@ class TextService:
                 final += KEEP_BONUS * (facets.match(facet, own[0], capacity, hard=True)[ids] > 0)
         order = np.argsort(-final, kind="stable")[: query.k]
         products = view.store.get_by_rowids(ids[order].tolist())
-        evidence = {"changed": dict(changes), "kept": kept, "preferred": [f for f, _ in preferred], "source": product.id}
+        evidence = {"changed": dict(changes), "kept": kept, "preferred": [f for f, _ in preferred], "source": product.id,
+                    "source_type": types[0][1] if types else None}
         sureness = [facets.match(f, v, capacity)[ids[order]] for f, v in changes]
         return [Hit(p.id, float(final[i]), p.metadata, p.image, p.tags,
                     {**evidence, "changed_probability": {f: round(float(sure[rank]), 4) for (f, _), sure in zip(changes, sureness)}})
