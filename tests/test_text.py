@@ -162,14 +162,18 @@ def test_a_guessed_runner_up_keeps_the_type_when_too_few_top_guesses_share_it():
 
     facets, rows = _guessed_catalogue()
     types = [("article_type", "Dresses")]
-    mask, kept, preferred = _change_pool(facets, [("colour", "red")], types, rows, len(rows), k=3)
+
+    def pool(value, types, k):
+        return _change_pool(facets, [("colour", value)], [facets.match("colour", value, len(rows))], types, rows, len(rows), k=k)
+
+    mask, kept, preferred = pool("red", types, k=3)
     assert kept == ["article_type"] and np.flatnonzero(mask).tolist() == [0, 1, 2]  # enough sure ones: only those
-    mask, kept, preferred = _change_pool(facets, [("colour", "red")], types, rows, len(rows), k=10)
+    mask, kept, preferred = pool("red", types, k=10)
     assert kept == ["article_type"] and np.flatnonzero(mask).tolist() == list(range(13))  # runners-up at 0.3, not 0.05
-    mask, kept, preferred = _change_pool(facets, [("colour", "red")], types, rows, len(rows), k=15)
+    mask, kept, preferred = pool("red", types, k=15)
     assert kept == [] and preferred == [("article_type", "Dresses")]  # too few even so: those first, then red t-shirts
     assert np.flatnonzero(mask).tolist() == list(range(13)) + list(range(20, 30))
-    mask, kept, preferred = _change_pool(facets, [("colour", "blue")], [("article_type", "Tshirts")], rows, len(rows), k=3)
+    mask, kept, preferred = pool("blue", [("article_type", "Tshirts")], k=3)
     assert kept == [] and preferred == [] and np.flatnonzero(mask).tolist() == list(range(3, 20))  # no blue t-shirt at all
 
 

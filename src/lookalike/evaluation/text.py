@@ -200,11 +200,12 @@ def _colour_type(engine: Engine, shop: TextShop, min_pair: int, per_query: dict[
         baseline[f"colour+type P@10 type+colour ({name})"] = float(np.mean(random_both)) if random_both else float("nan")
 
 
-def _share(shop: TextShop, ids: list[str], kind: str, colour: str | None = None) -> float:
+def _share(shop: TextShop, ids: list[str], kind: str | None, colour: str | None = None) -> float:
+    """Share of ``ids`` of type ``kind`` and colour ``colour`` (None: either)."""
     if not ids:
         return 0.0
-    return float(np.mean([str(shop.truth[i].get(shop.type_column)) == kind and (colour is None or str(shop.truth[i].get(shop.colour_column)) == colour)
-                          for i in ids]))
+    return float(np.mean([(kind is None or str(shop.truth[i].get(shop.type_column)) == kind)
+                          and (colour is None or str(shop.truth[i].get(shop.colour_column)) == colour) for i in ids]))
 
 
 def _free_text(engine: Engine, shop: TextShop, sample: int, per_query: dict[str, list[float]], baseline: dict[str, float],
@@ -264,8 +265,7 @@ def _changes(engine: Engine, shop: TextShop, n: int, min_pair: int, split: str, 
             per_query.setdefault(f"{name} colour: P@10 colour+type ({source_of})", []).append(_share(shop, ids, kind, target))
             if name == "change":  # which of the two it misses: the source's type, or the asked colour
                 per_query.setdefault(f"change colour: P@10 type ({source_of})", []).append(_share(shop, ids, kind))
-                per_query.setdefault(f"change colour: P@10 colour ({source_of})", []).append(
-                    float(np.mean([str(shop.truth[i].get(shop.colour_column)) == target for i in ids])) if ids else 0.0)
+                per_query.setdefault(f"change colour: P@10 colour ({source_of})", []).append(_share(shop, ids, None, target))
             overlap = [len(mine & _style_words(shop, i, colours)) / max(1, len(mine | _style_words(shop, i, colours))) for i in ids]
             per_query.setdefault(f"{name} colour: title-word overlap ({source_of})", []).append(float(np.mean(overlap)) if overlap else 0.0)
 

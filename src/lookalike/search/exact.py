@@ -30,6 +30,10 @@ class KeptVectors(Protocol):
     def model_vectors(self, model: str, rowids: list[int]) -> dict[int, tuple[str | None, np.ndarray]]: ...
 
 
+def _refusal(value: object) -> str:
+    return f"setting 'exact_first_depth': expected \"auto\" or a whole number from 0 (off) to {MAX_DEPTH}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class ExactFirst:
     """Among a ranking's first ``depth`` products, the one nearest the query by the kept models' vectors."""
@@ -39,7 +43,7 @@ class ExactFirst:
 
     def __post_init__(self) -> None:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or not 0 <= self.depth <= MAX_DEPTH:
-            raise ValueError(f"setting 'exact_first_depth': expected \"auto\" or a whole number from 0 (off) to {MAX_DEPTH}, got {self.depth!r}")
+            raise ValueError(_refusal(self.depth))
 
     @classmethod
     def chosen(cls, setting: str | int, model_depth: int, vectors: KeptVectors) -> ExactFirst:
@@ -47,12 +51,10 @@ class ExactFirst:
         (``Encoder.exact_first_depth``: 50 for a frozen head, 200 for an unfrozen one), a whole
         number that many (0: off)."""
         text = str(setting).strip().lower()
-        if text == "auto":
-            return cls(model_depth, vectors)
         try:
-            return cls(int(text), vectors)
+            return cls(model_depth if text == "auto" else int(text), vectors)
         except ValueError:
-            raise ValueError(f"setting 'exact_first_depth': expected \"auto\" or a whole number from 0 (off) to {MAX_DEPTH}, got {setting!r}") from None
+            raise ValueError(_refusal(setting)) from None
 
     def pick(self, query: dict[str, np.ndarray], rowids: list[int], hashes: dict[int, str | None]) -> tuple[int, float] | None:
         """(position in ``rowids``, mean cosine over the kept models) of the nearest candidate, or

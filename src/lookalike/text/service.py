@@ -235,7 +235,8 @@ class TextService:
         rows = self._allowed_rows(view, query.where, query.exclude, capacity, also=[product.rowid])
         changed = {f for f, _ in changes}
         types = _type_values(facets, product.rowid, changed)
-        mask, kept, preferred = _change_pool(facets, changes, types, rows, capacity, query.k)
+        surety = [facets.match(facet, value, capacity) for facet, value in changes]  # per rowid, how surely it has the asked value
+        mask, kept, preferred = _change_pool(facets, changes, surety, types, rows, capacity, query.k)
         if not mask.any():
             return []
         vector = searcher.serving.backend.vector(product.rowid)
@@ -247,8 +248,8 @@ class TextService:
         final = np.fromiter(found.values(), np.float32, len(found))
         for facet, value in preferred:
             final += TYPE_BONUS * (facets.match(facet, value, capacity, hard=True)[ids] > 0)
-        for facet, value in changes:  # surer values first among equally similar products
-            final += CHANGE_CONFIDENCE * facets.match(facet, value, capacity)[ids]
+        for sure in surety:  # surer values first among equally similar products
+            final += CHANGE_CONFIDENCE * sure[ids]
         for facet in facets.names():
             own = facets.value_of(facet, product.rowid)
             if facet not in changed and facet not in kept and own is not None:
@@ -257,10 +258,9 @@ class TextService:
         products = view.store.get_by_rowids(ids[order].tolist())
         evidence = {"changed": dict(changes), "kept": kept, "preferred": [f for f, _ in preferred], "source": product.id,
                     "source_type": types[0][1] if types else None}
-        sureness = [facets.match(f, v, capacity)[ids[order]] for f, v in changes]
         return [Hit(p.id, float(final[i]), p.metadata, p.image, p.tags,
-                    {**evidence, "changed_probability": {f: round(float(sure[rank]), 4) for (f, _), sure in zip(changes, sureness)}})
-                for rank, i in enumerate(order.tolist()) if (p := products.get(int(ids[i]))) is not None]
+                    {**evidence, "changed_probability": {f: round(float(sure[ids[i]]), 4) for (f, _), sure in zip(changes, surety)}})
+                for i in order.tolist() if (p := products.get(int(ids[i]))) is not None]
 
     @staticmethod
     def _nearest(view: CatalogueView, vector: np.ndarray, candidates: np.ndarray, depth: int, capacity: int) -> dict[int, float]:
@@ -304,9 +304,10 @@ class TextService:
         return sorted(out, key=lambda v: -v["count"])
 
 
-def _change_pool(facets: Facets, changes: list[tuple[str, str]], types: list[tuple[str, str]], rows: np.ndarray, capacity: int,
-                 k: int) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+def _change_pool(facets: Facets, changes: list[tuple[str, str]], surety: list[np.ndarray], types: list[tuple[str, str]],
+                 rows: np.ndarray, capacity: int, k: int) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Which of ``rows`` may answer "like this, but…": (mask, type facets kept, type facets preferred).
+    ``surety``: per change, how surely each rowid has the value (``Facets.match``, runners-up included).
 
     A candidate must show every changed value: by its label or its predicted tag (strict), and —
     only where fewer than ``k`` of the product's own type do so — also by a runner-up the tagger
@@ -317,9 +318,9 @@ def _change_pool(facets: Facets, changes: list[tuple[str, str]], types: list[tup
     preferred (those that share it come first, then the rest) when fewer do."""
     strict = np.ones(len(rows), bool)
     loose = np.ones(len(rows), bool)
-    for facet, value in changes:
+    for (facet, value), sure in zip(changes, surety):
         strict &= facets.match(facet, value, capacity, hard=True)[rows] > 0
-        loose &= facets.match(facet, value, capacity)[rows] >= CHANGE_RUNNER_UP
+        loose &= sure[rows] >= CHANGE_RUNNER_UP
     loose |= strict
     kept: list[str] = []
     preferred: list[tuple[str, str]] = []
