@@ -353,6 +353,9 @@ def test_http_text_search_changes_and_hostile_input(server):
     assert httpx.post(server.url + "/search", data={"text": ""}).status_code == 422
     r = httpx.post(server.url + "/search")
     assert r.status_code == 422 and "send a photo" in r.json()["detail"]  # neither photo nor words
+    assert r.json()["error"] == "bad_request" and "JSON" not in r.json()["detail"]
+    r = httpx.post(server.url + "/search", json={"text": "dress", "k": 3})  # a JSON body: not read, and the answer says so
+    assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"] and "/search/text" in r.json()["detail"]
     r = httpx.get(server.url + "/products/878ff7a3/similar", params={"change": "kids=true", "k": 3})
     assert r.status_code == 200 and all(h["metadata"]["kids"] == "true" for h in r.json()["results"])
     r = httpx.get(server.url + "/products/878ff7a3/similar", params={"change": "kids=maybe"})

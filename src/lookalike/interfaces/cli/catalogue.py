@@ -28,8 +28,9 @@ def ingest(
     ray_address: Optional[str] = typer.Option(None, help="With --distributor ray: a running cluster (auto, ray://host:10001); default: a local Ray."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Add or update products from a catalogue; only new or changed images are embedded, then
-    the garments of new photos of people are found (see `lookalike garments`)."""
+    """Add or update products from a catalogue (only new or changed images are embedded), then find the garments of new photos of people.
+
+    The garments stage is `lookalike garments`; --no-garments skips it once."""
 
     def body() -> None:
         with state.engine(**distributor_settings(distributor, workers, ray_address)) as engine:

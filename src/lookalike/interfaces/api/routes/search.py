@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ....detection import GARMENT_GROUPS
@@ -22,6 +22,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.post("/search", response_model=SearchOut, summary="Search by uploaded photo, by words, or both")
     async def search(
+        request: Request,
         image: Optional[UploadFile] = File(None, description="JPEG, PNG, WebP, GIF, BMP or TIFF (optional with `text`)"),
         text: Optional[str] = Form(None, max_length=MAX_TEXT, description='Words: "red floral summer dress"; with a photo: '
                                                                            '"in red", "without stripes"'),
@@ -37,7 +38,7 @@ def router(ctx: ApiContext) -> APIRouter:
                               image=await read_upload(image, ctx.image_limit) if image is not None else None)
             return hits_out(await run_in_threadpool(engine.query, query), started)
         if image is None:
-            raise FilterError("send a photo (image), words (text), or both")
+            raise ValueError(_nothing_sent(request.headers.get("content-type", "")))
         data = await read_upload(image, ctx.image_limit)
         ImageQuery(data, k=k, where=tuple(where))  # validate before detection
         garment, hits = await run_in_threadpool(engine.search_garment, data, k, tuple(where), True if whole else None)
@@ -84,3 +85,12 @@ def router(ctx: ApiContext) -> APIRouter:
         return ChangeValuesOut(facet=facet.removeprefix("tag."), values=engine.text.change_values(product_id, facet, tuple(where)))  # type: ignore[arg-type]
 
     return api
+
+
+def _nothing_sent(content_type: str) -> str:
+    """Why a search request carried neither photo nor words; a JSON body is the usual reason, so say so."""
+    message = "send a photo (image), words (text), or both"
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        message += (" as multipart/form-data fields; a JSON body was sent, which this endpoint does not read"
+                    " (for words alone: GET /search/text?q=...)")
+    return message
