@@ -80,6 +80,10 @@ class TextShop:
             if not any(needed in m for m in data.metadata[:200]):
                 raise SuiteError(f"task {task.name!r}: the data set has no column {needed!r}")
         self.development = bool(options.get("development", False))
+        # "none" (default): the taggers read the store's embedding and the garment colour only.  The
+        # taggers' own default adds EfficientNet-Lite2 on the thumbnails: on the development split it
+        # moved no figure beyond its noise (README, Text search) and takes twice as long to build.
+        self.tagger_image_model = str(options.get("tagger_image_model", "none"))
         self.truth = {i: m for i, m in zip(data.ids, data.metadata)}
         types = [str(m.get(self.type_column, "")) for m in data.metadata]
         held = _split(data.ids, types, float(options.get("holdout", 0.3)), suite.seed)
@@ -94,7 +98,8 @@ class TextShop:
 
     def open(self, log: Callable[[str], None]) -> Engine:
         marker = self.directory / "text-task.json"
-        recipe = {"version": BUILD_VERSION, "members": len(self.members), "held": len(self.held), "labels": self.labels}
+        recipe = {"version": BUILD_VERSION, "members": len(self.members), "held": len(self.held), "labels": self.labels,
+                  "tagger_image_model": self.tagger_image_model}
         engine = Engine.open(self.directory, settings=self.data.engine.settings.replace(store=str(self.directory), index="flat"),
                              encoder=self.data.engine.encoder)
         try:
@@ -125,8 +130,8 @@ class TextShop:
                     writes.append(copy.write(item, {"split": "train", self.title_column: meta.get(self.title_column), **{c: meta.get(c) for c in self.labels}}))
             engine.searcher.serving.write(writes)
         engine.searcher.serving.maintain(save=True)
-        log("text task: training taggers on the kept products (store embedding + colour)")
-        engine.train_taggers(TrainOptions(columns=self.labels, image_model="none", where=["split=train"]))
+        log(f"text task: training taggers on the kept products (store embedding, colour, image model {self.tagger_image_model})")
+        engine.train_taggers(TrainOptions(columns=self.labels, image_model=self.tagger_image_model, where=["split=train"]))
         engine.tag()
         log("text task: training the text bridge on the kept products' titles")
         engine.text.train(BridgeOptions(where=("split=train",)))
