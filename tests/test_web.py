@@ -271,6 +271,8 @@ def test_search_by_words_alone_and_with_a_photo(page, tagged_server):
     dresses = categories.count("Dress")
     assert len(categories) == 24 and dresses >= 10 and categories[:dresses] == ["Dress"] * dresses  # every dress first
     assert "category: Dress" in page.inner_text("#read-as") and page.evaluate("window.__marker") == 1  # no reload
+    legend = page.inner_text("fieldset[data-column='tag.colour'] legend")  # predicted facets say so, not "Tag.Colour"
+    assert legend.startswith("Colour") and "(predicted)" in legend and "tag." not in legend.lower()
     shot(page, "search-words")
     # the words change a photo's search: "this blazer, but a dress"
     with page.expect_response(lambda r: "/ui/search" in r.url and r.request.method == "POST"):
