@@ -145,6 +145,36 @@ def test_train_predict_filter_and_review_on_the_demo(engine):
         assert row["current"] != row["predicted"] and row["confidence"] >= 0.8
 
 
+def test_a_prediction_below_the_threshold_is_kept_as_candidates_but_not_shown(engine):
+    """Below the threshold no tag is shown (product, filters, facets), but the stored entry keeps the
+    likeliest values for text search; a malformed stored entry is not shown either."""
+    engine.train_taggers(TrainOptions(columns=["category"], image_model="none", folds=2))
+    engine.tag(threshold=0.999)
+    product = engine.get("878ff7a3")
+    assert "category" not in product.tags
+    stored = engine.store.tags_for([product.rowid])[product.rowid]["category"]
+    assert stored["value"] is None and stored["source"] == "image"
+    candidates = stored["candidates"]
+    assert 1 <= len(candidates) <= 4 and stored["confidence"] == candidates[0][1] < 0.999
+    assert [p for _, p in candidates] == sorted((p for _, p in candidates), reverse=True) and all(p >= 0.05 for _, p in candidates)
+    assert engine.browse(where="tag.category=Blazer")[1] == [] and not any(f["name"] == "tag.category" for f in engine.facets())
+    assert "category" not in engine.tag_image(DEMO_CSV.parent / "images" / "878ff7a3.jpg", threshold=0.999)
+    engine.tag(threshold=0.0)  # the same products, every prediction shown
+    assert engine.get("878ff7a3").tags["category"]["value"] == candidates[0][0]
+    engine.store.write_tags([(product.rowid, {"category": {"value": 5}, "colour": "red", "pattern": {"value": "striped", "confidence": "high"},
+                                              "sleeve": {"value": "long", "confidence": 0.9, "source": "rule"}})], "foreign")
+    assert engine.get("878ff7a3").tags == {"sleeve": {"value": "long", "confidence": 0.9, "source": "rule"}}
+
+
+def test_rules_fill_a_column_the_tagger_is_unsure_of():
+    from lookalike.tagging.tagger import _offer, _uncertain
+
+    tags = {"colour": _uncertain([["blue", 0.4], ["navy", 0.3]], "image")}
+    _offer(tags, "colour", {"value": "red", "confidence": 0.8, "source": "rule"})
+    _offer(tags, "colour", {"value": "green", "confidence": 0.8, "source": "rule"})
+    assert tags["colour"]["value"] == "red", "a rule replaces a guess below the threshold, not a tag"
+
+
 def test_ingest_tags_new_products_once_taggers_exist(engine, tmp_path):
     engine.train_taggers(TrainOptions(columns=["category"], image_model="none", folds=2))
     engine.tag()

@@ -177,6 +177,36 @@ def test_a_guessed_runner_up_keeps_the_type_when_too_few_top_guesses_share_it():
     assert kept == [] and preferred == [] and np.flatnonzero(mask).tolist() == list(range(3, 20))  # no blue t-shirt at all
 
 
+def test_a_guess_below_the_threshold_counts_as_the_products_type_for_words_and_changes():
+    """A product the tagger is unsure of (no tag shown) keeps its likeliest type as soft evidence:
+    "like this, but…" reads it as the product's own type and keeps it in its results."""
+    from lookalike.search.filters import MetadataColumns
+    from lookalike.text.facets import Facets
+    from lookalike.text.service import _type_values
+
+    columns = MetadataColumns()
+    for rowid in range(4):
+        columns.set(rowid, {"tag.article_type": "Dresses"} if rowid < 2 else ({"tag.article_type": "Tshirts"} if rowid == 2 else {}))
+    unsure = {"dresses": np.array([0, 0, 0, 1], bool)}  # row 3: Dresses its likeliest (0.4), below the threshold
+    probabilities = {"article_type": {"dresses": np.array([0.9, 0.8, 0, 0.4], np.float16), "tshirts": np.array([0, 0, 0.9, 0.35], np.float16)}}
+    plain, guessing = Facets(columns, [], probabilities), Facets(columns, [], probabilities, {"article_type": unsure})
+    assert plain.value_of("article_type", 3) is None and guessing.value_of("article_type", 3) == ("Dresses", "tag")
+    assert plain.match("article_type", "Dresses", 4, hard=True).tolist() == pytest.approx([0.8, 0.8, 0, 0])
+    assert guessing.match("article_type", "Dresses", 4, hard=True).tolist() == pytest.approx([0.8, 0.8, 0, 0.8])
+    assert guessing.match("article_type", "Tshirts", 4, hard=True).tolist() == pytest.approx([0, 0, 0.8, 0])  # only the likeliest
+    assert guessing.match("article_type", "Tshirts", 4).tolist() == pytest.approx([0, 0, 0.9, 0.35], abs=1e-3)  # soft: every candidate
+    assert _type_values(guessing, 3, set()) == [("article_type", "Dresses")] and _type_values(plain, 3, set()) == []
+
+
+def test_stored_tag_pairs_read_values_candidates_and_refuse_malformed_entries():
+    from lookalike.text.gallery import tag_pairs
+
+    assert tag_pairs({"value": "Red", "confidence": 0.7, "alternatives": [["Maroon", 0.2]]}) == [("red", 0.7), ("maroon", 0.2)]
+    assert tag_pairs({"value": None, "confidence": 0.4, "candidates": [["Blue", 0.4], ["Navy", 0.3]]}) == [("blue", 0.4), ("navy", 0.3)]
+    assert tag_pairs({"value": None, "candidates": [["Blue", float("nan")], ["x"], [3, 0.2], "Navy", ["Teal", 7]]}) == [("teal", 1.0)]
+    assert tag_pairs({"value": None, "candidates": "Blue"}) == [] and tag_pairs("red") == [] and tag_pairs(None) == []
+
+
 def test_like_this_but_ranks_surer_guesses_first(tagged):
     hits = tagged.similar("878ff7a3", k=8, change={"colour": tagged.text.change_values("878ff7a3", "colour")[0]["value"]})
     assert hits

@@ -359,4 +359,5 @@ def with_tag_columns(metadata: dict[str, Any], tags: dict[str, dict[str, Any]] |
         metadata = {k: v for k, v in metadata.items() if not k.lower().startswith(TAG_PREFIX)}
     if not tags:
         return metadata
-    return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in tags.items() if tag.get("value") is not None}}
+    return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in tags.items()
+                          if isinstance(tag, dict) and tag.get("value") is not None}}

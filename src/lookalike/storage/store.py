@@ -138,6 +138,15 @@ class Product:
         return {"id": self.id, "image": self.image, "metadata": self.metadata, "tags": self.tags, "updated_at": self.updated_at}
 
 
+def shown_tags(tags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The predicted tags a product shows: those with a value.  A stored entry without one holds a
+    tagger's below-threshold candidates, read by text search only (``ProductStore.tags_for`` gives
+    them); an entry of any other shape (an older or foreign writer) is not shown rather than
+    breaking the answer it would be part of."""
+    return {str(name): tag for name, tag in tags.items()
+            if isinstance(tag, dict) and isinstance(tag.get("value"), str) and isinstance(tag.get("confidence", 0.0), (int, float))}
+
+
 @dataclass
 class ProductWrite:
     """One product to insert or update. ``vector`` None keeps the stored vector (metadata-only change)."""
@@ -377,7 +386,7 @@ class ProductStore:
 
     # ---- reads ----------------------------------------------------------------------------------
     def _product(self, row: tuple) -> Product:
-        return Product(row[0], row[1], row[2], row[3], self.parse_json(row[4], row[1]), row[5], self.parse_json(row[6], row[1]) if row[6] else {})
+        return Product(row[0], row[1], row[2], row[3], self.parse_json(row[4], row[1]), row[5], shown_tags(self.parse_json(row[6], row[1])) if row[6] else {})
 
     def parse_json(self, text: str, item: Any = None) -> dict[str, Any]:
         """A stored JSON object, or {} when it cannot be parsed (a value written by an older or
@@ -452,6 +461,7 @@ class ProductStore:
             return {row[0]: self.parse_json(row[1], row[0]) for row in self._db.execute("SELECT rowid, tags FROM tags")}
 
     def tags_for(self, rowids: list[int]) -> dict[int, dict[str, dict[str, Any]]]:
+        """The stored tags as written, below-threshold candidates included (see :func:`shown_tags`)."""
         rows = self._select_in("SELECT rowid, tags FROM tags WHERE rowid IN ({marks})", [int(r) for r in rowids])
         return {r[0]: self.parse_json(r[1], r[0]) for r in rows}
 

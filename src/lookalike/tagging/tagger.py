@@ -36,6 +36,7 @@ from ..ingest.distributors import Distributor
 from ..ingest.reader import LOCAL
 from ..models import EncoderError, get_encoder
 from ..search.view import CatalogueView
+from ..storage import shown_tags
 from ..text.encoder import TextError, guess_text_columns, sentence_encoder
 from .hierarchy import CategoryTree, join_path, level_accuracy, split_path
 from .model import EXPERTS, TEXT, ColumnTagger, CrossFit, Evidence
@@ -467,6 +468,20 @@ def _tag(value: str, confidence: float, source: str, **extra: Any) -> dict[str, 
     return {"value": value, "confidence": round(float(confidence), 4), "source": source, **extra}
 
 
+def _uncertain(candidates: list[list[Any]], source: str) -> dict[str, Any]:
+    """A prediction below the threshold: no value is shown (not on the product, not as a filter),
+    but its likeliest values are kept.  Text search and "like this, but…" read them as soft evidence,
+    so a photo the tagger is unsure of still counts a little for its likeliest type or colour,
+    instead of not at all (what a product the tagger is sure is something else gets)."""
+    return {"value": None, "confidence": candidates[0][1], "source": source, "candidates": candidates}
+
+
+def _offer(tags: dict[str, dict[str, Any]], attribute: str, tag: dict[str, Any]) -> None:
+    """Add ``tag`` unless the attribute already has a value (a below-threshold guess gives way)."""
+    if tags.get(attribute, {}).get("value") is None:
+        tags[attribute] = tag
+
+
 class TagPredictor:
     """Applies a tagger set to stored products or to an upload.
 
@@ -494,17 +509,19 @@ class TagPredictor:
             ranked = np.argsort(-proba, axis=1)[:, : 1 + ALTERNATIVES]
             for i in range(n):
                 best = ranked[i, 0]
+                likely = [[str(tagger.classes[j]), round(float(proba[i, j]), 4)] for j in ranked[i] if proba[i, j] >= MIN_ALTERNATIVE]
                 if proba[i, best] >= threshold:
                     # the runners-up with their probabilities: text search reads them as soft evidence
-                    alternatives = [[str(tagger.classes[j]), round(float(proba[i, j]), 4)] for j in ranked[i, 1:] if proba[i, j] >= MIN_ALTERNATIVE]
-                    out[i][column] = _tag(str(tagger.classes[best]), proba[i, best], sources[i], **({"alternatives": alternatives} if alternatives else {}))
+                    out[i][column] = _tag(str(tagger.classes[best]), proba[i, best], sources[i], **({"alternatives": likely[1:]} if likely[1:] else {}))
+                elif likely:
+                    out[i][column] = _uncertain(likely, sources[i])
         for i, text in enumerate(evidence.text):
             for attribute, hit in rules.apply(text).items():
-                out[i].setdefault(attribute, _tag(hit.value, hit.confidence, "rule", matched=hit.matched))
+                _offer(out[i], attribute, _tag(hit.value, hit.confidence, "rule", matched=hit.matched))
         if self.zero_shot is not None:
             for i, guess in enumerate(self.zero_shot.groups(thumbnails, evidence.colour)):
                 for attribute, (value, confidence) in guess.items():
-                    out[i].setdefault(attribute, _tag(value, confidence, "zero-shot"))
+                    _offer(out[i], attribute, _tag(value, confidence, "zero-shot"))
         return out
 
     def tag_partition(self, partition: TagPartition, threshold: float | None = None, rules: TextRules | None = None) -> TagPartition:
@@ -537,7 +554,7 @@ class TagPredictor:
 
     def predict_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
         thumb = self.builder.upload_thumbnail(picture)
-        return self.tags_for(self.builder.evidence(vector[None], [thumb], [text or ""]), [thumb], threshold)[0]
+        return shown_tags(self.tags_for(self.builder.evidence(vector[None], [thumb], [text or ""]), [thumb], threshold)[0])
 
 
 def untrained_taggers(view: CatalogueView, rules: TextRules | None = None, threshold: float = 0.5) -> TaggerSet:

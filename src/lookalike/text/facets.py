@@ -19,9 +19,11 @@ TAG_WEIGHT = 0.8
 
 
 class Facets:
-    def __init__(self, columns: MetadataColumns, text_columns: list[str], tag_probabilities: dict[str, dict[str, np.ndarray]] | None = None):
+    def __init__(self, columns: MetadataColumns, text_columns: list[str], tag_probabilities: dict[str, dict[str, np.ndarray]] | None = None,
+                 tag_guesses: dict[str, dict[str, np.ndarray]] | None = None):
         self.columns = columns
         self.tag_probabilities = tag_probabilities or {}
+        self.tag_guesses = tag_guesses or {}  # facet -> value -> per rowid: its likeliest value, below the tagger's threshold
         self.sources: dict[str, list[tuple[str, float]]] = {}
         for name, column in columns.columns.items():
             if name in text_columns or not 2 <= len(column.labels) <= MAX_FACET_VALUES or _mostly_numbers(column.labels):
@@ -78,6 +80,7 @@ class Facets:
                 out[:n][hit] = 1.0
                 labelled[:n] |= codes >= 0
                 continue
+            hit = hit | self._guessed(facet, key, n)  # a guess below the threshold counts as the product's tag here
             soft = None if hard else self.tag_probabilities.get(facet, {}).get(key)
             if soft is None:
                 evidence = hit * np.float32(weight)
@@ -89,12 +92,26 @@ class Facets:
         return out
 
     def value_of(self, facet: str, rowid: int) -> tuple[str, str] | None:
-        """(value, "label" or "tag") a product shows for a facet, or None."""
+        """(value, "label" or "tag") a product shows for a facet (a tag below the threshold: its
+        likeliest value), or None."""
         for name, weight in self.sources.get(facet, []):
             column = self.columns.columns[name]
             if rowid < len(column.codes) and column.codes[rowid] >= 0:
                 return column.labels[column.codes[rowid]], "label" if weight == 1.0 else "tag"
+        if facet in self.sources:
+            for key, guessed in self.tag_guesses.get(facet, {}).items():
+                if rowid < len(guessed) and guessed[rowid]:
+                    spelled = {v.lower(): v for v in self.values(facet)}
+                    return spelled.get(key, key), "tag"
         return None
+
+    def _guessed(self, facet: str, key: str, n: int) -> np.ndarray:
+        """Per rowid (``n`` of them), whether ``key`` is the product's below-threshold likeliest value."""
+        out = np.zeros(n, bool)
+        guessed = self.tag_guesses.get(facet, {}).get(key)
+        if guessed is not None:  # the gallery may lag (or lead) the filter columns by a few products
+            out[: min(n, len(guessed))] = guessed[:n]
+        return out
 
 
 def _mostly_numbers(labels: list[Any]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import math
 import threading
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -97,6 +98,23 @@ def title_model(encoder: SentenceEncoder) -> str:
     return f"text:{encoder.name}"
 
 
+def tag_pairs(tag: Any) -> list[tuple[str, float]]:
+    """(value in lower case, probability) a stored tag gives, likeliest first: a tag's value and its
+    runners-up, or a below-threshold entry's candidates.  Malformed entries give nothing."""
+    if not isinstance(tag, dict):
+        return []
+    if tag.get("value") is not None:
+        raw = [(tag["value"], tag.get("confidence", 0.0)), *(tag.get("alternatives") or [])]
+    else:
+        raw = tag.get("candidates") or []
+    pairs = []
+    for pair in raw if isinstance(raw, list) else []:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], (int, float)) \
+                and math.isfinite(pair[1]):
+            pairs.append((pair[0].strip().lower(), max(0.0, min(1.0, float(pair[1])))))
+    return pairs
+
+
 class TextGallery:
     def __init__(self, store: TextSource, sentences: Callable[[], SentenceEncoder], bridge: TextImageBridge | None, text_columns: list[str],
                  keep_colours: bool = False):
@@ -111,6 +129,9 @@ class TextGallery:
         # predicted tags as probabilities: tag name -> value (lower case) -> per-rowid probability (the
         # tag's value and its runners-up), so a product whose colour is uncertain still counts a little
         self.tag_probabilities: dict[str, dict[str, np.ndarray]] = {}
+        # tag name -> value -> per rowid: the value is the product's likeliest, below the tagger's
+        # threshold (no tag is shown; text search still takes it as the product's guess)
+        self.tag_guesses: dict[str, dict[str, np.ndarray]] = {}
         self.lock = threading.Lock()
 
     def title_of(self, metadata: dict[str, Any]) -> str:
@@ -150,9 +171,9 @@ class TextGallery:
         self.has_title = np.concatenate([self.has_title, np.zeros(extra, bool)])
         if self.keep_colours:
             self.colours = np.concatenate([self.colours, np.zeros((extra, COLOUR_FEATURES), np.float32)])
-        for values in self.tag_probabilities.values():
-            for key, probabilities in values.items():
-                values[key] = np.concatenate([probabilities, np.zeros(extra, np.float16)])
+        for values in (*self.tag_probabilities.values(), *self.tag_guesses.values()):
+            for key, per_row in values.items():
+                values[key] = np.concatenate([per_row, np.zeros(extra, per_row.dtype)])
         self.capacity = capacity
 
     def _colours(self, rowids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -179,20 +200,22 @@ class TextGallery:
         return out
 
     def _tags(self, rowids: np.ndarray) -> None:
-        for values in self.tag_probabilities.values():
-            for probabilities in values.values():
-                probabilities[rowids] = 0
+        for values in (*self.tag_probabilities.values(), *self.tag_guesses.values()):
+            for per_row in values.values():
+                per_row[rowids] = 0
         for rowid, tags in self.store.tags_for(rowids.tolist()).items():
             for name, tag in tags.items():
-                if not isinstance(tag, dict) or tag.get("value") is None:
-                    continue
-                pairs = [(tag["value"], tag.get("confidence", 0.0)), *(tag.get("alternatives") or [])]
+                pairs = tag_pairs(tag)
                 for value, probability in pairs:
-                    values = self.tag_probabilities.setdefault(str(name), {})
-                    key = str(value).strip().lower()
-                    if key not in values:
-                        values[key] = np.zeros(self.capacity, np.float16)
-                    values[key][rowid] = max(0.0, min(1.0, float(probability) if isinstance(probability, (int, float)) else 0.0))
+                    self._per_row(self.tag_probabilities, str(name), value, np.float16)[rowid] = probability
+                if pairs and tag.get("value") is None:  # below the threshold: its likeliest value is its guess
+                    self._per_row(self.tag_guesses, str(name), pairs[0][0], np.bool_)[rowid] = True
+
+    def _per_row(self, table: dict[str, dict[str, np.ndarray]], name: str, value: str, dtype: Any) -> np.ndarray:
+        values = table.setdefault(name, {})
+        if value not in values:
+            values[value] = np.zeros(self.capacity, dtype)
+        return values[value]
 
     def _titles(self, rowids: list[int], titles: list[str]) -> None:
         present = [(r, t) for r, t in zip(rowids, titles) if t]

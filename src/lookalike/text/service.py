@@ -106,7 +106,8 @@ class TextService:
         """The catalogue's facets, rebuilt only when the index or the gallery moved (the vocabulary costs milliseconds)."""
         key = (id(view.searcher.serving.columns), view.searcher.serving.synced_gen, gallery.generation, id(gallery))
         if self._facet_cache is None or self._facet_cache[0] != key:
-            self._facet_cache = (key, Facets(view.searcher.serving.columns, gallery.text_columns, gallery.tag_probabilities))
+            self._facet_cache = (key, Facets(view.searcher.serving.columns, gallery.text_columns, gallery.tag_probabilities,
+                                                   gallery.tag_guesses))
         return self._facet_cache[1]
 
     @staticmethod
