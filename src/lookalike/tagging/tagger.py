@@ -509,12 +509,13 @@ class TagPredictor:
             ranked = np.argsort(-proba, axis=1)[:, : 1 + ALTERNATIVES]
             for i in range(n):
                 best = ranked[i, 0]
-                likely = [[str(tagger.classes[j]), round(float(proba[i, j]), 4)] for j in ranked[i] if proba[i, j] >= MIN_ALTERNATIVE]
+                likely = [(j, [str(tagger.classes[j]), round(float(proba[i, j]), 4)]) for j in ranked[i] if proba[i, j] >= MIN_ALTERNATIVE]
                 if proba[i, best] >= threshold:
                     # the runners-up with their probabilities: text search reads them as soft evidence
-                    out[i][column] = _tag(str(tagger.classes[best]), proba[i, best], sources[i], **({"alternatives": likely[1:]} if likely[1:] else {}))
+                    alternatives = [pair for j, pair in likely if j != best]
+                    out[i][column] = _tag(str(tagger.classes[best]), proba[i, best], sources[i], **({"alternatives": alternatives} if alternatives else {}))
                 elif likely:
-                    out[i][column] = _uncertain(likely, sources[i])
+                    out[i][column] = _uncertain([pair for _, pair in likely], sources[i])
         for i, text in enumerate(evidence.text):
             for attribute, hit in rules.apply(text).items():
                 _offer(out[i], attribute, _tag(hit.value, hit.confidence, "rule", matched=hit.matched))
