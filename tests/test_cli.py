@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,12 @@ def test_tag_train_review_info_and_image(store_copy, tmp_path):
     assert tags["category"]["source"] == "image" and tags["pattern"]["value"] == "striped"
     result = run("get", "878ff7a3", "--json", store=store_copy)
     assert json.loads(result.stdout)["tags"]["category"]["value"]
+    result = run("tag", "predict", "--threshold", "0.999", store=store_copy)  # most predictions unsure: the user is told how many
+    assert result.returncode == 0 and "tagged 305 products" in result.stdout
+    unsure = re.search(r"below the threshold .*: category (\d+) of 305", result.stdout)
+    assert unsure and 0 < int(unsure.group(1)) <= 305
+    shown = json.loads(run("get", "878ff7a3", "--json", store=store_copy).stdout)["tags"].get("category")
+    assert shown is None or shown["confidence"] >= 0.999  # an unsure prediction is not shown as a tag
 
 
 def test_progress_off_a_terminal_is_a_few_plain_lines():

@@ -74,6 +74,17 @@ class TaggingService:
         return self.predictor(taggers).predict_rowids(view, rowids, threshold=threshold, rules=rules, progress=progress,
                                                       distributor=_distributor(view.settings))
 
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """Per tag column, how many products show a tag and how many the tagger was unsure of (no tag
+        shown; their likeliest values are kept for text search): where a shop's labels are thin."""
+        counts: dict[str, dict[str, int]] = {}
+        for tags in self._view().store.all_tags().values():
+            for column, tag in tags.items():
+                if isinstance(tag, dict):
+                    entry = counts.setdefault(str(column), {"shown": 0, "unsure": 0})
+                    entry["unsure" if tag.get("value") is None else "shown"] += 1
+        return dict(sorted(counts.items()))
+
     def tag_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:
         """Tags for an uploaded photo (and optional title), without storing anything."""
         return self.predictor().predict_picture(picture, vector, text, threshold)

@@ -93,6 +93,10 @@ def tag_predict(
                 done = engine.tagging.tag(only_untagged=only_new, threshold=threshold, rules=TextRules.from_file(rules) if rules else None,
                                           progress=bar_progress(bar), taggers=chosen)
             out.print(f"tagged {done} products", highlight=False)
+            unsure = {c: n for c, n in engine.tagging.coverage().items() if n["unsure"]}
+            if unsure:
+                listed = ", ".join(f"{c} {n['unsure']} of {n['shown'] + n['unsure']}" for c, n in unsure.items())
+                out.print(f"below the threshold (no tag shown; their likeliest values still count in text search): {listed}", highlight=False)
 
     guarded(body)
 
