@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..common.snapshots import load_arrays, read_info, remove_unnamed, write_arrays, write_info
+from ..storage.store import shown_tags
 from ..validation import RESERVED_PREFIX
 
 COLUMNS_INFO = "columns.json"
@@ -359,5 +360,4 @@ def with_tag_columns(metadata: dict[str, Any], tags: dict[str, dict[str, Any]] |
         metadata = {k: v for k, v in metadata.items() if not k.lower().startswith(TAG_PREFIX)}
     if not tags:
         return metadata
-    return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in tags.items()
-                          if isinstance(tag, dict) and tag.get("value") is not None}}
+    return {**metadata, **{f"{TAG_PREFIX}{name}": tag["value"] for name, tag in shown_tags(tags).items()}}

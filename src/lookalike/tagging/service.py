@@ -17,6 +17,7 @@ from ..common.progress import Log, Progress, no_log
 from ..config import Settings
 from ..ingest import Distributor, make_distributor
 from ..search.view import CatalogueView
+from ..storage import shown_tags
 from .review import LabelReview
 from .rules import TextRules
 from .tagger import TaggerError, TaggerSet, TagPredictor, TrainOptions, current_tagger_path, load_taggers, retrain_options, train_taggers, untrained_taggers
@@ -79,10 +80,10 @@ class TaggingService:
         shown; their likeliest values are kept for text search): where a shop's labels are thin."""
         counts: dict[str, dict[str, int]] = {}
         for tags in self._view().store.all_tags().values():
+            shown = shown_tags(tags)
             for column, tag in tags.items():
-                if isinstance(tag, dict):
-                    entry = counts.setdefault(str(column), {"shown": 0, "unsure": 0})
-                    entry["unsure" if tag.get("value") is None else "shown"] += 1
+                if column in shown or (isinstance(tag, dict) and tag.get("value") is None):
+                    counts.setdefault(str(column), {"shown": 0, "unsure": 0})["shown" if column in shown else "unsure"] += 1
         return dict(sorted(counts.items()))
 
     def tag_picture(self, picture: Image.Image, vector: np.ndarray, text: str = "", threshold: float | None = None) -> dict[str, dict[str, Any]]:

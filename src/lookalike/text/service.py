@@ -243,12 +243,13 @@ class TextService:
         vector = searcher.serving.backend.vector(product.rowid)
         depth = max(5 * query.k, 100)
         found = self._nearest(view, vector, rows[mask], depth, capacity)
-        for facet, value in preferred:
-            found.update(self._nearest(view, vector, rows[mask & (facets.match(facet, value, capacity, hard=True)[rows] > 0)], depth, capacity))
+        sharing = [facets.match(facet, value, capacity, hard=True) > 0 for facet, value in preferred]  # per rowid: shares a preferred type
+        for shares in sharing:
+            found.update(self._nearest(view, vector, rows[mask & shares[rows]], depth, capacity))
         ids = np.fromiter(found, np.int64, len(found))
         final = np.fromiter(found.values(), np.float32, len(found))
-        for facet, value in preferred:
-            final += TYPE_BONUS * (facets.match(facet, value, capacity, hard=True)[ids] > 0)
+        for shares in sharing:
+            final += TYPE_BONUS * shares[ids]
         for sure in surety:  # surer values first among equally similar products
             final += CHANGE_CONFIDENCE * sure[ids]
         for facet in facets.names():
@@ -310,7 +311,8 @@ def _change_pool(facets: Facets, changes: list[tuple[str, str]], surety: list[np
     """Which of ``rows`` may answer "like this, but…": (mask, type facets kept, type facets preferred).
     ``surety``: per change, how surely each rowid has the value (``Facets.match``, runners-up included).
 
-    A candidate must show every changed value: by its label or its predicted tag (strict), and —
+    A candidate must show every changed value: by its label, its predicted tag or, below the
+    tagger's threshold, its likeliest value (strict), and —
     only where fewer than ``k`` of the product's own type do so — also by a runner-up the tagger
     gives at least ``CHANGE_RUNNER_UP`` (loose).  A guess of the asked colour on a product of the
     right type beats a sure one on another type: on bare photos of the development split, the strict

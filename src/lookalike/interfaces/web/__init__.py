@@ -63,9 +63,10 @@ def card(product_id: str, metadata: dict[str, Any], score: float | None = None, 
 
 
 def changed_guesses(evidence: dict[str, Any] | None, tags: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """"Like this, but…" results that carry the asked value only as the tagger's runner-up guess:
-    the value and how likely it is, so a card tagged "blue" under "…but red" says why it is there
-    (a label or a top guess of the value shows as the card's own fact or tag)."""
+    """"Like this, but…" results that carry the asked value only as a guess (the tagger's runner-up,
+    or its likeliest value below the threshold, which shows no tag): the value and how likely it is,
+    so a card tagged "blue" under "…but red" says why it is there (a label or a shown tag of the
+    value is the card's own fact or tag)."""
     if not evidence or not isinstance(evidence.get("changed_probability"), dict):
         return []
     changed, tags = evidence.get("changed") or {}, tags or {}
