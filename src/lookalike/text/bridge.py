@@ -65,8 +65,10 @@ class TitleWords:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.words, self.idf = list(words), np.asarray(idf, np.float64)
-        self._vectoriser = TfidfVectorizer(vocabulary={w: i for i, w in enumerate(self.words)}, binary=True)
+        self._index = {w: i for i, w in enumerate(self.words)}
+        self._vectoriser = TfidfVectorizer(vocabulary=self._index, binary=True)
         self._vectoriser.idf_ = self.idf
+        self._analyse = self._vectoriser.build_analyzer()  # scikit-learn's own reading of a text into words
 
     @classmethod
     def fit(cls, titles: list[str], min_count: int) -> TitleWords | None:
@@ -88,8 +90,24 @@ class TitleWords:
         return np.asarray(self.sparse(texts).toarray(), np.float32)
 
     def sparse(self, texts: list[str]) -> Any:
-        """:meth:`transform` as a SciPy sparse matrix (a query names a handful of the words)."""
-        return self._vectoriser.transform(texts).astype(np.float32)
+        """:meth:`transform` as a SciPy sparse matrix (a query names a handful of the words).
+
+        Built here from the vectoriser's own analyser (binary counts × idf, unit rows): what its
+        ``transform`` gives, without its input validation, which took 2 ms of a 23 ms text query."""
+        from scipy.sparse import csr_matrix
+
+        columns: list[int] = []
+        values: list[float] = []
+        offsets = [0]
+        for text in texts:
+            found = sorted({self._index[w] for w in self._analyse(text) if w in self._index})
+            weights = self.idf[found]
+            norm = float(np.sqrt(weights @ weights)) if found else 1.0
+            columns.extend(found)
+            values.extend((weights / norm).tolist())
+            offsets.append(len(columns))
+        return csr_matrix((np.asarray(values, np.float32), np.asarray(columns, np.int32), np.asarray(offsets, np.int64)),
+                          shape=(len(texts), len(self.words)))
 
 
 @dataclass

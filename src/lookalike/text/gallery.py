@@ -9,7 +9,6 @@ unchanged title never re-encodes; a refresh reads only products written since th
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import math
 import threading
@@ -21,6 +20,7 @@ from PIL import Image
 from ..common.colour import COLOUR_FEATURES, colour_features
 from .bridge import TextImageBridge
 from .encoder import SentenceEncoder
+from .matrix import Int8Rows
 
 TITLE_REGION = "title"
 ENCODE_BATCH = 256
@@ -32,43 +32,10 @@ FEEDBACK_EXAMPLES = 20
 FEEDBACK_TEMPERATURE = 0.05
 FEEDBACK_WEIGHT = 1.0
 
-# The two big matrices (title sentence vectors, photos in the shared space) are kept as bfloat16
-# bit patterns in uint16 arrays (numpy has no bfloat16): half the memory of float32, and torch's
-# bfloat16 matrix-vector kernel reads them three times as fast as its float16 one (100K x 384:
-# 2 ms against 6.7 ms, in isolation).  Text p50 at 100K products 35.4-37.2 -> 25.0-25.7 ms, same
-# store, alternating runs (benchmarks/text_latency.py).
-MATRIX_DTYPE = np.uint16
-SCORE_CHUNK = 65_536  # rows decoded at a time where torch is absent
-HAS_TORCH = importlib.util.find_spec("torch") is not None  # looked up, not imported: start-up stays quick
-
-
-def to_half(rows: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (round to nearest, ties to even: what torch does)."""
-    bits = np.ascontiguousarray(rows, np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def from_half(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns -> float32 (exact)."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def matrix_scores(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """``matrix @ vector`` as float32 for a bfloat16 ``matrix`` (see :func:`to_half`).  torch's
-    kernel reads the rows in place, bound by memory bandwidth, and leaves no BLAS threads
-    spinning to slow the next query's sentence encoder.  Its result is rounded to bfloat16 (a
-    cosine of 0.5 to within 0.002: top-10 lists agree 98 % with float16 scoring; the quality
-    figures did not move, see benchmarks/text_search.py)."""
-    if not len(matrix):
-        return np.zeros(0, np.float32)
-    query = np.ascontiguousarray(vector, np.float32)
-    if not HAS_TORCH:
-        return np.concatenate([from_half(matrix[start:start + SCORE_CHUNK]) @ query for start in range(0, len(matrix), SCORE_CHUNK)])
-    import torch
-
-    with torch.inference_mode():
-        out = torch.mv(torch.from_numpy(matrix).view(torch.bfloat16), torch.from_numpy(query).bfloat16())
-    return out.float().numpy()
+# The two big matrices (title sentence vectors, photos in the shared space) are int8 with a scale
+# per row, scored by ONNX Runtime's integer kernel (see .matrix).  With MiniLM on ONNX Runtime too,
+# text p50 at 100K products 32.7-37.9 -> 20.7-27.9 ms, same store, alternating runs, 2026-12-06
+# (benchmarks/text_latency.py).
 
 
 class TextSource(Protocol):
@@ -123,8 +90,8 @@ class TextGallery:
         self.colours = np.zeros((0, COLOUR_FEATURES), np.float32)
         self.generation = -1
         self.capacity = 0
-        self.joint = np.zeros((0, bridge.image_weights.shape[1] if bridge else 0), MATRIX_DTYPE)  # per rowid: photo in the shared space
-        self.titles = np.zeros((0, 0), MATRIX_DTYPE)  # per rowid: title sentence vector (zeros: no title)
+        self.joint = Int8Rows(bridge.image_weights.shape[1] if bridge else 0)  # per rowid: photo in the shared space
+        self.titles = Int8Rows(0)  # per rowid: title sentence vector (zeros: no title); its size is the encoder's, known on first use
         self.has_title = np.zeros(0, bool)
         # predicted tags as probabilities: tag name -> value (lower case) -> per-rowid probability (the
         # tag's value and its runners-up), so a product whose colour is uncertain still counts a little
@@ -150,7 +117,7 @@ class TextGallery:
                 if self.keep_colours and colours is not None:
                     self.colours[rowids] = colours
                 if self.bridge is not None:
-                    self.joint[rowids] = to_half(self.bridge.image_side(vectors, colours))
+                    self.joint.set(rowids, self.bridge.image_side(vectors, colours))
                 if self.text_columns:
                     self._titles(rowids.tolist(), [self.title_of(m) for m in metadata])
                 self._tags(rowids)
@@ -165,9 +132,10 @@ class TextGallery:
             return
         capacity = max(needed, int(self.capacity * 1.5) + 1024)
         extra = capacity - self.capacity
-        self.joint = np.concatenate([self.joint, np.zeros((extra, self.joint.shape[1]), MATRIX_DTYPE)])
-        dim = self.titles.shape[1] or (self._sentences().dim if self.text_columns else 0)
-        self.titles = np.concatenate([self.titles.reshape(self.capacity, dim), np.zeros((extra, dim), MATRIX_DTYPE)])
+        self.joint.grow(capacity)
+        if not self.titles.dim and self.text_columns:
+            self.titles = Int8Rows(self._sentences().dim, self.capacity)
+        self.titles.grow(capacity)
         self.has_title = np.concatenate([self.has_title, np.zeros(extra, bool)])
         if self.keep_colours:
             self.colours = np.concatenate([self.colours, np.zeros((extra, COLOUR_FEATURES), np.float32)])
@@ -235,19 +203,19 @@ class TextGallery:
             if not self.store.read_only:
                 self.store.stage_vectors(model, [(r, title_hash(t), v) for (r, t), v in zip(batch, vectors)], TITLE_REGION)
         rows = [rowid for rowid, _ in present]
-        self.titles[rows] = to_half(np.stack([cached[rowid][1] for rowid in rows]))
+        self.titles.set(rows, np.stack([cached[rowid][1] for rowid in rows]))
         self.has_title[rows] = True
 
     def title_vectors(self, rows: np.ndarray) -> np.ndarray:
         """The stored title sentence vectors of ``rows`` as float32 (zeros where there is no title)."""
-        return from_half(self.titles[rows])
+        return self.titles.get(rows)
 
     def scores(self, text_vector: np.ndarray, rows: np.ndarray, examples: np.ndarray | None = None,
                text: str = "") -> tuple[np.ndarray | None, np.ndarray]:
         """(image scores or None, title scores) of the query for ``rows``.  ``examples``: rowids of
         titled products whose photos may lend the words an example (see :meth:`image_scores`);
         ``text``: the words ``text_vector`` was made from (a bridge may read them too)."""
-        every_title = matrix_scores(self.titles, text_vector) if self.titles.size else np.zeros(self.capacity, np.float32)
+        every_title = self.titles.scores(text_vector) if self.titles.dim else np.zeros(self.capacity, np.float32)
         title = np.where(self.has_title[rows], every_title[rows], np.nan).astype(np.float32)
         return self.image_scores(text_vector, rows, examples, every_title, text), title
 
@@ -266,7 +234,7 @@ class TextGallery:
             example = self._example(every_title, examples)
             if example is not None:
                 query = query + FEEDBACK_WEIGHT * example
-        return matrix_scores(self.joint, query)[rows]
+        return self.joint.scores(query)[rows]
 
     def _example(self, every_title: np.ndarray, examples: np.ndarray) -> np.ndarray | None:
         """The unit mean, in the shared space, of the photos of the examples whose titles are
@@ -279,6 +247,6 @@ class TextGallery:
         nearest = pool[np.argpartition(-every_title[pool], m - 1)[:m]]
         closeness = every_title[nearest].astype(np.float64) / FEEDBACK_TEMPERATURE
         weights = np.exp(closeness - closeness.max())
-        mean = (weights / weights.sum()).astype(np.float32) @ from_half(self.joint[nearest])
+        mean = (weights / weights.sum()).astype(np.float32) @ self.joint.get(nearest)
         norm = float(np.linalg.norm(mean))
         return mean / norm if norm > 0 else None

@@ -30,7 +30,7 @@ from ..search.searcher import Hit
 from ..search.view import CatalogueView
 from ..vectors import VectorFilter
 from .bridge import BridgeOptions, TextImageBridge, current_bridge_folder
-from .encoder import SentenceEncoder, TextError, guess_text_columns, sentence_encoder
+from .encoder import MINILM, SentenceEncoder, TextError, guess_text_columns, sentence_encoder
 from .facets import Facets
 from .gallery import TextGallery
 from .vocabulary import FacetMatch, ParsedQuery, tokens
@@ -51,8 +51,10 @@ TYPE_BONUS = 1.0            # "like this, but…": a type facet too few candidat
 
 
 class TextService:
-    def __init__(self, view: Callable[[], CatalogueView], sentences: Callable[[], SentenceEncoder] = sentence_encoder):
-        self._view, self._sentences = view, sentences
+    def __init__(self, view: Callable[[], CatalogueView], sentences: Callable[[], SentenceEncoder] | None = None):
+        self._view = view
+        # The sentence model's ONNX export lives in the store's configured model cache.
+        self._sentences = sentences or (lambda: sentence_encoder(MINILM, view().settings.model_cache_dir()))
         self._gallery: tuple[tuple[Any, ...], TextGallery] | None = None
         self._facet_cache: tuple[tuple[Any, ...], Facets] | None = None
         self._example_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
