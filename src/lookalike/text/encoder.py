@@ -96,10 +96,10 @@ class MiniLMEncoder:
         package = _minilm_package()
         from tokenizers import Tokenizer
 
-        if cache_dir is None:
-            from ..config import Settings
+        if cache_dir is None:  # the configured model cache (file and LOOKALIKE_MODEL_CACHE), as the engine's
+            from ..config import load_settings
 
-            cache_dir = Settings().model_cache_dir()
+            cache_dir = load_settings().model_cache_dir()
         self.model_path = Path(cache_dir) / f"{MINILM}-{getattr(package, '__version__', '0')}-v{GRAPH_VERSION}.onnx"
         self._tokenizer = Tokenizer.from_file(str(Path(package.get_model_path()) / "tokenizer.json"))
         self._tokenizer.enable_truncation(MAX_TOKENS)
