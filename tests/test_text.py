@@ -62,6 +62,10 @@ def test_int8_rows_score_like_float32_ones():
         assert int(np.argmax(scores)) == int(np.argmax(exact)) and np.corrcoef(scores[:3000], exact)[0, 1] > 0.9995
     matrix.set([5], np.zeros((1, 384), np.float32))  # a zero vector scores 0, it does not divide by zero
     assert matrix.scores(rows[5])[5] == 0 and not matrix.scores(np.zeros(384, np.float32)).any()
+    damaged = rows[6].copy()
+    damaged[[0, 9]] = [np.nan, np.inf]
+    matrix.set([6], damaged[None])  # non-finite numbers count as 0: the codes stay inside ±63, the row stays usable
+    assert np.abs(matrix.codes).max() <= 63 and np.isfinite(matrix.scores(rows[6])).all() and matrix.scores(rows[6])[6] > 0.9
     with pytest.raises(ValueError, match="dimensions"):
         matrix.scores(rows[0][:100])
     assert Int8Rows(384).scores(rows[0]).shape == (0,)

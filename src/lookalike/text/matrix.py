@@ -54,8 +54,10 @@ def _product_session() -> Any:
 
 
 def quantise(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float rows -> (int8 codes, per-row scales); a zero row gets scale 0 and scores 0."""
+    """float rows -> (int8 codes, per-row scales); a zero row gets scale 0 and scores 0, and a
+    non-finite number counts as 0."""
     rows = np.asarray(rows, np.float32)
+    rows = np.where(np.isfinite(rows), rows, 0).astype(np.float32)  # a damaged vector must not code outside ±ROW_LIMIT
     peak = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(len(rows), np.float32)
     scales = (peak / ROW_LIMIT).astype(np.float32)
     safe = np.where(scales > 0, scales, 1)[:, None]
