@@ -6,7 +6,7 @@ network (with its mean pooling and normalisation) to the model cache, once, in a
 that a process needs only the tokenizer and the ONNX session.  Why: one short query took 15-16 ms
 through sentence-transformers' ``encode`` on a slow day (7-9 ms on a quick one), half the text
 query's 30 ms budget, and about 3 ms on ONNX Runtime in the same window, with the same vectors
-(largest difference 1e-7).
+(largest difference 2e-7).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 import numpy as np
+
+from ..common.runtime import cpu_session
 
 MINILM = "minilm-l6"
 MAX_QUERY_CHARS = 500  # a query longer than this is refused, not truncated silently
@@ -108,25 +110,22 @@ class MiniLMEncoder:
 
     def _open_session(self, threads: int) -> Any:
         """The cached export, made first if missing; a damaged cached file is exported again once."""
-        import onnxruntime as ort
+        if not self.model_path.exists():
+            self._export()
+        try:  # not spinning: idle ORT threads would steal the core from the scoring that follows every query
+            return cpu_session(str(self.model_path), threads, spin=False)
+        except Exception:  # onnxruntime raises its own exception types
+            self._export()
+        try:
+            return cpu_session(str(self.model_path), threads, spin=False)
+        except Exception as exc:
+            raise TextError(f"cannot load the MiniLM text model {self.model_path}: {exc}") from exc
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Spinning ORT threads would steal the core from the scoring that follows every query.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for attempt in range(2):
-            if attempt or not self.model_path.exists():
-                try:
-                    export_minilm(self.model_path)
-                except (OSError, RuntimeError) as exc:
-                    raise TextError(f"cannot export the MiniLM text model to {self.model_path}: {exc}") from exc
-            try:
-                return ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnxruntime raises its own exception types
-                if attempt:
-                    raise TextError(f"cannot load the MiniLM text model {self.model_path}: {exc}") from exc
-        raise AssertionError("unreachable")
+    def _export(self) -> None:
+        try:
+            export_minilm(self.model_path)
+        except (OSError, RuntimeError) as exc:
+            raise TextError(f"cannot export the MiniLM text model to {self.model_path}: {exc}") from exc
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)

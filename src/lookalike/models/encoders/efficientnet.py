@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from ...common.runtime import cpu_session
 from ...config import Settings
 from .base import SEARCHES, Encoder, EncoderError, SearchesInProgress
 
@@ -261,18 +262,8 @@ class EfficientNetLiteEncoder(Encoder):
         return self._session if wide else self._narrow_session
 
     def _new_session(self, threads: int):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # Pinned thread counts: oversubscribed pools collapse throughput on small machines.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not self.spin:  # idle ORT threads would spin and starve the NumPy work that follows each run
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            return ort.InferenceSession(str(self._ensure_model()), options, providers=["CPUExecutionProvider"])
+            return cpu_session(str(self._ensure_model()), threads, spin=self.spin)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EncoderError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
 
