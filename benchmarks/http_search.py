@@ -2,6 +2,7 @@
 
     python benchmarks/http_search.py --products 100000 --clients 4
     python benchmarks/http_search.py --products 1000000 --clients 8 --baseline-src OLD/src
+    python benchmarks/http_search.py --products 1000000 --clients 8 --encoders efficientnet-lite0-int8 efficientnet-lite0 --modes whole
 
 
 Builds a store of N products: real Myntra photos embedded by the real model, topped up with
@@ -37,14 +38,14 @@ from lookalike import Engine
 from lookalike.storage import ProductWrite
 
 
-def build_store(path: Path, n_products: int, n_real: int) -> None:
+def build_store(path: Path, n_products: int, n_real: int, encoder: str | None = None) -> None:
     rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[:n_real]
     catalogue = path.parent / "real.csv"
     with catalogue.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "image_file": str(SHARED / "myntra" / r["image_file"])} for r in rows)
-    with Engine.open(path) as engine:
+    with Engine.open(path, encoder=encoder) as engine:
         engine.ingest(catalogue)
         real = np.stack([engine.index.vector(r) for r in engine.index.ids()])
         spread = real.std(axis=0)
@@ -122,12 +123,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=100, help="per client")
     parser.add_argument("--baseline-src", type=Path, help="also time server start-up with this checkout's src (the baseline)")
+    parser.add_argument("--encoders", nargs="+", default=[None], help="one store per encoder, measured in turn (default: the default encoder)")
+    parser.add_argument("--modes", nargs="+", default=["default", "whole", "filtered"], choices=["default", "whole", "filtered"],
+                        help="which searches to load the server with (default: main garment; whole: whole=true; filtered: price<50)")
     args = parser.parse_args()
     need_shared()
+    runs = {}
+    for encoder in args.encoders:
+        runs[encoder or "default"] = measure(args, encoder)
+    report(f"http_search_{args.products}", runs if len(runs) > 1 else next(iter(runs.values())))
+
+
+def measure(args: argparse.Namespace, encoder: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         t = time.perf_counter()
-        build_store(store, args.products, args.real)
+        build_store(store, args.products, args.real, encoder)
         build_s = time.perf_counter() - t
         server, url, ready_s = start_server(store)
         try:
@@ -135,14 +146,17 @@ def main() -> None:
             rows = list(csv.DictReader((SHARED / "myntra" / "labels.csv").open()))[-300:]  # photos not in the store
             photos = [(SHARED / "myntra" / r["image_file"]).read_bytes() for r in rows]
             load(url, photos, 1, 10, [("k", "20")])  # warm-up
-            results = {"products": stats["products"], "index": stats["index"], "store_build_s": round(build_s, 1), "server_ready_s": ready_s}
+            results = {"products": stats["products"], "index": stats["index"], "encoder": stats.get("encoder"),
+                       "store_build_s": round(build_s, 1), "server_ready_s": ready_s}
             # A plain search first glances for a person (shop the look: a photo of one searches its
             # main garment); whole=true skips that, as before shop the look: the baseline of this run.
-            for label, clients, params in (("1_client", 1, [("k", "20")]),
-                                           ("1_client_whole", 1, [("k", "20"), ("whole", "true")]),
-                                           (f"{args.clients}_clients", args.clients, [("k", "20")]),
-                                           (f"{args.clients}_clients_whole", args.clients, [("k", "20"), ("whole", "true")]),
-                                           (f"{args.clients}_clients_filtered", args.clients, [("k", "20"), ("where", "price<50")])):
+            for mode, label, clients, params in (("default", "1_client", 1, [("k", "20")]),
+                                                 ("whole", "1_client_whole", 1, [("k", "20"), ("whole", "true")]),
+                                                 ("default", f"{args.clients}_clients", args.clients, [("k", "20")]),
+                                                 ("whole", f"{args.clients}_clients_whole", args.clients, [("k", "20"), ("whole", "true")]),
+                                                 ("filtered", f"{args.clients}_clients_filtered", args.clients, [("k", "20"), ("where", "price<50")])):
+                if mode not in args.modes:
+                    continue
                 t = time.perf_counter()
                 latencies, errors = load(url, photos, clients, args.requests, params)
                 wall = time.perf_counter() - t
@@ -158,7 +172,7 @@ def main() -> None:
             results["baseline_server_ready_s"] = baseline_ready_s
             results["ready_speedup"] = round(baseline_ready_s / ready_s, 1)
             print("ready", ready_s, "s; baseline", baseline_ready_s, "s", flush=True)
-    report(f"http_search_{args.products}", results)
+    return results
 
 
 if __name__ == "__main__":

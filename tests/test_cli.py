@@ -54,7 +54,7 @@ def test_ingest_search_similar_update_delete(tmp_path):
     assert result.returncode == 1 and "no product with id 'new-1'" in result.stderr
 
     info = json.loads(run("info", "--json", store=store).stdout)
-    assert info["products"] == 305 and info["encoder"].startswith("efficientnet-lite0@")
+    assert info["products"] == 305 and info["encoder"].startswith("efficientnet-lite0-int8@")
 
 
 def test_errors_are_one_clear_line(tmp_path, demo_store):

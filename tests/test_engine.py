@@ -149,7 +149,7 @@ def test_reopen_gives_identical_results(store_copy):
 
 
 def test_store_refuses_another_encoder(store_copy):
-    with pytest.raises(StoreError, match="efficientnet-lite0@2"):
+    with pytest.raises(StoreError, match="efficientnet-lite0-int8@2.1"):
         Engine.open(store_copy, encoder="efficientnet-lite2")
 
 

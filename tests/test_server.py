@@ -102,7 +102,7 @@ def test_server_refuses_to_start_on_a_store_of_another_encoder(store_copy):
         Server(store_copy, {"LOOKALIKE_ENCODER": "efficientnet-lite2"})
         raise AssertionError("server started")
     except RuntimeError as exc:
-        assert "efficientnet-lite0@" in str(exc)
+        assert "efficientnet-lite0-int8@" in str(exc)
 
 
 def test_tag_an_upload_and_read_tags_and_review(store_copy):

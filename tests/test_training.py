@@ -189,7 +189,7 @@ def test_models_record_their_data_parameters_and_validation(trained_store):
     path, name, coded_name = trained_store
     model = load_model(models_dir(path) / name)
     assert model.info["training_data"]["holdout_products"] >= 60 and model.info["training_data"]["classes"] == 17
-    assert model.info["parameters"]["positives"] == ["category"] and model.info["backbones"] == ["efficientnet-lite0@2"]
+    assert model.info["parameters"]["positives"] == ["category"] and model.info["backbones"] == ["efficientnet-lite0-int8@2.1"]
     assert set(model.info["validation"]) == {"off_the_shelf", "fine_tuned"} and len(model.holdout) == model.info["training_data"]["holdout_products"]
     coded = load_model(models_dir(path) / coded_name)
     assert coded.quantizer.bits == 32 and coded.quantizer.codebooks.shape == (4, 256, 64) and coded.info["base_model"] == name
@@ -297,7 +297,7 @@ def test_reindex_switches_atomically_under_concurrent_queries(trained_store, tmp
         assert engine.search(queries[0], k=1)[0].id == "878ff7a3"
     with Engine.open(store) as engine:  # the switch is on disk: reopening serves the model
         assert engine.encoder.identity.startswith(name + "@") and len(engine) == 305
-        back = engine.reindex("efficientnet-lite0")
+        back = engine.reindex("efficientnet-lite0-int8")
         assert back["reused"] == 305 and back["from_images"] == 0, "switching back reuses the kept vectors"
         assert engine.encoder.identity == old_identity
 
@@ -397,7 +397,7 @@ def test_http_reindex_switches_the_running_server(trained_store, tmp_path):
     server = Server(store)
     try:
         models = httpx.get(server.url + "/models").json()
-        assert {m["name"] for m in models["models"]} >= {name} and models["serving"].startswith("efficientnet-lite0@")
+        assert {m["name"] for m in models["models"]} >= {name} and models["serving"].startswith("efficientnet-lite0-int8@")
         missing = httpx.post(server.url + "/reindex", headers=server.auth, json={"model": "nope"})
         assert missing.status_code == 404 and "unknown encoder 'nope'" in missing.json()["detail"]
         started = httpx.post(server.url + "/reindex", headers=server.auth, json={"model": name})
@@ -549,7 +549,7 @@ def test_clean_photo_features_come_from_the_stored_vectors(store_copy):
 
     with Engine.open(store_copy) as engine:
         view = engine.view()
-        cache = open_cache(view, ["efficientnet-lite0"], views=2, seed=0)
+        cache = open_cache(view, [engine.encoder.name], views=2, seed=0)
         backbone = cache.backbones[0]
         images_run = []
         original = backbone.embed

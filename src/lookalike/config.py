@@ -29,7 +29,7 @@ class Settings:
     """Everything a deployment may want to tune, with defaults that run on a laptop."""
 
     store: str = "lookalike-store"
-    encoder: str = ""  # empty: the store's own encoder, efficientnet-lite0 for a new store
+    encoder: str = ""  # empty: the store's own encoder, efficientnet-lite0-int8 for a new store (efficientnet-lite0: float)
     # "auto" picks exact search for small catalogues and an IVF index above ann_threshold;
     # "flat" forces exact search; anything else is a FAISS index factory string.
     index: str = "auto"

@@ -4,7 +4,7 @@
   over ONNX Runtime, a trained head over backbones, a hash encoder for tests);
 * :mod:`.registry` — names to models, with their kind; importing trained models between stores;
 * :mod:`.artefacts` — trained models as checked, versioned folders in ``STORE/models/``;
-* :mod:`.int8` — an EfficientNet-Lite encoder quantised to INT8, calibrated on the store's photos.
+* :mod:`.int8` — EfficientNet-Lite encoders quantised to INT8: the built-in default (packaged calibration photos) and copies calibrated on a store's photos.
 """
 
 from .artefacts import ModelError, TrainedModel, list_models, load_model

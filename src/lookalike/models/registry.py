@@ -22,7 +22,7 @@ from typing import Callable
 from ..config import Settings
 from .artefacts import ModelError, TrainedModel, check_name, load_model, models_dir, resolve_model_path
 from .encoders import BlockMapsEncoder, EfficientNetLiteEncoder, Encoder, EncoderError, FineTunedEncoder
-from .int8 import ONNX_FILE, Int8Encoder, Int8Model, is_int8_folder, load_int8
+from .int8 import ONNX_FILE, BuiltinInt8Encoder, Int8Encoder, Int8Model, is_int8_folder, load_int8
 
 IMAGE_EMBEDDER = "image-embedder"
 FEATURE_EXTRACTOR = "feature-extractor"
@@ -50,6 +50,7 @@ def register_encoder(name: str, factory: Callable[[Settings], Encoder]) -> None:
 
 for _backbone in ("efficientnet-lite0", "efficientnet-lite2"):
     register_encoder(_backbone, partial(EfficientNetLiteEncoder, _backbone))
+    register_encoder(f"{_backbone}-int8", partial(BuiltinInt8Encoder, _backbone))  # quantised on first use (packaged calibration)
     # last-block feature maps, for training an unfrozen head (not for a store)
     register_model(f"{_backbone}-maps", FEATURE_EXTRACTOR, partial(BlockMapsEncoder, _backbone))
 

@@ -14,6 +14,7 @@ honest validation metrics.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable
@@ -472,9 +473,11 @@ def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray]
     """The pretrained last convolution of the (single) backbone, and its feature-map encoder's name."""
     from ..models.encoders.efficientnet import pretrained_conv_head
 
-    if len(backbones) != 1 or not backbones[0].startswith("efficientnet-lite"):
+    float_base = re.fullmatch(r"(efficientnet-lite[02])(-int8.*)?", backbones[0]) if len(backbones) == 1 else None
+    if float_base is None:
         raise TrainingDataError(f"--unfreeze-head works with one EfficientNet-Lite backbone, not {', '.join(backbones)}")
-    return pretrained_conv_head(backbones[0]), [f"{backbones[0]}-maps"]
+    # An INT8 store's head unfreezes from the float network: its maps and last convolution are the float ones.
+    return pretrained_conv_head(float_base.group(1)), [f"{float_base.group(1)}-maps"]
 
 
 def _check_new_name(view: CatalogueView, name: str) -> None:
