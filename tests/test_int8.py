@@ -146,6 +146,13 @@ def test_a_head_trains_on_the_int8_backbone_of_a_store_serving_it(int8_store, tm
         assert isinstance(encoder, FineTunedEncoder) and isinstance(encoder.backbones[0], Int8Encoder)
         vector = encoder.encode([Image.open(IMAGES / "878ff7a3.jpg").convert("RGB")])
         assert vector.shape == (1, 32) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
+        # --unfreeze-head on this store starts from the float network the INT8 model was quantised from
+        from lookalike.training.embedding import TrainingDataError, _unfrozen_start
+
+        (weights, bias), maps = _unfrozen_start(engine.view(), ["lite0-int8"])
+        assert maps == ["efficientnet-lite0-maps"] and weights.shape == (320, 1280) and bias.shape == (1280,)
+        with pytest.raises(TrainingDataError, match="one EfficientNet-Lite backbone"):
+            _unfrozen_start(engine.view(), [model.name])  # a fine-tuned head has no last convolution to unfreeze
 
 
 def test_a_new_store_serves_the_builtin_int8_encoder(demo_store):

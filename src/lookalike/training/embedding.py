@@ -14,7 +14,6 @@ honest validation metrics.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable
@@ -199,9 +198,13 @@ def _stored_clean_features(view: CatalogueView, cache: ViewFeatureCache, product
     return found
 
 
+def _backbone(view: CatalogueView, name: str) -> Any:
+    """A backbone by name: the serving encoder itself, or one resolved as a store resolves it."""
+    return view.encoder if name == view.encoder.name else get_encoder(name, view.settings, kinds=(IMAGE_EMBEDDER, FEATURE_EXTRACTOR))
+
+
 def open_cache(view: CatalogueView, backbones: list[str], views: int, seed: int) -> ViewFeatureCache:
-    encoders = [view.encoder if name == view.encoder.name else get_encoder(name, view.settings, kinds=(IMAGE_EMBEDDER, FEATURE_EXTRACTOR))
-                for name in backbones]
+    encoders = [_backbone(view, name) for name in backbones]
     return ViewFeatureCache(view.directory / "training" / "features", encoders, views, seed, view.limits, view.settings.loader_threads)
 
 
@@ -350,7 +353,7 @@ def train_embedding(view: CatalogueView, options: EmbeddingOptions, progress: Pr
     backbones = options.backbones or [view.encoder.name]
     conv = None
     if options.unfreeze_head:
-        conv, backbones = _unfrozen_start(backbones)
+        conv, backbones = _unfrozen_start(view, backbones)
     cache = open_cache(view, backbones, options.views, options.seed)
     data = load_training_set(view, options.positives, options.where, cache, options.holdout, options.min_class_count, options.seed, progress, log,
                              options.keep_out)
@@ -469,15 +472,17 @@ class CrossDomainTerm:
         return self.spec.weight * loss
 
 
-def _unfrozen_start(backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """The pretrained last convolution of the (single) backbone, and its feature-map encoder's name."""
+def _unfrozen_start(view: CatalogueView, backbones: list[str]) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """The pretrained last convolution of the (single) backbone, and its feature-map encoder's name.
+    An INT8 backbone (built in or a store's own) unfreezes from the float network it was quantised
+    from (``base_name``): its maps and last convolution are the float ones."""
+    from ..models.encoders import EfficientNetLiteEncoder
     from ..models.encoders.efficientnet import pretrained_conv_head
 
-    float_base = re.fullmatch(r"(efficientnet-lite[02])(-int8.*)?", backbones[0]) if len(backbones) == 1 else None
-    if float_base is None:
+    encoder = _backbone(view, backbones[0]) if len(backbones) == 1 else None
+    if not isinstance(encoder, EfficientNetLiteEncoder):
         raise TrainingDataError(f"--unfreeze-head works with one EfficientNet-Lite backbone, not {', '.join(backbones)}")
-    # An INT8 store's head unfreezes from the float network: its maps and last convolution are the float ones.
-    return pretrained_conv_head(float_base.group(1)), [f"{float_base.group(1)}-maps"]
+    return pretrained_conv_head(encoder.base_name), [f"{encoder.base_name}-maps"]
 
 
 def _check_new_name(view: CatalogueView, name: str) -> None:
