@@ -210,6 +210,16 @@ def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
     # views R@1 also per alteration: a row for each of the seven, each over its share of the sample
     view_rows = [r for r in table["rows"] if r.startswith("views R@1: ")]
     assert len(view_rows) == 7 and all(0 <= cells[c][r] <= 1 for c in cells for r in view_rows)
+    # ... with intervals: each alteration's R@1 per column, and its change against off the shelf over the same views (paired)
+    summary = result.tasks["codes"]["exact"].metrics
+    changes = {k: v for k, v in summary.items() if k.startswith("views R@1 change vs off the shelf: ")}
+    floats = [c for c in cells if "float" in c or "unfrozen" in c]  # codes lose views by design: no change rows
+    assert len(changes) == 7 * (len(floats) - 1) and not any(k.endswith("| off-the-shelf float") for k in changes)
+    for row in view_rows:
+        for column in floats[1:]:
+            change = changes[f"views R@1 change vs off the shelf: {row[len('views R@1: '):]} | {column}"]
+            assert change["mean"] == pytest.approx(cells[column][row] - cells["off-the-shelf float"][row], abs=1e-9)
+            assert change["ci_low"] <= change["mean"] <= change["ci_high"]
     notes = " ".join(result.tasks["codes"]["exact"].notes)
     assert "held-out products" in notes and "forced out of training" in notes
     paths = write_report(result, tmp_path / "report")

@@ -45,6 +45,7 @@ class Representation:
     bytes_per_item: float
     embed: Callable[[np.ndarray], np.ndarray]          # backbone vectors (n, D) -> this representation's float vectors
     scorer: Callable[[np.ndarray], Scorer]             # gallery row indices -> scorer over those rows
+    coded: bool = False                                # compact codes: views are lost by design, no change rows
 
     def latency_ms(self, queries: np.ndarray, items: int, gallery_size: int, repeats: int = 20) -> float:
         """Median single-thread time of one query against ``items`` gallery rows (the gallery repeated),
@@ -142,10 +143,10 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
         pq = faiss.index_factory(tuned.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         _quiet_clustering(pq)
         pq.train(np.ascontiguousarray(train_float))
-        columns.append(Representation(label, top_bits / 8, tuned_embed, partial(_pq_scorer, pq, tuned)))
+        columns.append(Representation(label, top_bits / 8, tuned_embed, partial(_pq_scorer, pq, tuned), coded=True))
     projection = _pca_projection(train_float, 64)
     g_bits = sign_codes(tuned, projection)
-    columns.append(Representation("Hamming 64-bit (sign of PCA)", 8, tuned_embed, partial(_hamming_scorer, g_bits, projection)))
+    columns.append(Representation("Hamming 64-bit (sign of PCA)", 8, tuned_embed, partial(_hamming_scorer, g_bits, projection), coded=True))
 
     # rows
     table: dict[str, dict[str, float]] = {}
@@ -153,6 +154,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     labels_type = _labels(g_meta, positives)
     labels_colour = _labels(g_meta, positives + [colour]) if colour else None
     latency_items = int(task.options.get("latency_items", 100_000))
+    shelf_found: list[float] | None = None  # the off-the-shelf column's views (the first column)
     for column in columns:
         embed, score = column.embed, column.scorer(np.arange(len(gallery)))
         cells: dict[str, float] = {}
@@ -173,8 +175,13 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             v_scores = score(embed(view_base))
             found = [_recall_at_1(v_scores[i], np.arange(len(gallery)) == pos) for i, pos in enumerate(view_positions)]
             cells["views R@1"] = float(np.mean(found))
+            per_query[f"views R@1 | {column.name}"] = found
             for alteration in sorted(set(view_kinds)):  # the target holds for every alteration, not only on average
-                cells[f"views R@1: {alteration}"] = float(np.mean([f for f, kind in zip(found, view_kinds) if kind == alteration]))
+                mine = [i for i, kind in enumerate(view_kinds) if kind == alteration]
+                cells[f"views R@1: {alteration}"] = float(np.mean([found[i] for i in mine]))
+                if shelf_found is not None and not column.coded:  # paired: the same views, so the interval is the change's own
+                    per_query[f"views R@1 change vs off the shelf: {alteration} | {column.name}"] = [found[i] - shelf_found[i] for i in mine]
+            shelf_found = found if shelf_found is None else shelf_found
         cells["bytes/product"] = column.bytes_per_item
         cells[f"latency ms at {latency_items // 1000}K"] = column.latency_ms(embed(base_vectors[:32]), latency_items, len(gallery))
         table[column.name] = cells
@@ -220,10 +227,10 @@ def _code_columns(coded, base_vectors: np.ndarray, rerank: bool) -> list[Represe
         selected, exact = codes[rows], g_float[rows]
         return lambda q: _rerank(quantizer.adc_scores(q, selected), q, exact, RERANK_DEPTH)
 
-    columns = [Representation(f"{bits}-bit SDC", quantizer.bytes_per_code, head, sdc),
-               Representation(f"{bits}-bit ADC", quantizer.bytes_per_code, head, adc)]
+    columns = [Representation(f"{bits}-bit SDC", quantizer.bytes_per_code, head, sdc, coded=True),
+               Representation(f"{bits}-bit ADC", quantizer.bytes_per_code, head, adc, coded=True)]
     if rerank:
-        columns.append(Representation(f"{bits}-bit ADC + re-rank {RERANK_DEPTH}", quantizer.bytes_per_code + g_float.shape[1] * 4, head, adc_reranked))
+        columns.append(Representation(f"{bits}-bit ADC + re-rank {RERANK_DEPTH}", quantizer.bytes_per_code + g_float.shape[1] * 4, head, adc_reranked, coded=True))
     return columns
 
 
