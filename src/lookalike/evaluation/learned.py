@@ -154,6 +154,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     labels_type = _labels(g_meta, positives)
     labels_colour = _labels(g_meta, positives + [colour]) if colour else None
     latency_items = int(task.options.get("latency_items", 100_000))
+    by_alteration = {kind: [i for i, k in enumerate(view_kinds) if k == kind] for kind in sorted(set(view_kinds))}
     shelf_found: list[float] | None = None  # the off-the-shelf column's views (the first column)
     for column in columns:
         embed, score = column.embed, column.scorer(np.arange(len(gallery)))
@@ -176,12 +177,12 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
             found = [_recall_at_1(v_scores[i], np.arange(len(gallery)) == pos) for i, pos in enumerate(view_positions)]
             cells["views R@1"] = float(np.mean(found))
             per_query[f"views R@1 | {column.name}"] = found
-            for alteration in sorted(set(view_kinds)):  # the target holds for every alteration, not only on average
-                mine = [i for i, kind in enumerate(view_kinds) if kind == alteration]
+            for alteration, mine in by_alteration.items():  # the target holds for every alteration, not only on average
                 cells[f"views R@1: {alteration}"] = float(np.mean([found[i] for i in mine]))
                 if shelf_found is not None and not column.coded:  # paired: the same views, so the interval is the change's own
                     per_query[f"views R@1 change vs off the shelf: {alteration} | {column.name}"] = [found[i] - shelf_found[i] for i in mine]
-            shelf_found = found if shelf_found is None else shelf_found
+            if shelf_found is None:
+                shelf_found = found
         cells["bytes/product"] = column.bytes_per_item
         cells[f"latency ms at {latency_items // 1000}K"] = column.latency_ms(embed(base_vectors[:32]), latency_items, len(gallery))
         table[column.name] = cells

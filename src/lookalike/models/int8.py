@@ -150,11 +150,16 @@ def calibration_photos(encoder: EfficientNetLiteEncoder) -> np.ndarray:
     if len(files) < MIN_PHOTOS:
         raise EncoderError(f"the packaged INT8 calibration photos are missing from {CALIBRATION_DIR} "
                            f"({len(files)} found); reinstall lookalike")
-    pixels = []
+    photos = []
     for file in files:
         with Image.open(file) as image:
-            pixels.append(encoder.preprocess(image.convert("RGB")))
-    return np.stack(pixels)
+            photos.append(image.convert("RGB"))
+    return _pixels(encoder, photos)
+
+
+def _pixels(encoder: EfficientNetLiteEncoder, photos: Sequence[Image.Image]) -> np.ndarray:
+    """Photos preprocessed as the float encoder sees them: what calibration and the checks feed the graphs."""
+    return np.stack([encoder.preprocess(photo.convert("RGB")) for photo in photos])
 
 
 def is_int8_folder(path: Path) -> bool:
@@ -250,7 +255,7 @@ def quantize_encoder(store_dir: Path, photos: Sequence[Image.Image], options: In
     base = EfficientNetLiteEncoder(options.base, settings)
     float_model = base._ensure_model()  # exported once from the pretrained weights, as for serving
     held = min(CHECK_PHOTOS, len(photos) // 5)
-    pixels = np.stack([base.preprocess(photo.convert("RGB")) for photo in photos])
+    pixels = _pixels(base, photos)
     calibration, check = pixels[held:], pixels[:held]
     name = options.name or next_name(store_dir, f"{options.base}-int8")
     if (models_dir(store_dir) / name).exists():
