@@ -227,6 +227,45 @@ def test_learned_codes_table_on_held_out_products(suite_dir, tmp_path):
     assert "| measure | off-the-shelf float | fine-tuned float (proxy-anchor loss) |" in markdown and "| bytes/product | 5,120 | 512 |" in markdown
 
 
+def test_the_development_split_measures_other_products_than_the_held_out_ones(suite_dir):
+    """``development: true``: the products the task reports on are neither trained on nor measured,
+    a second seeded share of the training products is measured instead; a list of depths gives a
+    column each, so a depth is chosen there and not on the reported products."""
+    pytest.importorskip("torch", reason="the learned_codes task trains a head with PyTorch")
+    task = {"name": "codes", "type": "learned_codes", "dataset": "demo", "positives": ["category"], "holdout": 0.3, "bits": [8],
+            "steps": 60, "quantizer_steps": 20, "views": 2, "view_sample": 20, "latency_items": 1000, "pairs": "pairs.csv",
+            "backbone_first_depth": [3, 10]}
+    splits = {}
+    for development in (False, True):
+        spec = {"name": "codes", "seed": 3, "bootstrap": 20, "datasets": {"demo": {"catalogue": "catalogue.csv", "where": "kids=false"}},
+                "tasks": [task | {"development": development}]}
+        (suite_dir / "dev.yaml").write_text(yaml.safe_dump(spec))
+        result = evaluate(load_suite(suite_dir / "dev.yaml"), [load_config(suite_dir / "exact.yaml")], suite_dir / "cache")
+        run = result.tasks["codes"]["exact"]
+        splits[development] = run.plots["split"]
+        columns = run.plots["codes_table"]["columns"]
+        assert [c for c in columns if "nearest off the shelf" in c] == [f"fine-tuned float, the nearest off the shelf among the tuned top {d} first" for d in (3, 10)]
+    held, dev = splits[False], splits[True]
+    assert not held["development"] and held["kept_out"] == [] and dev["development"]
+    assert len(dev["measured"]) >= 10 and not set(dev["measured"]) & set(held["measured"])
+    assert set(held["measured"]) <= set(dev["kept_out"])  # the reported products: out of training and out of the measure
+    assert any(i.endswith("-dup") for i in dev["kept_out"])  # duplicate listings too
+    notes = " ".join(run.notes)
+    assert f"measured on {len(dev['measured'])} products of the development split" in notes and "neither trained nor measured on" in notes
+
+
+@pytest.mark.parametrize("depths", [[], [10, -1], [10, 0], [10, "50"], list(range(1, 10))])
+def test_a_bad_list_of_depths_is_refused_naming_the_task(depths):
+    from lookalike.evaluation.learned import _first_depths
+    from lookalike.evaluation.suite import TaskSpec
+
+    assert _first_depths(TaskSpec("t", "learned_codes", "a", {"backbone_first_depth": [20, 50]})) == [20, 50]
+    assert _first_depths(TaskSpec("t", "learned_codes", "a", {"backbone_first_depth": 50})) == [50]
+    assert _first_depths(TaskSpec("t", "learned_codes", "a", {})) == []
+    with pytest.raises(SuiteError, match="task 't': backbone_first_depth"):
+        _first_depths(TaskSpec("t", "learned_codes", "a", {"backbone_first_depth": depths}))
+
+
 def test_the_near_duplicate_lift_keeps_a_copy_first_and_the_tuned_order_otherwise():
     import numpy as np
 

@@ -92,8 +92,11 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
                                steps=int(task.options.get("steps", 1500)), views=int(task.options.get("views", 4)),
                                loss=str(task.options.get("loss", "proxy-anchor")), keep_out=keep_out,
                                backbones=task.options.get("backbones"), street=street_training(task, suite))
+    reported: set[str] = set()
+    if task.options.get("development"):
+        options, reported = _development_options(engine, options)
     model = engine.train_embedding(options, save=False)
-    held = set(model.holdout)
+    held = set(model.holdout) - reported
     gallery = [i for i, item in enumerate(data.ids) if item in held]
     if len(gallery) < 10:
         raise SuiteError(f"task {task.name!r}: only {len(gallery)} held-out products; raise 'holdout'")
@@ -119,8 +122,7 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
     gate = _gate_options(task)
     if gate:  # the tuned ranking, with the backbone's near-duplicates of each query lifted to the top
         columns.append(_gated_column(model.head, tuned, base_vectors, *gate))
-    depth = _first_depth(task)
-    if depth:  # the tuned ranking, with the backbone's nearest product first when the tuned top `depth` has it
+    for depth in _first_depths(task):  # the tuned ranking, with the backbone's nearest product first when the tuned top `depth` has it
         columns.append(_backbone_first_column(model.head, tuned, base_vectors, depth))
     unfrozen_depth = _first_depth(task, "unfrozen_first_depth")
     if unfrozen_depth:  # the same training with the last convolution unfrozen, alone and with the exact-first rule
@@ -191,12 +193,15 @@ def run_learned_codes(task: TaskSpec, data: DatasetEmbeddings, index: ConfigInde
                for name, cells in table.items() for row, value in cells.items() if row in ("same type mAP", "same type NN", "street P@10", "views R@1")}
     for key, values in per_query.items():
         summary[key] = bootstrap(values, suite.seed, suite.bootstrap).to_dict()
-    notes = [f"trained on {model.info['training_data']['train_products']} products, measured on {len(gallery)} held-out products "
-             f"({len(keep_out)} of them forced out of training because they are in a duplicate pair)",
+    measured = (f"measured on {len(gallery)} products of the development split (a second seeded share of the training products; "
+                f"the {len(reported)} held-out products, duplicate pairs included, neither trained nor measured on)" if reported else
+                f"measured on {len(gallery)} held-out products ({len(keep_out)} of them forced out of training because they are in a duplicate pair)")
+    notes = [f"trained on {model.info['training_data']['train_products']} products, {measured}",
              f"latency: single-thread median per query over the held-out gallery repeated to {latency_items:,} products",
              f"training validation: {model.info['validation']}"]
     return TaskResult(summary, {}, notes=notes, plots={"codes_table": {"rows": rows, "columns": [c.name for c in columns], "cells": table},
-                                                        "model": {k: model.info[k] for k in ("backbones", "positives", "parameters", "training_data", "validation")}})
+                                                        "model": {k: model.info[k] for k in ("backbones", "positives", "parameters", "training_data", "validation")},
+                                                        "split": {"measured": g_ids, "development": bool(reported), "kept_out": sorted(reported)}})
 
 
 def street_training(task: TaskSpec, suite: Suite) -> Any:
@@ -356,10 +361,37 @@ def _in_shop(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, f
     return {f"{prefix} mAP": float(np.mean(aps)), f"{prefix} NN": float(np.mean(nn))}
 
 
+def _development_options(engine, options) -> tuple[Any, set[str]]:
+    """``development: true``: the products the task reports on (its seeded held-out share and the
+    duplicate pairs) are kept out of training and out of the measure, and a second seeded share
+    of the rest (the seed + 1) is measured instead.  Settings such as an exact-first depth are
+    chosen there, so the held-out figures are not tuned on.  The split alone costs one step of
+    training: it is the one ``train_embedding`` makes."""
+    reported = set(engine.train_embedding(replace(options, steps=1, street=None), save=False).holdout)
+    return replace(options, keep_out=sorted(set(options.keep_out) | reported), seed=options.seed + 1), reported
+
+
+def _first_depths(task: TaskSpec) -> list[int]:
+    """``backbone_first_depth``: one depth or a list of them (a column each, to compare depths)."""
+    depths = task.options.get("backbone_first_depth", 0)
+    if isinstance(depths, list):
+        if not depths or len(depths) > 8:
+            raise SuiteError(f"task {task.name!r}: backbone_first_depth lists 1 to 8 depths, got {len(depths)}")
+        checked = [_check_depth(task, "backbone_first_depth", d) for d in depths]
+        if 0 in checked:
+            raise SuiteError(f"task {task.name!r}: backbone_first_depth 0 in a list of depths (a depth is 1 to 1,000)")
+        return checked
+    depth = _first_depth(task)
+    return [depth] if depth else []
+
+
 def _first_depth(task: TaskSpec, option: str = "backbone_first_depth") -> int:
     """``backbone_first_depth`` (or ``unfrozen_first_depth``; 0: no such column), refused naming
     the task when not a whole number from 1 to 1,000."""
-    depth = task.options.get(option, 0)
+    return _check_depth(task, option, task.options.get(option, 0))
+
+
+def _check_depth(task: TaskSpec, option: str, depth: Any) -> int:
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 1000:
         raise SuiteError(f"task {task.name!r}: {option} {depth!r} is not a whole number from 1 to 1,000 (0 or absent: no column)")
     return depth
