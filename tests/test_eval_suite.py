@@ -148,6 +148,12 @@ def test_suite_errors_name_the_problem(tmp_path):
     bad.write_text("datasets: {a: {catalogue: x.csv}}\ntasks: [{type: views, dataset: a, alterations: [smudge]}]\n")
     with pytest.raises(SuiteError, match="smudge"):
         load_suite(bad)
+    for switch, value in (("development", '"false"'), ("development", "1"), ("street_training", "yes please"), ("development", "[true]")):
+        bad.write_text(f"datasets: {{a: {{catalogue: x.csv}}}}\ntasks: [{{name: t, type: learned_codes, dataset: a, {switch}: {value}}}]\n")
+        with pytest.raises(SuiteError, match=f"task 't': {switch} must be true or false"):
+            load_suite(bad)
+    bad.write_text("datasets: {a: {catalogue: x.csv}}\ntasks: [{type: learned_codes, dataset: a, development: false, street_training: true}]\n")
+    assert load_suite(bad).tasks[0].options["development"] is False
     (tmp_path / "c.yaml").write_text("name: x\nindx: flat\n")
     with pytest.raises(SuiteError, match="unknown setting"):
         load_config(tmp_path / "c.yaml")

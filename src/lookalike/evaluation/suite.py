@@ -91,6 +91,9 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+SWITCHES = ("development", "street_training")  # task options that turn a mode on or off
+
+
 def load_suite(path: str | Path) -> Suite:
     path = Path(path).resolve()
     data = _load_yaml(path)
@@ -118,6 +121,9 @@ def load_suite(path: str | Path) -> Suite:
         if dataset not in datasets:
             raise SuiteError(f"{path}: task {name!r} uses data set {dataset!r}, which the suite does not define")
         options = {k: v for k, v in raw.items() if k not in ("name", "type", "dataset")}
+        for switch in SWITCHES:  # a quoted "false" or a 1 must not turn on a mode that trains for minutes
+            if switch in options and not isinstance(options[switch], bool):
+                raise SuiteError(f"{path}: task {name!r}: {switch} must be true or false, got {options[switch]!r}")
         if kind == "views":
             bad = set(options.get("alterations", ALTERATIONS)) - set(ALTERATIONS)
             if bad:

@@ -79,7 +79,7 @@ class TextShop:
         for needed in {self.title_column, self.type_column, self.colour_column, *self.labels}:
             if not any(needed in m for m in data.metadata[:200]):
                 raise SuiteError(f"task {task.name!r}: the data set has no column {needed!r}")
-        self.development = bool(options.get("development", False))
+        self.development = options.get("development", False) is True  # a bool: the suite refuses anything else
         # "none" (default): the taggers read the store's embedding and the garment colour only.  The
         # taggers' own default adds EfficientNet-Lite2 on the thumbnails: on the development split it
         # moved no figure beyond its noise (README, Text search) and takes twice as long to build.
