@@ -409,14 +409,18 @@ def test_a_tiny_training_run_beats_the_untrained_head_and_is_used_automatically(
     print(f"held-out mIoU: untrained {before:.3f}, after {report.epochs} epochs on {len(train)} photos {after:.3f}")
     assert after > before + 0.15 and report.losses[-1] < report.losses[0]
 
-    # the CLI trains a (tiny) finder into the store; look uses it from then on
+    # the CLI trains a (tiny) finder into the store, on the larger backbone; look uses it from then on
     result = runner.invoke(app, ["--store", str(store_copy), "train", "detector", str(base / "images.csv"), "--labels",
-                                 str(base / "label_list.csv"), "--max-photos", "16", "--epochs", "1", "--holdout", "0.25", "--json"])
+                                 str(base / "label_list.csv"), "--max-photos", "16", "--epochs", "1", "--holdout", "0.25",
+                                 "--backbone", "efficientnet-lite2", "--json"])
     assert result.exit_code == 0, result.output
     trained = json.loads(result.stdout)
     assert trained["name"] == "garments-v1" and trained["held_out"]["photos"] > 0
+    assert json.loads((Path(trained["path"]) / "detector.json").read_text())["backbone"] == "efficientnet-lite2"
     with Engine.open(store_copy) as engine:
-        assert engine.looks.finder().identity.startswith("garments-v1@")
+        finder = engine.looks.finder()
+        assert finder.identity.startswith("garments-v1@") and finder.backbone.base_name == "efficientnet-lite2"
+        assert isinstance(finder.detect(Image.open(base / photos[0].key)), list)
     listed = json.loads(runner.invoke(app, ["--store", str(store_copy), "detectors", "list", "--json"]).stdout)
     assert [d["name"] for d in listed if d["in_use"]] == ["garments-v1"]
 
@@ -433,6 +437,13 @@ def test_train_detector_refuses_bad_annotations_clearly(store_copy, tmp_path):
     result = runner.invoke(app, ["--store", str(store_copy), "train", "detector", str(tmp_path / "images.csv"), "--boxes",
                                  str(tmp_path / "boxes.csv")])
     assert result.exit_code == 1 and "outside" in result.output and "Traceback" not in result.output
+
+
+def test_train_detector_refuses_an_unknown_backbone_before_reading_photos(store_copy, tmp_path):
+    (tmp_path / "images.csv").write_text("image_file,mask_file\n")
+    for backbone in ("resnet50", "", "../efficientnet-lite0"):
+        result = runner.invoke(app, ["--store", str(store_copy), "train", "detector", str(tmp_path / "images.csv"), "--backbone", backbone])
+        assert result.exit_code == 1 and "unknown backbone" in result.output and "Traceback" not in result.output, result.output
 
 
 @requires_shared

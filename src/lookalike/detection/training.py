@@ -317,6 +317,13 @@ class DetectorTrainingSpec:
     max_photos: int | None = None
     provenance: str = ""
 
+    def check(self) -> None:
+        """Refuse settings no detector can be built from, before any photo is read."""
+        from .artefact import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise AnnotationError(f"unknown backbone {self.backbone!r}: the garment finder reads {' or '.join(BACKBONES)}")
+
 
 def fit_detector(spec: DetectorTrainingSpec, target: Path, settings: Any = None, progress: Progress | None = None,
                  log: Any = print) -> tuple[Path, dict[str, Any]]:
@@ -327,6 +334,7 @@ def fit_detector(spec: DetectorTrainingSpec, target: Path, settings: Any = None,
     from .artefact import DetectorArtefact, save_detector
     from .detector import GarmentDetector
 
+    spec.check()
     photos = read_annotations(spec.images_csv, spec.group_map, spec.labels_csv, spec.boxes_csv)
     if spec.max_photos:
         photos = photos[:spec.max_photos]
