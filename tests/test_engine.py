@@ -185,9 +185,14 @@ def test_images_from_urls(tmp_path):
 
 
 KILL_SCRIPT = """
-import sys
+import sys, time
 from lookalike import Engine
 with Engine.open(sys.argv[1]) as engine:
+    # each batch of 8 takes at least half a second, so the kill lands mid-ingest however fast the
+    # machine (the INT8 encoder ingested all 305 between two polls of a loaded CI machine)
+    encoder_class = type(engine.encoder)
+    embed_keeping = encoder_class.embed_keeping
+    encoder_class.embed_keeping = lambda self, batch: (time.sleep(0.5), embed_keeping(self, batch))[1]
     engine.ingest(sys.argv[2], batch_size=8)
 """
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +41,19 @@ def replace_atomically(target: Path, write: Callable[[Path], object], suffix: st
         temporary.unlink(missing_ok=True)
         raise
     return target
+
+
+def remove_stale_partials(directory: Path, name: str, older_than: float = 3600.0) -> None:
+    """Delete temporary files that :func:`replace_atomically` left for ``name`` more than
+    ``older_than`` seconds ago: a writer killed mid-write leaves one (an ANN index's can be
+    hundreds of MB), and no live writer takes an hour."""
+    cutoff = time.time() - older_than
+    for path in directory.glob(f".{glob.escape(name)}-*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            continue  # another process removed or renamed it meanwhile
 
 
 class HashVersioned:

@@ -7,7 +7,8 @@ Array files are never rewritten in place, only created under new names; the info
 the set that belongs together and is switched by one ``os.replace``.  A reader therefore sees
 an old complete set or a new complete set.  The worst a race can do (another writer's clean-up
 removing files an info still names) is make a snapshot unreadable, and an unreadable snapshot is
-rebuilt from the store, never trusted.  Array files are read with numpy's safe loader
+rebuilt from the store, never trusted.  Every temporary file is its writer's own, so two savers
+never rename each other's files away.  Array files are read with numpy's safe loader
 (``allow_pickle=False``), so no stored byte can run code.
 """
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .folders import replace_atomically
 
 _NAME = re.compile(r"^[a-z]+-g\d+-[0-9a-f]{8}\.np[yz]$")
 
@@ -55,10 +58,10 @@ def _write(directory: Path, stem: str, generation: int, suffix: str, dump: Any) 
 
 
 def write_info(directory: Path, info_name: str, info: dict[str, Any]) -> None:
-    """Name a complete set of array files: the one atomic step of a snapshot."""
-    partial = directory / (info_name + ".tmp")
-    partial.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(partial, directory / info_name)
+    """Name a complete set of array files: the one atomic step of a snapshot.  The temporary
+    file is this call's own (two processes opening one store both save: with one shared name the
+    second rename found its file already renamed away, and the open failed)."""
+    replace_atomically(directory / info_name, lambda partial: partial.write_text(json.dumps(info), encoding="utf-8"))
 
 
 def read_info(directory: Path, info_name: str, model: str) -> dict[str, Any] | None:

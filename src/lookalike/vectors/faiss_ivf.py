@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..common.folders import remove_stale_partials, replace_atomically
 from ..common.snapshots import write_info
 from ..common.untyped import faiss
 from .base import BackendError, Neighbours, VectorFilter, no_neighbours
@@ -217,9 +218,9 @@ class FaissBackend(ExactBackend):
                 return
             info = {"factory": self.ann_factory, "generation": generation, "dim": self.dim, "ntotal": int(self.ann.ntotal), "model": model}
             if not (self._ann_saved and _file_identity(index_path) == self._ann_file):
-                tmp = directory / "ann.faiss.tmp"
-                faiss.write_index(self.ann, str(tmp))
-                os.replace(tmp, index_path)
+                remove_stale_partials(directory, index_path.name)
+                ann = self.ann
+                replace_atomically(index_path, lambda partial: faiss.write_index(ann, str(partial)))
             self._ann_saved, self._ann_file = True, _file_identity(index_path)
         write_info(directory, info_path.name, info)
 

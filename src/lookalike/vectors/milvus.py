@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.folders import replace_atomically
 from .base import BackendError, Fields, Neighbours, VectorFilter, checked, no_neighbours
 
 log = logging.getLogger("lookalike.vectors.milvus")
@@ -247,10 +247,8 @@ class MilvusBackend:
             return
         path = self._tag_path(directory)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"generation": generation, "model": model, "collection": self.collection,
-                                       "dim": self.dim, "uri": self.uri}), encoding="utf-8")
-        os.replace(partial, path)
+        tag = json.dumps({"generation": generation, "model": model, "collection": self.collection, "dim": self.dim, "uri": self.uri})
+        replace_atomically(path, lambda partial: partial.write_text(tag, encoding="utf-8"))  # its own temporary file: savers never collide
 
     def restore(self, directory: Path, model: str = "") -> int | None:
         """The tagged generation when the collection is this model's and intact; otherwise a new,
