@@ -322,7 +322,7 @@ class DetectorTrainingSpec:
         from .artefact import BACKBONES
 
         if self.backbone not in BACKBONES:
-            raise AnnotationError(f"unknown backbone {self.backbone!r}: the garment finder reads {' or '.join(BACKBONES)}")
+            raise ValueError(f"unknown backbone {self.backbone!r}: the garment finder reads {' or '.join(BACKBONES)}")
 
 
 def fit_detector(spec: DetectorTrainingSpec, target: Path, settings: Any = None, progress: Progress | None = None,
