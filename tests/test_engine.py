@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.server
 import shutil
@@ -344,6 +345,62 @@ def test_a_photo_runs_wide_only_for_the_sole_search_in_progress(engine):
     finally:
         del encoder._slots.hold
     assert seen[0] == 1 and all(n == 1 for n in seen[1:-1]) and seen[-1] == 2 and SEARCHES.count == 0
+
+
+def test_batches_run_one_thread_each_while_other_batch_workers_embed_beside_them(tmp_path):
+    """A lone batch worker's batches take every thread; with several (ingest's mapper threads)
+    each batch takes one slot, so two run at once, one per core.  A real threaded ingest counts
+    its mappers while they live, runs its batches one thread each, and lets the count go."""
+    from lookalike.models.encoders.base import BATCH_WORKERS, BatchWorkers
+    from lookalike.models.encoders.efficientnet import RunSlots
+
+    workers = BatchWorkers()
+    slots = RunSlots(2, workers=workers)
+    together = threading.Barrier(2, timeout=10)
+    got: list[bool] = []
+
+    def batch() -> None:
+        with slots.hold(whole=True) as wide_run:
+            got.append(wide_run)
+            together.wait()  # raises BrokenBarrierError unless both run at once
+
+    with workers.mark():
+        with slots.hold(whole=True) as wide:
+            assert wide and slots.free == 0  # alone: every thread
+        with workers.mark():
+            runs = [threading.Thread(target=batch) for _ in range(2)]
+            for run in runs:
+                run.start()
+            for run in runs:
+                run.join(15)
+            assert got == [False, False] and not together.broken
+    assert workers.count == 0 and slots.free == 2
+
+    rows = absolute(demo_rows())[:64]
+    with Engine.open(tmp_path / "store", loader_threads=2, batch_size=8) as engine:
+        seen: list[tuple[int, bool]] = []
+        hold = engine.encoder._slots.hold
+
+        @contextlib.contextmanager
+        def spy(whole):
+            with hold(whole) as wide_run:
+                seen.append((BATCH_WORKERS.count, wide_run))
+                yield wide_run
+
+        engine.encoder._slots.hold = spy
+        try:
+            assert engine.ingest(write_csv(tmp_path / "c.csv", rows), garments=False).embedded == 64
+        finally:
+            del engine.encoder._slots.hold
+        assert len(seen) == 8 and any(count > 1 for count, _ in seen)
+        assert all(not wide_run for count, wide_run in seen if count > 1) and BATCH_WORKERS.count == 0
+        # one thread, in runs of two (the last one short): the vectors of one run on every thread
+        pixels = np.stack([engine.encoder.preprocess(Image.open(p).convert("RGB")) for p in sorted(DEMO_IMAGES.glob("*.jpg"))[:5]])
+        wide_vectors = engine.encoder.embed(pixels)
+        with BATCH_WORKERS.mark(), BATCH_WORKERS.mark():
+            narrow_vectors = engine.encoder.embed(pixels)
+        assert narrow_vectors.shape == (5, engine.encoder.dim)
+        np.testing.assert_allclose(narrow_vectors, wide_vectors, atol=1e-4)
 
 
 def test_threaded_ingest_keeps_the_catalogue_order(tmp_path):

@@ -112,7 +112,10 @@ def test_re_embedding_from_images_keeps_the_backbone_vectors_too(blind_store):
     with Engine.open(path) as engine:
         image = IMAGES / _demo_rows()[3]["image"].split("/")[-1]
         worker = ReembedderFactory(engine.encoder, engine.limits)()
-        batch = worker(ReembedBatch(lane="local", todo=[(9, "hash-9", str(image), None)]))
+        try:
+            batch = worker(ReembedBatch(lane="local", todo=[(9, "hash-9", str(image), None)]))
+        finally:
+            worker.close()
         assert [r for r, _, _ in batch.ready] == [9]
         (rowid, image_hash, vector), = batch.kept[backbone]
         assert (rowid, image_hash, vector.shape) == (9, "hash-9", (engine.encoder.backbones[0].dim,))

@@ -45,6 +45,32 @@ class SearchesInProgress:
 SEARCHES = SearchesInProgress()
 
 
+class BatchWorkers:
+    """Workers embedding batches side by side in this process (ingest's and re-index's mappers,
+    one per thread), counted for each worker's whole life, decoding included.  With more than one,
+    each batch runs on one thread beside the others instead of on every thread in turn: one model
+    run per core, with the decoding squeezed between runs, beats a wide run that other workers'
+    decoding keeps pre-empting (2,000 catalogue photos on 2 cores: 293-303 against 239-275 a
+    second, interleaved runs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def mark(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
+
+
+BATCH_WORKERS = BatchWorkers()
+
+
 class Encoder(ABC):
     """Maps images to unit-length float32 vectors; cosine similarity is the inner product.
 
@@ -81,6 +107,12 @@ class Encoder(ABC):
         that can run a photo on one thread or on all of them runs it wide only for the sole
         search in progress (see :data:`SEARCHES`)."""
         return SEARCHES.mark()
+
+    def batch_worker(self) -> ContextManager[None]:
+        """Held by each ingest or re-index worker for its life (see :data:`BATCH_WORKERS`):
+        an encoder that can run a batch on one thread or on all of them runs it on one while
+        other workers are embedding beside it."""
+        return BATCH_WORKERS.mark()
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Embed a list of RGB images, batch by batch."""
