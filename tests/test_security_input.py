@@ -203,3 +203,22 @@ def test_a_tagger_file_that_is_missing_or_not_a_tagger_set_is_refused_by_name(st
         assert result.returncode != 0
         assert path.name in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert json.loads(cli(store_copy, "info", "--json").stdout)["products"] == 305
+
+
+def test_a_flood_of_headers_is_cut_off_and_the_server_keeps_answering(server):
+    """Headers have a size limit like every other input: a client that never ends its headers is
+    disconnected after 16 KB instead of growing the server by what it sends."""
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1])
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with pytest.raises(OSError):
+            for i in range(20_000):  # 20 MB if nothing stopped it
+                conn.sendall(b"X-Junk-%d: %s\r\n" % (i, b"a" * 1000))
+                sent += 1000
+            conn.recv(1)  # not cut off yet: whatever is answered, the connection must end here
+            raise AssertionError(f"the server read {sent} bytes of headers without cutting the connection")
+    assert sent < 2_000_000
+    assert httpx.get(server.url + "/health").status_code == 200

@@ -26,6 +26,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SESSION_COOKIE = "lookalike_key"
+MAX_HEADER_BYTES = 16 * 1024  # a request line and headers beyond this: the connection is cut (uvicorn's h11 parser)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'; "
              "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")

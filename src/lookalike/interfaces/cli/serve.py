@@ -9,6 +9,7 @@ import typer
 from threadpoolctl import threadpool_limits
 
 from ...engine import Engine
+from ...security.http import MAX_HEADER_BYTES
 from ...security.keys import KeyRing
 from .common import app, err, guarded, state
 
@@ -43,7 +44,11 @@ def serve(
         # The app closes the engine on shutdown (SIGTERM and Ctrl-C alike): snapshot saved, runs closed.
         app_ = create_app(engine, keys, close_engine=True)
         try:
-            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+            # h11 whatever else is installed: it cuts a request whose headers pass 16 KB, where
+            # httptools (uvicorn's "auto" choice when present) reads headers without any bound
+            # (200 MB of them grew the server by 200 MB).  The event loop is uvloop when installed.
+            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
+                        http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         finally:
             engine.close()  # idempotent; covers a failure before the app started
 
