@@ -240,6 +240,21 @@ def test_encoder_matches_pytorch_reference():
     np.testing.assert_allclose(encoder.embed(pixels), ref, atol=1e-4)
 
 
+def _holders_side_by_side(slots, whole: bool, count: int = 2) -> tuple[list[threading.Thread], list[bool], threading.Barrier]:
+    """``count`` threads (not started) that each take a turn of ``slots`` and, holding it, wait
+    for the others: they pass the barrier only if all hold a turn at once.  Also returns the list
+    each appends its turn's wide flag to, and the barrier (broken if they never met)."""
+    together = threading.Barrier(count, timeout=10)
+    got: list[bool] = []
+
+    def hold() -> None:
+        with slots.hold(whole=whole) as wide_run:
+            got.append(wide_run)
+            together.wait()  # raises BrokenBarrierError unless all hold a turn at once
+
+    return [threading.Thread(target=hold) for _ in range(count)], got, together
+
+
 def test_photos_queued_behind_a_run_go_side_by_side_on_one_thread_each():
     """A lone photo runs on every thread; photos that queued behind it then run together, one
     thread each, and give the same vectors as the whole-machine session; a batch waits for all."""
@@ -248,17 +263,9 @@ def test_photos_queued_behind_a_run_go_side_by_side_on_one_thread_each():
     slots = RunSlots(2)
     with slots.hold(whole=False) as wide:
         assert wide  # an idle model: the quickest single photo
-    together = threading.Barrier(2, timeout=10)
-    got: list[bool] = []
-
-    def queued() -> None:
-        with slots.hold(whole=False) as wide_run:
-            got.append(wide_run)
-            together.wait()  # raises BrokenBarrierError unless both run at once
-
     first = slots.hold(whole=True)
     first.__enter__()
-    workers = [threading.Thread(target=queued) for _ in range(2)]
+    workers, got, together = _holders_side_by_side(slots, whole=False)
     for w in workers:
         w.start()
     while slots.waiting < 2:
@@ -356,19 +363,11 @@ def test_batches_run_one_thread_each_while_other_batch_workers_embed_beside_them
 
     workers = BatchWorkers()
     slots = RunSlots(2, workers=workers)
-    together = threading.Barrier(2, timeout=10)
-    got: list[bool] = []
-
-    def batch() -> None:
-        with slots.hold(whole=True) as wide_run:
-            got.append(wide_run)
-            together.wait()  # raises BrokenBarrierError unless both run at once
-
     with workers.mark():
         with slots.hold(whole=True) as wide:
             assert wide and slots.free == 0  # alone: every thread
         with workers.mark():
-            runs = [threading.Thread(target=batch) for _ in range(2)]
+            runs, got, together = _holders_side_by_side(slots, whole=True)
             for run in runs:
                 run.start()
             for run in runs:
