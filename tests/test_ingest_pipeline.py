@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -85,6 +86,34 @@ def test_a_process_pool_ingests_the_demo_catalogue_with_the_same_vectors_as_seri
         pooled = vectors_of(engine)
     assert pooled.keys() == serial.keys()
     assert max(float(np.abs(pooled[k] - serial[k]).max()) for k in serial) < 1e-5
+
+
+@dataclass
+class _Probe:
+    """A partition that records how many batch workers its worker saw beside it."""
+
+    lane: str = LOCAL
+    seen: int = -1
+
+
+class _ProbeWorker:
+    def __call__(self, partition: _Probe) -> _Probe:
+        from lookalike.models.encoders.base import BATCH_WORKERS
+
+        partition.seen = BATCH_WORKERS.count
+        return partition
+
+    def close(self) -> None:
+        pass
+
+
+def test_each_pool_process_counts_the_others_as_batch_workers_beside_it():
+    """Two processes on two cores: each one's mapper (counting itself) then sees two batch
+    workers and runs its batches on one thread, as a thread pool's mappers do, instead of two
+    processes each running wide on both cores.  A pool of one runs wide."""
+    for workers, others in ((2, 1), (1, 0)):
+        mapped = [p for p in ProcessDistributor(workers).map(_ProbeWorker, [_Probe() for _ in range(4)]) if p is not None]
+        assert [p.seen for p in mapped] == [others] * 4
 
 
 def test_a_second_run_writes_nothing_and_a_changed_row_only_that(tmp_path):

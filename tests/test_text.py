@@ -156,6 +156,20 @@ def test_a_photo_with_words_and_negative_terms_move_the_ranking(tagged):
     assert photo_cosine(dresses_like_photo) > photo_cosine(dresses) + 0.01  # "this, but a dress": the dresses nearest the photo
 
 
+def test_a_photo_with_words_never_outvotes_a_fully_matched_named_facet():
+    """The mixed photo-and-words evidence is squashed (its order kept) so that its whole swing,
+    weighted, stays under one fully matched facet: the least photo-like dress still beats the
+    photo's own blazer for "dress" (seen on a CPU whose INT8 arithmetic moved the demo's
+    18th dress under it by 0.007 before the bound)."""
+    from lookalike.text.service import FACET_WEIGHT, SEMANTIC_BOUND, SEMANTIC_WEIGHT, _bounded
+
+    z = np.linspace(-50, 50, 2001, dtype=np.float32)
+    squashed = _bounded(z, SEMANTIC_BOUND)
+    assert np.all(np.diff(squashed) >= 0) and np.all(np.diff(squashed[940:1061]) > 0)  # order kept (strictly within ±3)
+    assert SEMANTIC_WEIGHT * (squashed.max() - squashed.min()) < FACET_WEIGHT
+    assert np.array_equal(_bounded(z[980:1021], SEMANTIC_BOUND), z[980:1021])  # ordinary evidence untouched (|z| <= 2)
+
+
 def test_words_nothing_can_read_are_a_clear_error(tagged):
     with pytest.raises(TextError, match="train text"):
         tagged.search_text("floral summer vibes")  # no title column, no bridge, no facet value named

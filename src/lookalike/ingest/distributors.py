@@ -19,11 +19,13 @@ that builds a :class:`Worker` once per thread or process, and partitions that sa
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
+from ..models.encoders.base import BATCH_WORKERS
 from .reader import LOCAL, REMOTE
 
 
@@ -135,10 +137,15 @@ class ThreadDistributor:
 
 
 _worker_mapper: Worker[Any] | None = None
+_sibling_marks = contextlib.ExitStack()  # held for the worker process's life
 
 
-def _init_worker(factory: WorkerFactory) -> None:
+def _init_worker(factory: WorkerFactory, siblings: int) -> None:
+    """Build this process's mapper; the pool's other processes count as batch workers beside it,
+    so its batches run on one thread each as a thread pool's would (see ``BatchWorkers``)."""
     global _worker_mapper
+    for _ in range(siblings):
+        _sibling_marks.enter_context(BATCH_WORKERS.mark())
     _worker_mapper = factory()
 
 
@@ -151,11 +158,11 @@ class ProcessDistributor:
     """A pool of ``workers`` processes, each with its own mapper (and its own model session),
     built from the pickled factory by the pool's initializer."""
 
-    def __init__(self, workers: int = 2, threads_per_worker: int = 1):
-        self.workers, self.threads_per_worker = max(1, workers), threads_per_worker
+    def __init__(self, workers: int = 2):
+        self.workers = max(1, workers)
 
     def map(self, factory: WorkerFactory, partitions: Iterable[P]) -> Iterator[P | None]:
-        with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(factory,)) as pool:
+        with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(factory, self.workers - 1)) as pool:
             lanes = _Lanes({LOCAL: pool, REMOTE: pool}, {LOCAL: 2 * self.workers, REMOTE: self.workers})
             yield from lanes.run(_map_in_worker, partitions)
 

@@ -40,6 +40,10 @@ SEMANTIC_WEIGHT = 0.2       # per standard deviation of the mixed semantic evide
 UNREAD_WEIGHT = 0.6         # more semantic weight per share of the query's words that name no facet (brand, fit, fabric…)
 IMAGE_SHARE = 0.3           # titled products: image evidence's share beside the title's
 PHOTO_SHARE = 0.7           # words with a photo: the photo's share beside the words'
+# Words with a photo: the mixed evidence is squashed into ±this many standard deviations, so its
+# whole swing (times SEMANTIC_WEIGHT) stays below one named facet a product fully matches: "this
+# blazer, but a dress" shows every dress first, however like the photo a blazer is.
+SEMANTIC_BOUND = 0.95 * FACET_WEIGHT / (2 * SEMANTIC_WEIGHT)  # 2.375; under the half-swing, as tanh reaches it in float
 NEGATIVE_SHARE = 0.5        # how hard a negative phrase pushes, relative to the positive words
 PHOTO_DEPTH = 2000          # photo similarity is read for this many nearest products (others: the lowest seen)
 TYPE_FACETS = ("article_type", "category", "product_type", "type", "image_group", "gender")
@@ -151,7 +155,7 @@ class TextService:
         semantic: np.ndarray | None = words
         if query.image is not None:
             photo = _bounded(self._photo(view, query.image, rows))  # the photo's own product is a far outlier: it must not outvote the words
-            semantic = photo if words is None else PHOTO_SHARE * photo + (1 - PHOTO_SHARE) * words
+            semantic = _bounded(photo if words is None else PHOTO_SHARE * photo + (1 - PHOTO_SHARE) * words, SEMANTIC_BOUND)
         if semantic is None and not wanted and not parsed.unwanted:
             raise TextError("nothing in this catalogue can read these words: no title column, no text bridge "
                             "(`lookalike train text`) and no facet value named" if query.text else "no evidence to rank by")
@@ -370,11 +374,13 @@ def _semantic_weight(parsed: ParsedQuery) -> float:
     return SEMANTIC_WEIGHT + UNREAD_WEIGHT * sum(w not in read for w in words) / len(words)
 
 
-def _bounded(z: np.ndarray) -> np.ndarray:
-    """z-scores as they are up to ±2, then squashed towards ±3: an outlier (the uploaded photo's own
-    product) orders first among its kind but cannot outvote a named facet."""
-    excess = np.maximum(np.abs(z) - 2.0, 0.0)
-    return np.where(excess > 0, np.sign(z) * (2.0 + np.tanh(excess)), z).astype(np.float32)
+def _bounded(z: np.ndarray, limit: float = 3.0, knee: float = 2.0) -> np.ndarray:
+    """z-scores as they are up to ±``knee``, then squashed towards ±``limit`` (order kept): an
+    outlier (the uploaded photo's own product) orders first among its kind but cannot outvote a
+    named facet."""
+    room = limit - knee
+    excess = np.maximum(np.abs(z) - knee, 0.0)
+    return np.where(excess > 0, np.sign(z) * (knee + room * np.tanh(excess / room)), z).astype(np.float32)
 
 
 def _top(score: np.ndarray, k: int) -> np.ndarray:
