@@ -358,7 +358,7 @@ def test_batches_run_one_thread_each_while_other_batch_workers_embed_beside_them
     """A lone batch worker's batches take every thread; with several (ingest's mapper threads)
     each batch takes one slot, so two run at once, one per core.  A real threaded ingest counts
     its mappers while they live, runs its batches one thread each, and lets the count go."""
-    from lookalike.models.encoders.base import BATCH_WORKERS, BatchWorkers
+    from lookalike.common.runtime import BATCH_WORKERS, BatchWorkers
     from lookalike.models.encoders.efficientnet import RunSlots
 
     workers = BatchWorkers()

@@ -98,7 +98,7 @@ class _Probe:
 
 class _ProbeWorker:
     def __call__(self, partition: _Probe) -> _Probe:
-        from lookalike.models.encoders.base import BATCH_WORKERS
+        from lookalike.common.runtime import BATCH_WORKERS
 
         partition.seen = BATCH_WORKERS.count
         return partition

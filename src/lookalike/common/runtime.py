@@ -1,8 +1,11 @@
-"""One way to open an ONNX Runtime session on the CPU, for every model the package runs."""
+"""One way to open an ONNX Runtime session on the CPU, for every model the package runs, and the
+count of workers that share the CPU's cores running models side by side."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import threading
+from typing import Any, Iterator
 
 
 def cpu_session(model: str | bytes, threads: int, spin: bool = True) -> Any:
@@ -20,3 +23,29 @@ def cpu_session(model: str | bytes, threads: int, spin: bool = True) -> Any:
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class BatchWorkers:
+    """Workers embedding batches side by side in this process (ingest's and re-index's mappers,
+    one per thread), counted for each worker's whole life, decoding included.  With more than one,
+    each batch runs on one thread beside the others instead of on every thread in turn: one model
+    run per core, with the decoding squeezed between runs, beats a wide run that other workers'
+    decoding keeps pre-empting (2,000 catalogue photos on 2 cores: 293-303 against 239-275 a
+    second, interleaved runs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def mark(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
+
+
+BATCH_WORKERS = BatchWorkers()

@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from ..models.encoders.base import BATCH_WORKERS
+from ..common.runtime import BATCH_WORKERS
 from .reader import LOCAL, REMOTE
 
 

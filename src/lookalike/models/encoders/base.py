@@ -10,6 +10,8 @@ from typing import ContextManager, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ...common.runtime import BATCH_WORKERS
+
 
 class EncoderError(RuntimeError):
     """A model is missing, cannot be loaded or cannot be exported."""
@@ -43,32 +45,6 @@ class SearchesInProgress:
 
 
 SEARCHES = SearchesInProgress()
-
-
-class BatchWorkers:
-    """Workers embedding batches side by side in this process (ingest's and re-index's mappers,
-    one per thread), counted for each worker's whole life, decoding included.  With more than one,
-    each batch runs on one thread beside the others instead of on every thread in turn: one model
-    run per core, with the decoding squeezed between runs, beats a wide run that other workers'
-    decoding keeps pre-empting (2,000 catalogue photos on 2 cores: 293-303 against 239-275 a
-    second, interleaved runs)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def mark(self) -> Iterator[None]:
-        with self._lock:
-            self.count += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.count -= 1
-
-
-BATCH_WORKERS = BatchWorkers()
 
 
 class Encoder(ABC):

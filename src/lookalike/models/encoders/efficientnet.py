@@ -21,9 +21,9 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from ...common.runtime import cpu_session
+from ...common.runtime import BATCH_WORKERS, BatchWorkers, cpu_session
 from ...config import Settings
-from .base import BATCH_WORKERS, SEARCHES, BatchWorkers, Encoder, EncoderError, SearchesInProgress
+from .base import SEARCHES, Encoder, EncoderError, SearchesInProgress
 
 # Bump when preprocessing or the exported graph changes: the store refuses vectors of another version.
 GRAPH_VERSION = "2"
