@@ -107,13 +107,13 @@ class _ProbeWorker:
         pass
 
 
-def test_each_pool_process_counts_the_others_as_batch_workers_beside_it():
-    """Two processes on two cores: each one's mapper (counting itself) then sees two batch
-    workers and runs its batches on one thread, as a thread pool's mappers do, instead of two
-    processes each running wide on both cores.  A pool of one runs wide."""
-    for workers, others in ((2, 1), (1, 0)):
+def test_each_pool_process_counts_the_whole_pool_as_batch_workers():
+    """Two processes on two cores: each one's mapper sees two batch workers and runs its batches
+    on one thread, as a thread pool's mappers do, instead of two processes each running wide on
+    both cores.  A pool of one runs wide."""
+    for workers in (2, 1):
         mapped = [p for p in ProcessDistributor(workers).map(_ProbeWorker, [_Probe() for _ in range(4)]) if p is not None]
-        assert [p.seen for p in mapped] == [others] * 4
+        assert [p.seen for p in mapped] == [workers] * 4
 
 
 def test_a_second_run_writes_nothing_and_a_changed_row_only_that(tmp_path):

@@ -25,13 +25,8 @@ def cpu_session(model: str | bytes, threads: int, spin: bool = True) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-class BatchWorkers:
-    """Workers embedding batches side by side in this process (ingest's and re-index's mappers,
-    one per thread), counted for each worker's whole life, decoding included.  With more than one,
-    each batch runs on one thread beside the others instead of on every thread in turn: one model
-    run per core, with the decoding squeezed between runs, beats a wide run that other workers'
-    decoding keeps pre-empting (2,000 catalogue photos on 2 cores: 293-303 against 239-275 a
-    second, interleaved runs)."""
+class InProgress:
+    """A thread-safe count of things under way in this process; ``mark()`` holds one."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -46,6 +41,15 @@ class BatchWorkers:
         finally:
             with self._lock:
                 self.count -= 1
+
+
+class BatchWorkers(InProgress):
+    """Workers embedding batches side by side in this process (a distributor's mappers: one per
+    thread or pool process), counted for each worker's whole life, decoding included.  With more than one,
+    each batch runs on one thread beside the others instead of on every thread in turn: one model
+    run per core, with the decoding squeezed between runs, beats a wide run that other workers'
+    decoding keeps pre-empting (2,000 catalogue photos on 2 cores: 293-303 against 239-275 a
+    second, interleaved runs)."""
 
 
 BATCH_WORKERS = BatchWorkers()

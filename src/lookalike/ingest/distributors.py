@@ -2,7 +2,8 @@
 
 * :class:`SerialDistributor` — on the calling thread (debugging, tiny catalogues);
 * :class:`ThreadDistributor` — thread pools, the default: decoding and ONNX Runtime release
-  the GIL, so one worker embeds while the others fetch and decode.  Local and URL partitions
+  the GIL, so one worker embeds while the others fetch and decode (each counted in
+  :data:`~lookalike.common.runtime.BATCH_WORKERS`, so their model runs take one thread each).  Local and URL partitions
   run on separate lanes; each lane returns results in input order (so rowids are reproducible),
   and a slow image host holds back only other URL rows;
 * :class:`ProcessDistributor` — a process pool: the proof that the mapper crosses a process
@@ -117,6 +118,7 @@ class ThreadDistributor:
         local_state = threading.local()
         mappers: list[Worker[Any]] = []
         lock = threading.Lock()
+        marks = contextlib.ExitStack()  # each mapper counts as a batch worker until the map ends
 
         def task(partition: P) -> P:
             mapper = getattr(local_state, "mapper", None)
@@ -124,6 +126,7 @@ class ThreadDistributor:
                 mapper = local_state.mapper = factory()
                 with lock:
                     mappers.append(mapper)
+                    marks.enter_context(BATCH_WORKERS.mark())
             return mapper(partition)
 
         try:
@@ -134,18 +137,19 @@ class ThreadDistributor:
         finally:
             for mapper in mappers:
                 mapper.close()
+            marks.close()
 
 
 _worker_mapper: Worker[Any] | None = None
-_sibling_marks = contextlib.ExitStack()  # held for the worker process's life
+_pool_marks = contextlib.ExitStack()  # held for the worker process's life
 
 
-def _init_worker(factory: WorkerFactory, siblings: int) -> None:
-    """Build this process's mapper; the pool's other processes count as batch workers beside it,
-    so its batches run on one thread each as a thread pool's would (see ``BatchWorkers``)."""
+def _init_worker(factory: WorkerFactory, pool_size: int) -> None:
+    """Build this process's mapper; every process of the pool counts as a batch worker in each,
+    so its batches run on one thread each as a thread pool's mappers' do (see ``BatchWorkers``)."""
     global _worker_mapper
-    for _ in range(siblings):
-        _sibling_marks.enter_context(BATCH_WORKERS.mark())
+    for _ in range(pool_size):
+        _pool_marks.enter_context(BATCH_WORKERS.mark())
     _worker_mapper = factory()
 
 
@@ -162,7 +166,7 @@ class ProcessDistributor:
         self.workers = max(1, workers)
 
     def map(self, factory: WorkerFactory, partitions: Iterable[P]) -> Iterator[P | None]:
-        with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(factory, self.workers - 1)) as pool:
+        with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(factory, self.workers)) as pool:
             lanes = _Lanes({LOCAL: pool, REMOTE: pool}, {LOCAL: 2 * self.workers, REMOTE: self.workers})
             yield from lanes.run(_map_in_worker, partitions)
 

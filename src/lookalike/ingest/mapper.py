@@ -8,7 +8,6 @@ same stage run on threads, in a process pool, or on a cluster's workers.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +41,6 @@ class Mapper:
         # a catalogue full of slow URLs cannot take the server's.
         self.downloader = Downloader(self.limits.max_bytes, self.limits.url_timeout, self.limits.allow_private_urls,
                                      factory.max_downloads, slot_wait=3600)
-        self._marks = contextlib.ExitStack()  # counted as a batch worker until closed (Encoder.batch_worker)
-        self._marks.enter_context(self.encoder.batch_worker())
 
     def __call__(self, partition: Partition) -> Partition:
         for job in partition.jobs:
@@ -71,7 +68,6 @@ class Mapper:
 
     def close(self) -> None:
         self.downloader.close()
-        self._marks.close()
 
     def __enter__(self) -> Mapper:
         return self

@@ -19,7 +19,6 @@ driver stages each partition in one transaction.  The same distributors run it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -67,8 +66,6 @@ class Reembedder:
 
     def __init__(self, encoder: Encoder, limits: ImageLimits):
         self.encoder, self.limits = encoder, limits
-        self._marks = contextlib.ExitStack()  # counted as a batch worker until closed (Encoder.batch_worker)
-        self._marks.enter_context(encoder.batch_worker())
 
     def __call__(self, batch: ReembedBatch) -> ReembedBatch:
         if batch.todo:
@@ -87,7 +84,7 @@ class Reembedder:
         return batch
 
     def close(self) -> None:
-        self._marks.close()
+        """Nothing to release (the distributor's worker protocol asks for it)."""
 
 
 class Reindexer:

@@ -10,38 +10,35 @@ from typing import ContextManager, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ...common.runtime import BATCH_WORKERS
+from ...common.runtime import InProgress
 
 
 class EncoderError(RuntimeError):
     """A model is missing, cannot be loaded or cannot be exported."""
 
 
-class SearchesInProgress:
+class SearchesInProgress(InProgress):
     """Photo searches under way in this process.  They share its cores whichever model each one
     is running at the moment (the garment finder's glance, the serving encoder) or none (decoding,
     vector search), so one count serves every encoder.  Marks nest: a search that calls another
     search on the same thread counts once."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
+        super().__init__()
         self._depth = threading.local()
 
     @contextlib.contextmanager
     def mark(self) -> Iterator[None]:
         depth = getattr(self._depth, "value", 0)
         self._depth.value = depth + 1
-        if depth == 0:
-            with self._lock:
-                self.count += 1
         try:
-            yield
+            if depth:
+                yield
+            else:
+                with super().mark():
+                    yield
         finally:
             self._depth.value = depth
-            if depth == 0:
-                with self._lock:
-                    self.count -= 1
 
 
 SEARCHES = SearchesInProgress()
@@ -83,12 +80,6 @@ class Encoder(ABC):
         that can run a photo on one thread or on all of them runs it wide only for the sole
         search in progress (see :data:`SEARCHES`)."""
         return SEARCHES.mark()
-
-    def batch_worker(self) -> ContextManager[None]:
-        """Held by each ingest or re-index worker for its life (see :data:`BATCH_WORKERS`):
-        an encoder that can run a batch on one thread or on all of them runs it on one while
-        other workers are embedding beside it."""
-        return BATCH_WORKERS.mark()
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Embed a list of RGB images, batch by batch."""

@@ -190,7 +190,7 @@ class RunSlots:
         self.free = self.slots
         self.waiting = 0
         self.searches = searches  # photo searches under way in the process (Encoder.searching marks them)
-        self.workers = workers  # batch workers side by side (Encoder.batch_worker marks them)
+        self.workers = workers  # batch workers side by side (the distributors mark them)
         self.changed = threading.Condition()
 
     @contextlib.contextmanager
