@@ -66,6 +66,45 @@ def test_a_plain_background_photo_is_searched_whole(default_detector):
     assert main_garment(found) is None  # no person: at most one garment group
 
 
+def test_the_one_graph_finder_gives_the_numpy_heads_probabilities(default_detector, tmp_path):
+    """Served photos run backbone, tail and head as one ONNX graph; training scores cached maps with
+    the NumPy head.  In float both must give the same probabilities, with and without fine-tuned
+    blocks; the INT8 graph served by default must find the same garments."""
+    pytest.importorskip("onnx")
+    from lookalike.detection.canvas import to_canvas
+    from lookalike.detection.graph import FinderGraph
+    from lookalike.detection.head import scaled_probabilities
+
+    settings = Settings(model_cache=str(tmp_path))
+    backbone = default_detector.backbone._ensure_model()
+    (tmp_path / backbone.name).symlink_to(backbone)  # graphs are built beside a copy of the cached backbone
+    full = default_detector.artefact.head
+    frozen = SegmentationHead({k: v for k, v in full.arrays.items() if not k.startswith("tail")})  # reads the stride-32 map
+    for head in (full, frozen):
+        graph = FinderGraph("efficientnet-lite0", head, settings)
+        for photo, side in ((OUTFIT, 256), (OUTFIT, 448), (PACKSHOT, 320)):
+            canvas = to_canvas(Image.open(photo), side)
+            logits = head.logits(default_detector.backbone.maps(canvas.pixels[None]))[0]
+            expected = scaled_probabilities(logits, canvas.pixels.shape[:2], (canvas.width, canvas.height))
+            actual = graph.probabilities(canvas.pixels[None])[0, :canvas.height, :canvas.width]
+            np.testing.assert_allclose(actual, expected, atol=1e-4)
+    assert graph.model_path.parent == tmp_path and "-int8-" not in graph.model_path.name
+    with pytest.raises(ValueError, match="multiples of 32"):
+        graph.probabilities(np.zeros((1, 100, 96, 3), np.uint8))
+
+    served = default_detector.graph
+    assert served is not None and "-int8-256-448-" in served.model_path.name  # the default: INT8 backbone, float head
+    float_finder = GarmentDetector(default_detector.artefact, Settings(detector_int8=False))
+    assert float_finder.graph is not None and "-int8-" not in float_finder.graph.model_path.name
+    for photo in (OUTFIT, PACKSHOT):
+        image = Image.open(photo)
+        quantised, exact = default_detector.analyse(image), float_finder.analyse(image)
+        assert (quantised[0].argmax(-1) == exact[0].argmax(-1)).mean() > 0.97
+        mine, theirs = ({g.group: g.box for g in found[2]} for found in (quantised, exact))
+        assert mine.keys() == theirs.keys()
+        assert all(box_iou(mine[group], theirs[group]) > 0.8 for group in mine)
+
+
 def test_numpy_head_matches_the_trained_torch_head():
     torch = pytest.importorskip("torch")
     from lookalike.detection.torch_head import TorchHead

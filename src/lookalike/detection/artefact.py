@@ -68,7 +68,8 @@ def next_name(store_dir: Path, stem: str = "garments") -> str:
     return next_version_name(detectors_dir(store_dir), stem)
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
+def weights_digest(arrays: dict[str, np.ndarray]) -> str:
+    """The hash of a head's arrays (as float32): its identity, checked on load, and its served graph's key."""
     digest = hashlib.sha256()
     for key in sorted(arrays):
         digest.update(key.encode())
@@ -83,7 +84,7 @@ def save_detector(target: Path, info: dict[str, Any], head: SegmentationHead, ho
     if target.exists():
         raise DetectorError(f"a detector named {target.name!r} already exists in {target.parent}; choose another --name")
     arrays = {k: np.asarray(v) for k, v in head.arrays.items()}  # the tail's big matrices stay float16
-    info = {**info, "kind": KIND, "format": FORMAT, "name": target.name, "weights_sha": _digest(arrays),
+    info = {**info, "kind": KIND, "format": FORMAT, "name": target.name, "weights_sha": weights_digest(arrays),
             "classes": head.classes, "width": head.width, "parameters": head.parameters(),
             "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -136,7 +137,7 @@ def load_detector(path: Path) -> DetectorArtefact:
         raise DetectorError(f"detector at {path}: weights cannot be read ({type(exc).__name__}: {exc}); train it again") from exc
     if not set(ARRAY_NAMES) <= set(arrays):
         raise DetectorError(f"detector at {path}: weights.npz does not hold a garment finder's head")
-    if _digest(arrays) != info.get("weights_sha"):
+    if weights_digest(arrays) != info.get("weights_sha"):
         raise DetectorError(f"detector at {path}: weights.npz does not match detector.json (damaged or edited); train it again")
     try:
         head = SegmentationHead({k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()})

@@ -21,6 +21,7 @@ from PIL import Image
 from ..config import Settings
 from .artefact import DetectorArtefact
 from .canvas import to_canvas
+from .graph import FinderGraph, onnx_available
 from .head import scaled_probabilities
 from .regions import kept_blobs, mask_box
 
@@ -70,15 +71,19 @@ class FoundGarment:
 
 
 class GarmentDetector:
-    """A trained garment finder over its frozen backbone (ONNX), served with NumPy."""
+    """A trained garment finder: backbone and head as one ONNX graph (INT8 backbone by default), the
+    regions from its probabilities with NumPy."""
 
     def __init__(self, artefact: DetectorArtefact, settings: Settings | None = None,
                  min_fraction: float = MIN_FRACTION, min_confidence: float = MIN_CONFIDENCE):
         from ..models.encoders import PyramidFeatures
 
         self.artefact = artefact
-        self.backbone = PyramidFeatures(artefact.info["backbone"], settings)
+        self.backbone = PyramidFeatures(artefact.info["backbone"], settings)  # the maps, for training and evaluation
         self.long_side = int(artefact.info["long_side"])
+        # Served photos run the backbone and head as one ONNX graph when it can be built (see .graph).
+        int8 = (GLANCE_SIDE, self.long_side) if (settings or Settings()).detector_int8 else ()
+        self.graph = FinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if onnx_available() else None
         self.min_fraction, self.min_confidence = min_fraction, min_confidence
         self._lock = threading.Lock()
 
@@ -97,8 +102,9 @@ class GarmentDetector:
     def probabilities(self, image: Image.Image, long_side: int | None = None) -> tuple[np.ndarray, float]:
         """(scaled height, scaled width, 1 + groups) class probabilities, and the photo -> scaled factor."""
         canvas = to_canvas(image, long_side or self.long_side)
-        maps = self.backbone.maps(canvas.pixels[None])
-        logits = self.artefact.head.logits(maps)[0]
+        if self.graph is not None:
+            return self.graph.probabilities(canvas.pixels[None])[0, :canvas.height, :canvas.width], canvas.scale
+        logits = self.artefact.head.logits(self.backbone.maps(canvas.pixels[None]))[0]
         return scaled_probabilities(logits, canvas.pixels.shape[:2], (canvas.width, canvas.height)), canvas.scale
 
     def detect(self, image: Image.Image) -> list[FoundGarment]:

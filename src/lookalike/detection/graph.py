@@ -1,0 +1,209 @@
+"""The served garment finder as one ONNX graph: backbone, fine-tuned tail, head and upsampling.
+
+Run in NumPy, the head, its tail and the upsampling to the photo cost about 8 ms a glance on one
+thread, more than the backbone (about 9 ms): a 5×5 depthwise sum over 1,152 channels and 3×3
+convolutions at stride 4 are a Python loop of small products.  Appended to the backbone's ONNX
+graph they are a few of ONNX Runtime's convolutions.  The graph is built once per detector
+(keyed by its weights' hash) from the cached backbone and the head's arrays, and cached beside
+the backbone; it gives the same probabilities as :meth:`SegmentationHead.logits` followed by
+:func:`scaled_probabilities` (checked by the tests), so training, which scores cached maps with
+the NumPy head, and serving agree.
+
+Building it needs the ``onnx`` package (``lookalike[export]``); without it the finder runs the
+NumPy head, as before.
+
+By default (setting ``detector_int8``) the backbone part is quantised like the INT8 encoder
+(:func:`lookalike.models.int8.quantize_graph`; the head stays in float), calibrated on packaged
+photos: 32 of the default finder's training street photos (``calibration/``) at the served sizes,
+and the encoder's phone photos of garments at the glance size.  On the 111 held-out street photos
+it keeps mIoU (0.572 against 0.573) and box recall (within one box per group) while a glance
+takes 9.4 ms instead of 13.4 on one thread, and a full look 43 ms instead of 54.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..config import Settings
+from ..models.encoders import EncoderError, PyramidFeatures
+from .artefact import weights_digest
+from .canvas import to_canvas
+from .head import SegmentationHead
+
+GRAPH_FORMAT = "1"  # bump when the appended nodes change: cached graphs of another format are rebuilt
+CALIBRATION_VERSION = "1"  # bump when the calibration photos or recipe change
+CALIBRATION_DIR = Path(__file__).with_name("calibration")
+_PREFIX = "finder/"
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FinderGraph(PyramidFeatures):
+    """Pixels (n, h, w, 3) uint8, h and w multiples of 32 -> class probabilities (n, h, w, classes)
+    over the whole canvas, in one ONNX Runtime run (with the backbone's run slots and sessions)."""
+
+    def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = ()):
+        """``int8_sides``: quantise the backbone, calibrated at these longer sides (the sizes served);
+        empty: all in float."""
+        super().__init__(model_name, settings)
+        self.head_arrays, self.int8_sides = head, tuple(int8_sides)
+        self.backbone_path = self.model_path
+        self.name = f"{model_name}-finder"
+        # Keyed by the backbone graph's version and the head's weights: a retrained finder or a new
+        # backbone export gets a graph of its own.
+        # (A finder being trained is evaluated before it is saved: the key is the weights' own hash.)
+        stem = f"{self.backbone_path.stem}-finder-{weights_digest(head.arrays)[:16]}"
+        self.float_path = self.backbone_path.parent / f"{stem}-v{GRAPH_FORMAT}.onnx"
+        int8 = "-".join(map(str, self.int8_sides))
+        self.model_path = self.backbone_path.parent / f"{stem}-int8-{int8}-v{GRAPH_FORMAT}.{CALIBRATION_VERSION}.onnx" if int8 else self.float_path
+
+    def _ensure_model(self) -> Path:
+        if not self.model_path.exists():
+            if not self.float_path.exists():
+                if not self.backbone_path.exists():
+                    from ..models.encoders.efficientnet import export_onnx
+
+                    export_onnx(self.base_name, self.backbone_path, "pyramid")
+                fuse(self.backbone_path, self.head_arrays, self.float_path)
+            if self.int8_sides:
+                self._quantise()
+        return self.model_path
+
+    def _quantise(self) -> None:
+        """Quantise the float graph beside the cache entry, then rename it in (about 8 s, once)."""
+        from ..models.int8 import quantize_graph
+
+        with tempfile.TemporaryDirectory(dir=self.model_path.parent) as tmp:
+            staged = Path(tmp) / "finder-int8.onnx"
+            quantize_graph(self.float_path, staged, calibration_canvases(self.int8_sides),
+                           keep_float=lambda name: name.startswith(_PREFIX), fixed_shape=False)
+            os.replace(staged, self.model_path)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.shape[1] % 32 or pixels.shape[2] % 32:
+            raise ValueError(f"expected a batch of shape (n, h, w, 3) with h and w multiples of 32, got {pixels.shape}")
+        (probabilities,) = self._run(np.ascontiguousarray(pixels, dtype=np.uint8))
+        return np.asarray(probabilities, dtype=np.float32)
+
+
+def calibration_canvases(sides: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """The packaged calibration photos as one-photo batches: the street photos at every served
+    side, the phone photos of garments (mostly no person: what a glance mostly sees) at the smallest."""
+    from ..models.int8 import CALIBRATION_DIR as PHONE_PHOTOS
+
+    street, phone = sorted(CALIBRATION_DIR.glob("*.jpg")), sorted(PHONE_PHOTOS.glob("*.jpg"))
+    if len(street) < 16 or len(phone) < 16:
+        raise EncoderError(f"the packaged calibration photos are missing from {CALIBRATION_DIR} or {PHONE_PHOTOS}; reinstall lookalike")
+    for files, wanted in ((street, sides), (phone, (min(sides),))):
+        for file in files:
+            with Image.open(file) as image:
+                photo = image.convert("RGB")
+            for side in wanted:
+                yield to_canvas(photo, side).pixels[None]
+
+
+class _Builder:
+    """Appends nodes (names prefixed, weights as initialisers) to an ONNX graph."""
+
+    def __init__(self, graph: Any):
+        from onnx import helper, numpy_helper
+
+        self.graph, self.helper, self.numpy_helper = graph, helper, numpy_helper
+        self.count = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{_PREFIX}{stem}_{self.count}"
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        name = self.name(stem)
+        self.graph.initializer.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], **attributes: Any) -> str:
+        out = self.name(kind.lower())
+        self.graph.node.append(self.helper.make_node(kind, inputs, [out], name=out, **attributes))
+        return out
+
+    def conv(self, x: str, weight: np.ndarray, bias: np.ndarray, group: int = 1) -> str:
+        """``weight`` (out, in/group, k, k), same padding."""
+        pad = weight.shape[2] // 2
+        return self.op("Conv", [x, self.const("w", weight.astype(np.float32)), self.const("b", bias.astype(np.float32))],
+                       group=group, pads=[pad] * 4, kernel_shape=list(weight.shape[2:]))
+
+    def dense(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
+        """A 1×1 convolution from the head's (in, out) matrix."""
+        return self.conv(x, np.asarray(weight, np.float32).T[:, :, None, None], bias)
+
+    def resize_like(self, x: str, like: str, first: int = 2) -> str:
+        """Bilinear resize (half-pixel centres, as the head's interpolation matrices) of NCHW ``x``
+        to the height and width of ``like`` (axes ``first``, ``first + 1`` of ``like``)."""
+        batch_channels = self.op("Slice", [self.op("Shape", [x]), self.const("i", np.array([0])), self.const("i", np.array([2]))])
+        size = self.op("Slice", [self.op("Shape", [like]), self.const("i", np.array([first])), self.const("i", np.array([first + 2]))])
+        sizes = self.op("Concat", [batch_channels, size], axis=0)
+        return self.op("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
+
+    def clip6(self, x: str) -> str:
+        return self.op("Clip", [x, self.const("lo", np.array(0.0, np.float32)), self.const("hi", np.array(6.0, np.float32))])
+
+
+def _tail(build: _Builder, head: SegmentationHead, x: str) -> str:
+    for block in head.tail:
+        y = build.clip6(build.dense(x, block["expand_weight"], block["expand_bias"]))
+        depthwise = np.asarray(block["depthwise_weight"], np.float32).transpose(2, 0, 1)[:, None]
+        y = build.clip6(build.conv(y, depthwise, block["depthwise_bias"], group=depthwise.shape[0]))
+        y = build.dense(y, block["project_weight"], block["project_bias"])
+        x = build.op("Add", [y, x]) if bool(block["skip"]) else y
+    return x
+
+
+def fuse(backbone: Path, head: SegmentationHead, target: Path) -> None:
+    """Write ``backbone`` (the pyramid graph: outputs s4, s8, s16, s32, tail) with ``head`` appended
+    as ``target`` (one output, ``probabilities``), atomically."""
+    import onnx
+
+    model = onnx.load(str(backbone))
+    graph = model.graph
+    outputs = [o.name for o in graph.output]
+    build = _Builder(graph)
+    nchw = {name: build.op("Transpose", [name], perm=[0, 3, 1, 2]) for name in outputs}
+    s4, s8, s16 = (nchw[f"s{s}"] for s in (4, 8, 16))
+    s32 = _tail(build, head, nchw["tail"]) if head.tail else nchw["s32"]
+    a = head.arrays
+    context = build.dense(build.op("ReduceMean", [s32], axes=[2, 3], keepdims=1), a["context_weight"], a["context_bias"])
+
+    def lateral(tap: str, x: str) -> str:
+        return build.dense(x, a[f"lateral_{tap}_weight"], a[f"lateral_{tap}_bias"])
+
+    def mix(name: str, x: str) -> str:
+        weight = np.asarray(a[f"{name}_weight"], np.float32).transpose(3, 2, 0, 1)
+        return build.op("Relu", [build.conv(build.op("Relu", [x]), weight, a[f"{name}_bias"])])
+
+    p32 = build.op("Add", [lateral("s32", s32), context])
+    p16 = build.op("Add", [lateral("s16", s16), build.resize_like(p32, s16)])
+    p8 = build.op("Add", [lateral("s8", s8), build.resize_like(p16, s8)])
+    p4 = build.op("Add", [lateral("s4", s4), build.resize_like(mix("mix8", p8), s4)])
+    logits = build.dense(mix("mix4", p4), a["classes_weight"], a["classes_bias"])
+    upsampled = build.resize_like(logits, "pixels", first=1)
+    channels_last = build.op("Transpose", [upsampled], perm=[0, 2, 3, 1])  # a softmax over the last axis is 10x quicker
+    graph.node.append(onnx.helper.make_node("Softmax", [channels_last], ["probabilities"], name=f"{_PREFIX}probabilities", axis=-1))
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", "height", "width", head.classes]))
+    onnx.checker.check_model(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        path = Path(tmp) / "finder.onnx"
+        onnx.save(model, str(path))
+        os.replace(path, target)  # atomic: a concurrent reader never sees half a graph
