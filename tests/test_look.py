@@ -105,6 +105,21 @@ def test_the_one_graph_finder_gives_the_numpy_heads_probabilities(default_detect
         assert all(box_iou(mine[group], theirs[group]) > 0.8 for group in mine)
 
 
+def test_a_damaged_cached_finder_graph_is_built_again(default_detector, tmp_path):
+    pytest.importorskip("onnx")
+    from lookalike.detection.graph import FinderGraph
+
+    backbone = default_detector.backbone._ensure_model()
+    (tmp_path / backbone.name).symlink_to(backbone)
+    graph = FinderGraph("efficientnet-lite0", default_detector.artefact.head, Settings(model_cache=str(tmp_path)))
+    pixels = np.full((1, 64, 64, 3), 200, np.uint8)
+    expected = graph.probabilities(pixels)
+    graph.model_path.write_bytes(b"\x08\x07 not a graph")  # a disk that filled up mid-write
+    again = FinderGraph("efficientnet-lite0", default_detector.artefact.head, Settings(model_cache=str(tmp_path)))
+    np.testing.assert_allclose(again.probabilities(pixels), expected, atol=1e-6)
+    assert backbone.exists()  # only the finder's own graph is made again, never the shared backbone
+
+
 def test_numpy_head_matches_the_trained_torch_head():
     torch = pytest.importorskip("torch")
     from lookalike.detection.torch_head import TorchHead

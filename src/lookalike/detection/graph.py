@@ -54,11 +54,17 @@ class FinderGraph(PyramidFeatures):
     """Pixels (n, h, w, 3) uint8, h and w multiples of 32 -> class probabilities (n, h, w, classes)
     over the whole canvas, in one ONNX Runtime run (with the backbone's run slots and sessions)."""
 
+    rebuilds_cache = True
+
+    def _forget_cached(self) -> None:
+        self.model_path.unlink(missing_ok=True)
+        self.float_path.unlink(missing_ok=True)
+
     def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = ()):
         """``int8_sides``: quantise the backbone, calibrated at these longer sides (the sizes served);
         empty: all in float."""
         super().__init__(model_name, settings)
-        self.head_arrays, self.int8_sides = head, tuple(int8_sides)
+        self.finder_head, self.int8_sides = head, tuple(int8_sides)
         self.backbone_path = self.model_path
         self.name = f"{model_name}-finder"
         # Keyed by the backbone graph's version and the head's weights: a retrained finder or a new
@@ -76,19 +82,23 @@ class FinderGraph(PyramidFeatures):
                     from ..models.encoders.efficientnet import export_onnx
 
                     export_onnx(self.base_name, self.backbone_path, "pyramid")
-                fuse(self.backbone_path, self.head_arrays, self.float_path)
+                fuse(self.backbone_path, self.finder_head, self.float_path)
             if self.int8_sides:
                 self._quantise()
         return self.model_path
 
     def _quantise(self) -> None:
         """Quantise the float graph beside the cache entry, then rename it in (about 8 s, once)."""
+        from ..models.artefacts import ModelError
         from ..models.int8 import quantize_graph
 
         with tempfile.TemporaryDirectory(dir=self.model_path.parent) as tmp:
             staged = Path(tmp) / "finder-int8.onnx"
-            quantize_graph(self.float_path, staged, calibration_canvases(self.int8_sides),
-                           keep_float=lambda name: name.startswith(_PREFIX), fixed_shape=False)
+            try:
+                quantize_graph(self.float_path, staged, calibration_canvases(self.int8_sides),
+                               keep_float=lambda name: name.startswith(_PREFIX), fixed_shape=False)
+            except ModelError as exc:
+                raise EncoderError(f"cannot build the INT8 garment finder ({exc}); setting detector_int8 = false serves it in float") from exc
             os.replace(staged, self.model_path)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:

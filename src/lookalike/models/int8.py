@@ -107,6 +107,8 @@ class BuiltinInt8Encoder(EfficientNetLiteEncoder):
     """``efficientnet-lite0-int8`` (or ``-lite2-int8``): the float encoder quantised on first use with
     the packaged calibration photos and cached in the model cache; a damaged cached file is made again."""
 
+    rebuilds_cache = True
+
     def __init__(self, base: str, settings: Settings | None = None):
         settings = settings or Settings()
         super().__init__(base, settings)
@@ -133,15 +135,6 @@ class BuiltinInt8Encoder(EfficientNetLiteEncoder):
                 raise EncoderError(f"cannot build the {self.name} encoder: {exc}") from exc
             staged.replace(self.model_path)  # atomic: a concurrent reader never sees half a model
 
-    def _new_session(self, threads: int):
-        cached = self.model_path.exists()
-        try:
-            return super()._new_session(threads)
-        except EncoderError:
-            if not cached:
-                raise
-            self.model_path.unlink(missing_ok=True)  # a damaged cache entry (disk full, killed mid-copy): made again, once
-            return super()._new_session(threads)
 
 
 def calibration_photos(encoder: EfficientNetLiteEncoder) -> np.ndarray:

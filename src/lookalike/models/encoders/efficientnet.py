@@ -268,11 +268,26 @@ class EfficientNetLiteEncoder(Encoder):
             self._narrow_session = self._new_session(1)
         return self._session if wide else self._narrow_session
 
+    rebuilds_cache = False  # a graph this class builds into the model cache: a damaged copy is made again, once
+
     def _new_session(self, threads: int):
+        cached = self.model_path.exists()
+        try:
+            return self._open_session(threads)
+        except EncoderError:
+            if not (cached and self.rebuilds_cache):
+                raise
+            self._forget_cached()  # a damaged cache entry (disk full, killed mid-copy)
+            return self._open_session(threads)
+
+    def _open_session(self, threads: int):
         try:
             return cpu_session(str(self._ensure_model()), threads, spin=self.spin)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EncoderError(f"cannot load ONNX model {self.model_path}: {exc}") from exc
+
+    def _forget_cached(self) -> None:
+        self.model_path.unlink(missing_ok=True)
 
     # On one thread, runs of two photos beat longer ones (their activations stay in cache): INT8,
     # 4.6-5.1 ms a photo against 5.0-5.8 in runs of 16; an ingest on 2 cores 301-321 against
