@@ -546,6 +546,32 @@ def test_outfit_shots_in_the_catalogue_get_garment_vectors_and_match_by_garment(
         assert again["looked_at"] == 1 and again["with_person"] == 0
 
 
+def test_garment_results_skip_products_deleted_meanwhile_and_still_return_k():
+    """Garment search merges photo and region candidates by rowid and reads only the products it
+    returns; one deleted between the vector search and the read is replaced from further down."""
+    from types import SimpleNamespace
+
+    from lookalike.search.searcher import Searcher
+
+    class Products:
+        def __init__(self) -> None:
+            self.asked: list[list[int]] = []
+
+        def get(self, item_id: str) -> None:
+            return None
+
+        def get_by_rowids(self, rowids):
+            self.asked.append(list(rowids))
+            return {r: SimpleNamespace(id=f"p{r}", metadata={}, image=None, tags={}) for r in rowids if r % 3}  # every third is gone
+
+    products = Products()
+    ranked = [(rowid, 1.0 - rowid / 100) for rowid in range(1, 40)]
+    hits = Searcher(None, products, None)._hits(ranked, 5)  # type: ignore[arg-type]
+    assert [h.id for h in hits] == ["p1", "p2", "p4", "p5", "p7"]
+    assert products.asked == [[1, 2, 3, 4, 5], [6], [7]]  # what is returned, then only as many as are missing
+    assert [h.id for h in Searcher(None, products, None)._hits(ranked[:3], 5)] == ["p1", "p2"]  # type: ignore[arg-type]
+
+
 def _outfit_catalogue(tmp_path: Path) -> Path:
     """Twelve demo packshots and the two example outfit photos, as a catalogue file."""
     rows = [{"id": r["id"], "image": str(DEMO_CSV.parent / r["image"]), "category": r["category"]} for r in list(csv.DictReader(DEMO_CSV.open()))[:12]]

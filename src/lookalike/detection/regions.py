@@ -50,15 +50,15 @@ def kept_blobs(member: np.ndarray, min_pixels: int) -> np.ndarray:
     from scipy import ndimage  # imported on first use: commands that find no garments start faster
 
     blobs, count = ndimage.label(member)
-    sizes = np.bincount(blobs.ravel(), minlength=count + 1)
-    big = np.flatnonzero(sizes >= min_pixels)
-    return np.isin(blobs, big[big > 0])  # blob 0 is the background
+    big = np.bincount(blobs.ravel(), minlength=count + 1) >= min_pixels
+    big[0] = False  # blob 0 is the background
+    return big[blobs]  # a table lookup per pixel: np.isin sorts, several times slower on a glance's map
 
 
 def mask_box(mask: np.ndarray, scale: float = 1.0) -> tuple[float, float, float, float]:
     """(x1, y1, x2, y2) around a non-empty mask, x2/y2 exclusive, divided by ``scale``."""
-    ys, xs = np.nonzero(mask)
-    return (float(xs.min() / scale), float(ys.min() / scale), float((xs.max() + 1) / scale), float((ys.max() + 1) / scale))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # no list of every pixel's position
+    return (float(cols[0] / scale), float(rows[0] / scale), float((cols[-1] + 1) / scale), float((rows[-1] + 1) / scale))
 
 
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

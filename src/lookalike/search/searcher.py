@@ -143,27 +143,39 @@ class Searcher:
 
     def search_with_regions(self, vector: np.ndarray, k: int, where: Iterable[str], regions: tuple[np.ndarray, np.ndarray]) -> list[Hit]:
         """The ``k`` best products for a garment vector, each scored by the better of its whole
-        photo and its garment region of the same group (``regions``: rowids and their vectors)."""
+        photo and its garment region of the same group (``regions``: rowids and their vectors).
+        Candidates are merged by rowid; only the products returned are read from the store."""
         self.serving.sync()
         clauses = parse_where(list(where))
         depth = max(3 * k, 50)
-        scores = {h.id: h for h in self._find(vector, depth, clauses, [])}
+        mask = self.serving.columns.mask(clauses)
+        ids, scores = self.serving.backend.search(vector, depth, VectorFilter(mask, clauses_expression(clauses)))
+        best = dict(zip(ids.tolist(), scores.tolist()))
         rowids, matrix = regions
         if len(rowids) and matrix.shape[1] == len(vector):
             allowed = self.serving.backend.live_mask()
-            mask = self.serving.columns.mask(clauses)
             if mask is not None:
                 allowed = VectorFilter(mask).bitmap(allowed)
             inside = rowids < len(allowed)
             keep = np.flatnonzero(inside)[allowed[rowids[inside]]]
-            region_scores = matrix[keep] @ np.asarray(vector, dtype=np.float32)
+            region_scores = (matrix @ np.asarray(vector, dtype=np.float32))[keep]  # no copy of the kept rows
             order = np.argsort(-region_scores)[:depth]
-            products = self.products.get_by_rowids(rowids[keep[order]].tolist())
-            for index, score in zip(keep[order].tolist(), region_scores[order].tolist()):
-                product = products.get(int(rowids[index]))
-                if product is not None and (product.id not in scores or scores[product.id].score < score):
-                    scores[product.id] = Hit(product.id, score, product.metadata, product.image, product.tags)
-        return sorted(scores.values(), key=lambda h: -h.score)[:k]
+            for rowid, score in zip(rowids[keep[order]].tolist(), region_scores[order].tolist()):
+                if score > best.get(rowid, -np.inf):
+                    best[rowid] = score
+        return self._hits(sorted(best.items(), key=lambda item: -item[1]), k)
+
+    def _hits(self, ranked: list[tuple[int, float]], k: int) -> list[Hit]:
+        """The first ``k`` of ``ranked`` (rowid, score) that are still in the store, with their products."""
+        hits: list[Hit] = []
+        start = 0
+        while len(hits) < k and start < len(ranked):
+            chunk = ranked[start : start + k - len(hits)]  # rows deleted meanwhile are replaced from further down
+            products = self.products.get_by_rowids([rowid for rowid, _ in chunk])
+            hits += [Hit(p.id, float(score), p.metadata, p.image, p.tags) for p, score in
+                     ((products.get(rowid), score) for rowid, score in chunk) if p is not None]
+            start += len(chunk)
+        return hits
 
     def matching_rowids(self, where: Iterable[str] | str | None = None) -> np.ndarray:
         """Rowids of products with a vector that match ``where``, ascending (catalogue order)."""
