@@ -63,7 +63,7 @@ class Settings:
     port: int = 8000
     model_cache: str = ""  # empty: ~/.cache/lookalike/models
     detector: str = "auto"  # garment finder: auto (the store's newest trained one, else the packaged default), default, a name, or none
-    detector_int8: bool = True  # run the garment finder's backbone quantised (quality measured equal, glance 1.4x quicker); false: float
+    detector_int8: bool = True  # run the garment finder's convolutions quantised (quality measured equal, a glance 1.4x quicker); false: float
     ingest_garments: bool = True  # after each ingest, find the garments of new outfit shots (as `lookalike garments` does), so look matches them by garment
     garment_search: str = "main"  # plain photo search: "main" searches the main garment of a photo with a person in it, "whole" the whole frame
     garment_groups: str = ""  # YAML file: {column: <catalogue column>, groups: {group: [values]}}: which products each garment group may match
