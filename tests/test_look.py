@@ -588,10 +588,23 @@ def _outfit_catalogue(tmp_path: Path) -> Path:
 
 def test_ingest_finds_the_garments_of_outfit_shots_by_itself(tmp_path):
     assert Settings().ingest_garments and load_settings(environ={}).ingest_garments  # on by default (this suite's environment turns it off)
+    from lookalike.ingest.garments import LOOKERS
+    from lookalike.models.encoders.base import SEARCHES
+
     catalogue = _outfit_catalogue(tmp_path)
     with Engine.open(tmp_path / "store", ingest_garments=True) as engine:
-        report = engine.ingest(catalogue)
+        finder = engine.looks.finder()
+        served = finder.graph if finder.graph is not None else finder.backbone
+        looking: list[int] = []
+        hold = served._slots.hold
+        served._slots.hold = lambda whole: (looking.append(SEARCHES.count), hold(whole))[1]
+        try:
+            report = engine.ingest(catalogue)
+        finally:
+            del served._slots.hold
         assert report.garments is not None and report.garments["looked_at"] == 14 and report.garments["with_person"] >= 2
+        # every look counts as a photo in progress, so side by side each runs on one thread (RunSlots)
+        assert len(looking) >= 14 and all(1 <= n <= LOOKERS for n in looking)
         regions = engine.store.regions(engine.encoder.identity)
         assert {"top", "bottom"} <= set(regions)
         assert engine.find_garments()["looked_at"] == 0  # ingest did the work: nothing left to look at

@@ -27,12 +27,15 @@ from ..common.progress import Progress
 from ..detection import DetectorError
 from ..images import ImageError, ImageLimits, load_source_or_thumbnail
 from ..models.encoders import Encoder
+from ..models.encoders.base import SEARCHES
 from ..search.look import PERSON_AREA, GarmentFinder, LookUnavailable, crop_box, main_garment
 
 BATCH = 32
-# Photos looked at side by side, one per core (at least two): the finder's NumPy head runs on one
-# thread, so one photo at a time leaves a core idle for about half of each look.  On 2 cores, two
-# lookers made the stage 1.28-1.36x as fast as one (400 Myntra photos, same run); three, no faster.
+# Photos looked at side by side, one per core (at least two), each marked as a photo search in
+# progress so that the finder runs it on one thread beside the other (see RunSlots): a lone
+# photo's run on both threads is not twice as quick.  On 2 cores, 400 Myntra photos, three
+# alternating rounds: 45.6-55.9 photos/s, against 39.6-44.4 unmarked (each look took both threads
+# whenever the other was between runs) and 34.7-42.2 one photo at a time.
 LOOKERS = max(2, min(8, os.cpu_count() or 1))
 DETECTOR_META = "garments_detector"
 VERSION_META = "garments_version"
@@ -113,11 +116,12 @@ def _look_at(item: tuple[int, str, str | None], thumbnails: dict[int, bytes], li
              finder: GarmentFinder) -> tuple[int, str, dict[str, Image.Image] | str]:
     """(rowid, image hash, its garments' crops or why its photo cannot be read)."""
     rowid, image_hash, source = item
-    try:
-        picture, _ = load_source_or_thumbnail(source, thumbnails.get(rowid), limits, None, f"product with rowid {rowid}")
-    except ImageError as exc:
-        return rowid, image_hash, str(exc)
-    return rowid, image_hash, _garment_crops(picture, finder)
+    with SEARCHES.mark():  # lookers side by side: each finder run on one thread (see LOOKERS)
+        try:
+            picture, _ = load_source_or_thumbnail(source, thumbnails.get(rowid), limits, None, f"product with rowid {rowid}")
+        except ImageError as exc:
+            return rowid, image_hash, str(exc)
+        return rowid, image_hash, _garment_crops(picture, finder)
 
 
 def _embed_crops(looks: list[tuple[int, str, dict[str, Image.Image]]], encoder: Encoder) -> list[tuple[int, str, dict[str, np.ndarray]]]:
