@@ -136,7 +136,6 @@ class BuiltinInt8Encoder(EfficientNetLiteEncoder):
             staged.replace(self.model_path)  # atomic: a concurrent reader never sees half a model
 
 
-
 def calibration_photos(encoder: EfficientNetLiteEncoder) -> np.ndarray:
     """The packaged calibration photos, preprocessed for ``encoder`` (sorted by name: a fixed order)."""
     files = sorted(CALIBRATION_DIR.glob("*.jpg"))
