@@ -122,6 +122,68 @@ def test_a_damaged_cached_finder_graph_is_built_again(default_detector, tmp_path
     assert backbone.exists()  # only the finder's own graph is made again, never the shared backbone
 
 
+def test_the_glance_graph_gives_the_heads_own_resolution_and_the_same_main_garment(default_detector, tmp_path):
+    """The glance before every plain search reads the head's stride-4 probabilities: the full
+    graph with its last upsampling cut out.  In float they are the softmax of the NumPy head's
+    logits; served (INT8) it picks the same main garment as the full-resolution regions."""
+    pytest.importorskip("onnx")
+    from lookalike.detection.canvas import to_canvas
+    from lookalike.detection.detector import GLANCE_SIDE
+    from lookalike.detection.graph import CoarseFinderGraph
+    from lookalike.detection.head import softmax
+
+    settings = Settings(model_cache=str(tmp_path))
+    backbone = default_detector.backbone._ensure_model()
+    (tmp_path / backbone.name).symlink_to(backbone)
+    head = default_detector.artefact.head
+    graph = CoarseFinderGraph("efficientnet-lite0", head, settings)
+    for photo, side in ((OUTFIT, 256), (PACKSHOT, 320)):
+        canvas = to_canvas(Image.open(photo), side)
+        expected = softmax(head.logits(default_detector.backbone.maps(canvas.pixels[None]))[0])
+        actual = graph.probabilities(canvas.pixels[None])[0]
+        assert actual.shape == (canvas.pixels.shape[0] // 4, canvas.pixels.shape[1] // 4, head.classes)
+        np.testing.assert_allclose(actual, expected, atol=1e-4)
+    assert graph.model_path.name.endswith("-stride4.onnx") and graph.full_path.exists()  # cut from the full graph, both cached
+
+    served = default_detector.glance_graph
+    assert served is not None and "-int8-256-448-" in served.model_path.name and served._slots is default_detector.graph._slots
+    for photo in (OUTFIT, PACKSHOT):
+        image = Image.open(photo)
+        full = main_garment(default_detector.garments(*default_detector.probabilities(image, GLANCE_SIDE), image.size))
+        quick = main_garment(default_detector.glance(image))
+        assert (full is None) == (quick is None)
+        if full is not None and quick is not None:
+            assert quick.group == full.group and box_iou(quick.box, full.box) > 0.85
+            assert quick.mask is not None and quick.mask.shape == (-(-to_canvas(image, GLANCE_SIDE).height // 4), -(-to_canvas(image, GLANCE_SIDE).width // 4))
+    assert main_garment(default_detector.glance(Image.open(OUTFIT))) is not None  # the outfit photo shows a person
+
+    without_onnx = GarmentDetector(default_detector.artefact)
+    without_onnx.graph = without_onnx.glance_graph = None  # the NumPy head: the same stride-4 regions
+    mine, theirs = main_garment(without_onnx.glance(Image.open(OUTFIT))), main_garment(default_detector.glance(Image.open(OUTFIT)))
+    assert mine is not None and theirs is not None and mine.group == theirs.group and box_iou(mine.box, theirs.box) > 0.85
+
+
+def test_a_damaged_glance_graph_is_cut_again_and_a_foreign_graph_refused(default_detector, tmp_path):
+    pytest.importorskip("onnx")
+    from lookalike.detection.graph import CoarseFinderGraph, without_upsampling
+    from lookalike.models.encoders import EncoderError
+
+    backbone = default_detector.backbone._ensure_model()
+    (tmp_path / backbone.name).symlink_to(backbone)
+    settings = Settings(model_cache=str(tmp_path))
+    graph = CoarseFinderGraph("efficientnet-lite0", default_detector.artefact.head, settings)
+    pixels = np.full((1, 64, 64, 3), 200, np.uint8)
+    expected = graph.probabilities(pixels)
+    assert expected.shape[1:3] == (16, 16)
+    graph.model_path.write_bytes(b"\x08\x07 not a graph")
+    again = CoarseFinderGraph("efficientnet-lite0", default_detector.artefact.head, settings)
+    np.testing.assert_allclose(again.probabilities(pixels), expected, atol=1e-6)
+    assert backbone.exists()
+    with pytest.raises(EncoderError, match="not a garment finder graph"):
+        without_upsampling(backbone, tmp_path / "cut.onnx")  # the backbone alone has no finder to cut
+    assert not (tmp_path / "cut.onnx").exists()
+
+
 def test_numpy_head_matches_the_trained_torch_head():
     torch = pytest.importorskip("torch")
     from lookalike.detection.torch_head import TorchHead

@@ -21,8 +21,8 @@ from PIL import Image
 from ..config import Settings
 from .artefact import DetectorArtefact
 from .canvas import to_canvas
-from .graph import FinderGraph, onnx_available
-from .head import scaled_probabilities
+from .graph import HEAD_STRIDE, CoarseFinderGraph, FinderGraph, onnx_available
+from .head import scaled_probabilities, softmax
 from .regions import kept_blobs, mask_box
 
 MIN_FRACTION = 0.004
@@ -84,6 +84,9 @@ class GarmentDetector:
         # Served photos run the backbone and head as one ONNX graph when it can be built (see .graph).
         int8 = (GLANCE_SIDE, self.long_side) if (settings or Settings()).detector_int8 else ()
         self.graph = FinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if onnx_available() else None
+        self.glance_graph = CoarseFinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if self.graph else None
+        if self.graph is not None and self.glance_graph is not None:
+            self.glance_graph._slots = self.graph._slots  # one finder: never both graphs on every thread at once
         self.min_fraction, self.min_confidence = min_fraction, min_confidence
         self._lock = threading.Lock()
 
@@ -112,10 +115,16 @@ class GarmentDetector:
         return self.analyse(image)[2]
 
     def glance(self, image: Image.Image) -> list[FoundGarment]:
-        """A quick, coarser look (longer side ``GLANCE_SIDE``, a quarter of the cost): enough to
-        tell a photo of a person from a packshot, and to box its main garment, before every plain search."""
-        probs, scale = self.probabilities(image, GLANCE_SIDE)
-        return self.garments(probs, scale, image.size)
+        """A quick, coarser look (longer side ``GLANCE_SIDE``, regions at the head's own stride-4
+        resolution, see :class:`CoarseFinderGraph`): enough to tell a photo of a person from a
+        packshot, and to box its main garment, before every plain search."""
+        canvas = to_canvas(image, GLANCE_SIDE)
+        if self.glance_graph is not None:
+            probs = self.glance_graph.probabilities(canvas.pixels[None])[0]
+        else:
+            probs = softmax(self.artefact.head.logits(self.backbone.maps(canvas.pixels[None]))[0])
+        rows, cols = -(-canvas.height // HEAD_STRIDE), -(-canvas.width // HEAD_STRIDE)  # the cells the photo covers
+        return self.garments(probs[:rows, :cols], canvas.scale / HEAD_STRIDE, image.size)
 
     def analyse(self, image: Image.Image) -> tuple[np.ndarray, float, list[FoundGarment]]:
         """(class probabilities, photo -> scaled factor, garments): what evaluation needs at once."""
