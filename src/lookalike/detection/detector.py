@@ -84,9 +84,7 @@ class GarmentDetector:
         # Served photos run the backbone and head as one ONNX graph when it can be built (see .graph).
         int8 = (GLANCE_SIDE, self.long_side) if (settings or Settings()).detector_int8 else ()
         self.graph = FinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if onnx_available() else None
-        self.glance_graph = CoarseFinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if self.graph else None
-        if self.graph is not None and self.glance_graph is not None:
-            self.glance_graph._slots = self.graph._slots  # one finder: never both graphs on every thread at once
+        self.glance_graph = CoarseFinderGraph(artefact.info["backbone"], artefact.head, settings, int8, beside=self.graph) if self.graph else None
         self.min_fraction, self.min_confidence = min_fraction, min_confidence
         self._lock = threading.Lock()
 

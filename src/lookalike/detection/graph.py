@@ -57,10 +57,14 @@ class FinderGraph(PyramidFeatures):
 
     rebuilds_cache = True
 
-    def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = ()):
+    def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = (),
+                 beside: FinderGraph | None = None):
         """``int8_sides``: quantise the backbone, calibrated at these longer sides (the sizes served);
-        empty: all in float."""
+        empty: all in float.  ``beside``: another graph of the same finder whose run slots this one
+        shares, so the two never both run on every thread at once."""
         super().__init__(model_name, settings)
+        if beside is not None:
+            self._slots = beside._slots
         self.finder_head, self.int8_sides = head, tuple(int8_sides)
         self.backbone_path = self.model_path
         self.name = f"{model_name}-finder"
@@ -124,8 +128,9 @@ class CoarseFinderGraph(FinderGraph):
     their softmax there, and the regions' blob labelling 1.5 ms more on 16 times the pixels.
     Cut from the full graph (quantised or not), so no second calibration is needed."""
 
-    def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = ()):
-        super().__init__(model_name, head, settings, int8_sides)
+    def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = (),
+                 beside: FinderGraph | None = None):
+        super().__init__(model_name, head, settings, int8_sides, beside)
         self.model_path = self.full_path.with_name(f"{self.full_path.stem}-stride{HEAD_STRIDE}.onnx")
 
     def _ensure_model(self) -> Path:
