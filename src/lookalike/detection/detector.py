@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from PIL import Image
 
 from ..config import Settings
 from .artefact import DetectorArtefact
-from .canvas import to_canvas
+from .canvas import Canvas, to_canvas
 from .graph import HEAD_STRIDE, CoarseFinderGraph, FinderGraph, onnx_available
 from .head import scaled_probabilities, softmax
 from .regions import kept_blobs, mask_box
@@ -86,7 +85,6 @@ class GarmentDetector:
         self.graph = FinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if onnx_available() else None
         self.glance_graph = CoarseFinderGraph(artefact.info["backbone"], artefact.head, settings, int8, beside=self.graph) if self.graph else None
         self.min_fraction, self.min_confidence = min_fraction, min_confidence
-        self._lock = threading.Lock()
 
     @property
     def identity(self) -> str:
@@ -105,8 +103,11 @@ class GarmentDetector:
         canvas = to_canvas(image, long_side or self.long_side)
         if self.graph is not None:
             return self.graph.probabilities(canvas.pixels[None])[0, :canvas.height, :canvas.width], canvas.scale
-        logits = self.artefact.head.logits(self.backbone.maps(canvas.pixels[None]))[0]
-        return scaled_probabilities(logits, canvas.pixels.shape[:2], (canvas.width, canvas.height)), canvas.scale
+        return scaled_probabilities(self._numpy_logits(canvas), canvas.pixels.shape[:2], (canvas.width, canvas.height)), canvas.scale
+
+    def _numpy_logits(self, canvas: Canvas) -> np.ndarray:
+        """The head's stride-4 logits of one canvas, from the backbone's maps in NumPy (no onnx to build the graph)."""
+        return self.artefact.head.logits(self.backbone.maps(canvas.pixels[None]))[0]
 
     def detect(self, image: Image.Image) -> list[FoundGarment]:
         """The garments in ``image``, most prominent first."""
@@ -120,7 +121,7 @@ class GarmentDetector:
         if self.glance_graph is not None:
             probs = self.glance_graph.probabilities(canvas.pixels[None])[0]
         else:
-            probs = softmax(self.artefact.head.logits(self.backbone.maps(canvas.pixels[None]))[0])
+            probs = softmax(self._numpy_logits(canvas))
         rows, cols = -(-canvas.height // HEAD_STRIDE), -(-canvas.width // HEAD_STRIDE)  # the cells the photo covers
         return self.garments(probs[:rows, :cols], canvas.scale / HEAD_STRIDE, image.size)
 

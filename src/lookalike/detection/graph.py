@@ -73,8 +73,11 @@ class FinderGraph(PyramidFeatures):
         self.name = f"{model_name}-finder"
         # Keyed by the backbone graph's version and the head's weights: a retrained finder or a new
         # backbone export gets a graph of its own.
-        # (A finder being trained is evaluated before it is saved: the key is the weights' own hash.)
-        stem = f"{self.backbone_path.stem}-finder-{weights_digest(head.arrays)[:16]}"
+        # (A finder being trained is evaluated before it is saved: the key is the weights' own hash,
+        # taken once per head: a graph beside another of the same head reuses its key.)
+        shared = beside is not None and beside.finder_head is head and beside.backbone_path == self.backbone_path
+        stem: str = beside.stem if beside is not None and shared else f"{self.backbone_path.stem}-finder-{weights_digest(head.arrays)[:16]}"
+        self.stem: str = stem
         self.float_path = self.backbone_path.parent / f"{stem}-v{GRAPH_FORMAT}.onnx"
         int8 = "-".join(map(str, self.int8_sides))
         self.full_path = self.backbone_path.parent / f"{stem}-int8-{int8}-v{GRAPH_FORMAT}.{CALIBRATION_VERSION}.onnx" if int8 else self.float_path
@@ -147,6 +150,7 @@ def without_upsampling(source: Path, target: Path) -> None:
     """Write ``source`` (a graph :func:`fuse` made, maybe quantised since) with the final resize
     to the canvas taken out, atomically: the softmax then reads the head's stride-4 logits."""
     import onnx
+    import onnx.utils
 
     model = onnx.load(str(source))
     graph = model.graph
@@ -157,28 +161,9 @@ def without_upsampling(source: Path, target: Path) -> None:
     if channels_last is None or resize is None or resize.op_type != "Resize":
         raise EncoderError(f"{source} is not a garment finder graph this version can read; delete it to have it rebuilt")
     channels_last.input[0] = resize.input[0]
-    _drop_unused(graph)
-    _save_atomically(model, target)
-
-
-def _drop_unused(graph: Any) -> None:
-    """Remove the nodes and initialisers no output depends on any more."""
-    made_by = {output: node for node in graph.node for output in node.output}
-    needed, stack = set(), [o.name for o in graph.output]
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        node = made_by.get(name)
-        if node is not None:
-            stack.extend(i for i in node.input if i)
-    kept = [n for n in graph.node if any(o in needed for o in n.output)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    initialisers = [i for i in graph.initializer if i.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initialisers)
+    # onnx's extractor keeps only what the outputs need: the resize and its size computation go
+    cut = onnx.utils.Extractor(model).extract_model([i.name for i in graph.input], [o.name for o in graph.output])
+    _save_atomically(cut, target)
 
 
 def _save_atomically(model: Any, target: Path) -> None:
