@@ -36,6 +36,19 @@ def test_masks_become_one_box_per_group_around_its_blobs_and_specks_are_ignored(
     assert {r.group for r in regions_from_mask(mask, LABELS, with_jewellery, min_fraction=0)} == {"top", "bottom", "shoes", "accessory"}
 
 
+def test_a_pair_of_shoes_under_the_floor_one_by_one_is_one_box_around_both():
+    """The floor is the group's: each shoe is 0.15 % of the photo, the pair 0.3 % (over 0.2 %)."""
+    mask = np.zeros((100, 80), dtype=np.uint8)
+    mask[10:60, 20:60] = 2        # blouse
+    mask[90:94, 10:13] = 4        # left shoe: 12 pixels
+    mask[90:94, 50:53] = 4        # right shoe: 12 pixels
+    mask[70, 70] = 4              # a one-pixel speck still does not stretch the box
+    regions = {r.group: r for r in regions_from_mask(mask, LABELS, ccp_group_map())}
+    assert regions["shoes"].box == (10, 90, 53, 94) and regions["shoes"].pixels == 24
+    mask[90:94, 50:53] = 0        # one shoe alone is under the floor: too small to search for
+    assert "shoes" not in {r.group for r in regions_from_mask(mask, LABELS, ccp_group_map())}
+
+
 def test_an_empty_or_ungarmented_mask_has_no_regions_and_a_bad_shape_is_refused():
     assert regions_from_mask(np.zeros((10, 10), np.uint8), LABELS, ccp_group_map()) == []
     assert regions_from_mask(np.ones((10, 10), np.uint8), LABELS, ccp_group_map()) == []  # all skin
@@ -92,3 +105,34 @@ def test_boxes_from_the_shared_street_masks_match_the_published_boxes():
             ious.append(box_iou(found[group].box, box))  # type: ignore[arg-type]
     assert len(ious) > 50
     assert np.median(ious) > 0.9 and min(ious) > 0.5
+
+
+@requires_shared
+def test_boxes_at_the_evaluation_floor_still_match_the_published_boxes():
+    """Box recall is scored against boxes from the masks at a floor of 0.2 % of the photo.  At
+    that floor they must still be the data set's own boxes (which go around every blob of a
+    label), group by group.  A floor on each blob dropped one shoe of many pairs: 42 of 679
+    photos lost their shoes box, and only 0.90 of the shoe boxes and 0.86 of the bag boxes left
+    were within IoU 0.9 of the published ones (0.96 and 0.98 with the group's floor)."""
+    base = SHARED / "ccp"
+    with open(base / "label_list.csv", newline="") as f:
+        labels = {int(r["label_id"]): r["label"] for r in csv.DictReader(f)}
+    group_map = ccp_group_map()
+    published: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    with open(base / "boxes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            group = group_map.group_of(row["label"])
+            if group is not None:
+                published.setdefault((row["image_file"], group), []).append(tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2")))
+    with open(base / "images.csv", newline="") as f:
+        photos = [r for r in csv.DictReader(f) if r["annotation"] == "pixel"]
+    close: dict[str, list[bool]] = {}
+    for photo in photos:
+        mask = np.asarray(Image.open(base / photo["mask_file"]))
+        for region in regions_from_mask(mask, labels, group_map):
+            boxes = np.array(published.get((photo["image_file"], region.group), [(0.0, 0.0, 0.0, 0.0)]))
+            around = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+            close.setdefault(region.group, []).append(box_iou(region.box, around) >= 0.9)  # type: ignore[arg-type]
+    assert set(close) == {"top", "bottom", "dress", "shoes", "bag"}
+    for group, hits in close.items():
+        assert len(hits) > 150 and np.mean(hits) > 0.92, (group, np.mean(hits))

@@ -66,6 +66,35 @@ def test_a_plain_background_photo_is_searched_whole(default_detector):
     assert main_garment(found) is None  # no person: at most one garment group
 
 
+def _probabilities_with(blobs: dict[str, list[tuple[slice, slice]]], classes: tuple[str, ...], shape=(100, 80)) -> np.ndarray:
+    """Class probabilities over a (height, width) photo: background everywhere but ``blobs``
+    (group -> pixel rectangles), where that group has 0.9."""
+    probs = np.full(shape + (len(classes) + 1,), 0.1 / len(classes), dtype=np.float32)
+    probs[..., 0] = 0.9
+    for group, rectangles in blobs.items():
+        for rows, cols in rectangles:
+            probs[rows, cols] = 0.1 / len(classes)
+            probs[rows, cols, classes.index(group) + 1] = 0.9
+    return probs
+
+
+def test_a_pair_of_small_shoes_is_one_box_and_a_stray_blob_does_not_stretch_a_garment(default_detector):
+    """A garment's floor (0.4 % of the photo) is the group's, not each blob's: two shoes of
+    0.3 % each are one box around both.  A blob under a quarter of the garment's largest blob is
+    left out of its box even when it alone would pass the floor."""
+    probs = _probabilities_with({
+        "shoes": [(slice(90, 94), slice(10, 16)), (slice(90, 94), slice(50, 56))],   # 24 pixels each, 0.3 %
+        "bag": [(slice(30, 50), slice(60, 76)), (slice(2, 8), slice(2, 8))],          # 320 pixels, and a 36-pixel stray (11 %)
+        "dress": [(slice(40, 44), slice(20, 25))],                                    # 20 pixels alone: under the floor
+    }, default_detector.classes)
+    found = {g.group: g for g in default_detector.garments(probs, 1.0, (80, 100))}
+    assert set(found) == {"shoes", "bag"}
+    assert found["shoes"].box == (10, 90, 56, 94) and found["shoes"].mask.sum() == 48
+    assert found["bag"].box == (60, 30, 76, 50)
+    lone_shoe = _probabilities_with({"shoes": [(slice(90, 94), slice(10, 16))]}, default_detector.classes)
+    assert default_detector.garments(lone_shoe, 1.0, (80, 100)) == []
+
+
 def test_the_one_graph_finder_gives_the_numpy_heads_probabilities(default_detector, tmp_path):
     """Served photos run backbone, tail and head as one ONNX graph; training scores cached maps with
     the NumPy head.  In float both must give the same probabilities, with and without fine-tuned
