@@ -4,9 +4,9 @@ A mask is a label map (one label id per pixel).  Two shoes are one "shoes" regio
 around both blobs, as a shopper would draw it).  A group counts when its pixels reach
 ``min_fraction`` of the photo (smaller items are too small to search for); its box leaves out
 specks, blobs under a quarter of that (annotation noise that would stretch it).  The floor is
-the group's, not each blob's: a shoe alone is often under it, and a per-blob floor dropped one
-shoe of 8 % of the pairs in clothing-co-parsing, so the box no longer matched the data set's
-own box around both.
+the group's, not each blob's: a shoe alone is often under it.  In clothing-co-parsing a floor on
+each blob dropped the shoes of 42 of 679 photos and one shoe of many pairs (0.90 of the shoe
+boxes left were within IoU 0.9 of the data set's own box around both; 0.96 now).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Mapping
 import numpy as np
 
 from .groups import GroupMap
+
+SPECK_SHARE = 0.25  # a blob under this share of a group's floor is a speck
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,6 @@ def regions_from_mask(mask: np.ndarray, labels: Mapping[int, str], group_map: Gr
         if keep.any() and keep.sum() >= min_pixels:
             regions.append(Region(group, mask_box(keep), int(keep.sum())))
     return sorted(regions, key=lambda r: -r.pixels)
-
-
-SPECK_SHARE = 0.25  # a blob under this share of a group's floor is a speck
 
 
 def kept_blobs(member: np.ndarray, min_pixels: int, share_of_largest: float = 0.0) -> np.ndarray:
