@@ -114,9 +114,6 @@ def load(url: str, photos: list[bytes], clients: int, per_client: int, params: l
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    bodies, content_type = multipart_bodies(photos)
-    host, port = url.removeprefix("http://").split(":")
-    path = "/search?" + urlencode(params)
 
     def record(elapsed: float, ok: bool) -> None:
         with lock:
@@ -126,6 +123,9 @@ def load(url: str, photos: list[bytes], clients: int, per_client: int, params: l
                 errors[0] += 1
 
     def raw_client(seed: int) -> None:
+        bodies, content_type = encoded
+        host, port = url.removeprefix("http://").split(":")
+        path = "/search?" + urlencode(params)
         rng = np.random.default_rng(seed)
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
         try:
@@ -150,6 +150,7 @@ def load(url: str, photos: list[bytes], clients: int, per_client: int, params: l
                 elapsed = (time.perf_counter() - t) * 1000
                 record(elapsed, r.status_code == 200 and len(r.json()["results"]) > 0)
 
+    encoded = multipart_bodies(photos) if client_kind == "raw" else ([], "")  # once per load, not per request
     target = raw_client if client_kind == "raw" else httpx_client
     threads = [threading.Thread(target=target, args=(i,)) for i in range(clients)]
     for t in threads:

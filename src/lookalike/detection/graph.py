@@ -75,8 +75,10 @@ class FinderGraph(PyramidFeatures):
         # backbone export gets a graph of its own.
         # (A finder being trained is evaluated before it is saved: the key is the weights' own hash,
         # taken once per head: a graph beside another of the same head reuses its key.)
-        shared = beside is not None and beside.finder_head is head and beside.backbone_path == self.backbone_path
-        stem: str = beside.stem if beside is not None and shared else f"{self.backbone_path.stem}-finder-{weights_digest(head.arrays)[:16]}"
+        if beside is not None and beside.finder_head is head and beside.backbone_path == self.backbone_path:
+            stem = beside.stem
+        else:
+            stem = f"{self.backbone_path.stem}-finder-{weights_digest(head.arrays)[:16]}"
         self.stem: str = stem
         self.float_path = self.backbone_path.parent / f"{stem}-v{GRAPH_FORMAT}.onnx"
         int8 = "-".join(map(str, self.int8_sides))
@@ -130,9 +132,8 @@ class CoarseFinderGraph(FinderGraph):
     every plain search.  Telling a person from a packshot and boxing the main garment need no
     more: on 611 photos (300 Myntra, 111 street, 200 phone), served in INT8, the two resolutions
     made the same person decision for 607 and their main-garment boxes overlapped at a median IoU
-    of 0.94-0.96;
-    the full graph spent a fifth of its time upsampling 7 class maps to the canvas and taking
-    their softmax there, and the regions' blob labelling 1.5 ms more on 16 times the pixels.
+    of 0.94-0.96.  The full graph spent a fifth of its time upsampling 7 class maps to the canvas
+    and taking their softmax there, and the regions' blob labelling 1.5 ms more on 16 times the pixels.
     Cut from the full graph (quantised or not), so no second calibration is needed."""
 
     def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = (),

@@ -47,7 +47,7 @@ def regions_from_mask(mask: np.ndarray, labels: Mapping[int, str], group_map: Gr
     regions = []
     for group, member in by_group.items():
         keep = kept_blobs(member, speck)
-        if keep.any() and keep.sum() >= min_pixels:
+        if keep.sum() >= min_pixels:  # min_pixels >= 1: an empty group never counts
             regions.append(Region(group, mask_box(keep), int(keep.sum())))
     return sorted(regions, key=lambda r: -r.pixels)
 
