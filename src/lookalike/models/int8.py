@@ -191,13 +191,15 @@ def _quantize(float_model: Path, target: Path, pixels: np.ndarray, progress: Cal
 
 
 def quantize_graph(float_model: Path, target: Path, batches: Iterable[np.ndarray], progress: Callable[[int], None] = lambda count: None,
-                   keep_float: Callable[[str], bool] = lambda name: False, fixed_shape: bool = True) -> list[str]:
+                   keep_float: Callable[[str], bool] = lambda name: False, fixed_shape: bool = True, reduce_range: bool = False) -> list[str]:
     """The recipe above for any EfficientNet-Lite graph whose input is ``pixels``: calibrated on
     ``batches`` (which may differ in shape), with :data:`FLOAT_NODES` and every node ``keep_float``
     names left in float; returns the nodes kept in float.  ORT's pre-processing comes first: it
     folds the backbone's padding into its convolutions, which quantised separately would cost a
     float round trip each (a finder's glance: 12.7 ms without it, 9.4 with).  A graph whose input
-    size varies (``fixed_shape=False``) skips the symbolic shape inference, which needs fixed sizes."""
+    size varies (``fixed_shape=False``) skips the symbolic shape inference, which needs fixed sizes.
+    ``reduce_range`` keeps the weights to 7 bits, so CPUs without VNNI (AVX2), whose INT8 kernels
+    add pairs of products in 16 bits, cannot saturate and compute what a VNNI CPU does."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -226,7 +228,7 @@ def quantize_graph(float_model: Path, target: Path, batches: Iterable[np.ndarray
         kept = [name for name in names if name in FLOAT_NODES or keep_float(name)]
         quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=kept)
+                        nodes_to_exclude=kept, reduce_range=reduce_range)
     return kept
 
 
