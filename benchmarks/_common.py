@@ -51,9 +51,22 @@ def time_queries(backend, queries: np.ndarray, truth, mask: np.ndarray | None, w
     return {**percentiles(latencies[warm_up:]), "recall_at_10": round(float(np.mean(recall)), 4)}
 
 
+def cpu_facts() -> dict:
+    """The CPU's model and whether it multiplies INT8 in one instruction (VNNI): without it ONNX
+    Runtime's INT8 networks cost about twice as much, so a figure means little without this."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {"cpu": platform.processor() or None, "int8_vnni": None}
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}  # the last CPU's; all alike
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name"), "int8_vnni": bool(flags & {"avx512_vnni", "avx_vnni"})}
+
+
 def report(name: str, results: dict) -> None:
     """Print the figures and keep them in benchmarks/results/NAME.json."""
-    results = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "machine": platform.machine(), **results}
+    results = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "machine": platform.machine(),
+               **cpu_facts(), **results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2), flush=True)
