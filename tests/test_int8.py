@@ -16,6 +16,7 @@ from lookalike import Catalog, Engine
 from lookalike.models import ModelError, get_encoder, import_model, load_model
 from lookalike.models.encoders import EfficientNetLiteEncoder, EncoderError
 from lookalike.models.int8 import BuiltinInt8Encoder, Int8Encoder, Int8Options, load_int8, quantize_encoder, sample_photos
+from lookalike.models.ranges import CalibrationRanges
 
 from .conftest import DEMO_CSV
 
@@ -209,3 +210,86 @@ def test_a_store_model_may_not_take_a_builtin_name(int8_store, tmp_path):
     shutil.copytree(source, store)
     result = run("models", "quantize", "--name", "efficientnet-lite0-int8", store=store)
     assert result.returncode != 0 and "built-in encoder" in result.stderr
+
+
+def _tiny_pixels_graph(path):
+    """A small real ONNX graph with the encoders' input: uint8 pixels (n, h, w, 3) -> two convolutions."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 1, 1)))]
+    nodes = [helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["out"], name="conv2")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [None, 16, 16, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4, 16, 16])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_stored_calibration_ranges_rebuild_the_same_int8_graph_on_other_photos(tmp_path):
+    """Calibration's ranges differ in their last bits from CPU to CPU; a graph quantised from stored
+    ranges is byte for byte the graph they were measured on, and ranges of another graph are not used."""
+    from lookalike.models.int8 import quantize_graph
+    from lookalike.models.ranges import cache_supported
+
+    if not cache_supported():
+        pytest.skip("this onnxruntime keeps no calibration cache (1.26 and later do)")
+    model = _tiny_pixels_graph(tmp_path / "float.onnx")
+
+    def photos(seed):
+        return [np.random.default_rng(seed).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8) for _ in range(3)]
+
+    quantize_graph(model, tmp_path / "a.onnx", photos(0), ranges_out=tmp_path / "a.json")
+    ranges = CalibrationRanges.load(tmp_path / "a.json")
+    assert {"x", "c1", "out"} <= set(ranges.ranges) and all(low <= high for low, high in ranges.ranges.values())
+    quantize_graph(model, tmp_path / "b.onnx", photos(1), ranges=ranges, ranges_out=tmp_path / "b.json")
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    assert CalibrationRanges.load(tmp_path / "b.json") == ranges
+    quantize_graph(model, tmp_path / "c.onnx", photos(1), ranges_out=tmp_path / "c.json")  # calibrated on those other photos
+    assert (tmp_path / "c.onnx").read_bytes() != (tmp_path / "a.onnx").read_bytes()
+    foreign = CalibrationRanges("0" * 64, ranges.ranges)  # measured on another graph: calibrated here instead
+    quantize_graph(model, tmp_path / "d.onnx", photos(1), ranges=foreign)
+    assert (tmp_path / "d.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{", "cannot be read"),
+    ('{"format": 2, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [0, 1]}}', "not a format-1"),
+    ('{"format": 1, "method": "Entropy", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [0, 1]}}', "not a format-1"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "abc", "ranges": {"x": [0, 1]}}', "no graph digest"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {}}', "no graph digest"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [0, NaN]}}', "has the range"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [3, -3]}}', "has the range"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [0, 1e300]}}', "has the range"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [0, "1"]}}', "no \\(lowest, highest\\) pair"),
+    ('{"format": 1, "method": "MinMax", "graph_sha256": "' + "0" * 64 + '", "ranges": {"x": [true, 1]}}', "no \\(lowest, highest\\) pair"),
+    ("[" + "0," * 1_100_000 + "0]", "more than"),
+])
+def test_damaged_or_hostile_calibration_ranges_are_refused_with_the_reason(tmp_path, text, reason):
+
+    (tmp_path / "ranges.json").write_text(text)
+    with pytest.raises(ModelError, match=reason):
+        CalibrationRanges.load(tmp_path / "ranges.json")
+
+
+def test_a_finder_with_damaged_ranges_calibrates_instead_and_says_so(tmp_path, caplog):
+    """The ranges file is an optional part of a finder: damaged, it is not used (a warning names it)
+    and the finder is quantised from its own calibration, as one without ranges is."""
+    from lookalike.config import Settings
+    from lookalike.detection import load_detector, resolve_detector
+    from lookalike.detection.graph import FinderGraph
+
+    artefact = load_detector(resolve_detector("default", None))
+    (tmp_path / "int8-ranges-256-448.json").write_text('{"format": 1, "ranges": {"x": [0, Infinity]}}')
+    graph = FinderGraph("efficientnet-lite0", artefact.head, Settings(model_cache=str(tmp_path)), (256, 448), ranges=tmp_path / "int8-ranges-256-448.json")
+    with caplog.at_level("WARNING", logger="lookalike.detection"):
+        assert graph._read_stored_ranges() is None
+    assert "int8-ranges-256-448.json" in caplog.text and "calibrating the garment finder here instead" in caplog.text
+    packaged = FinderGraph("efficientnet-lite0", artefact.head, Settings(model_cache=str(tmp_path)), (256, 448),
+                           ranges=artefact.path / "int8-ranges-256-448.json")
+    assert packaged._read_stored_ranges() == CalibrationRanges.load(artefact.path / "int8-ranges-256-448.json")

@@ -21,6 +21,7 @@ from lookalike.detection.annotations import AnnotationError, read_annotations
 from lookalike.detection.artefact import save_detector
 from lookalike.detection.head import SegmentationHead, conv3x3, resize_maps
 from lookalike.interfaces.cli import app
+from lookalike.models.ranges import CalibrationRanges
 from lookalike.search.look import GroupCategories, LookUnavailable, main_garment
 
 from .conftest import DEMO_CSV, ROOT, SHARED, Server, requires_shared
@@ -123,6 +124,9 @@ def test_the_one_graph_finder_gives_the_numpy_heads_probabilities(default_detect
 
     served = default_detector.graph
     assert served is not None and "-int8-256-448-" in served.model_path.name  # the default: INT8 backbone, float head
+    served.probabilities(to_canvas(Image.open(OUTFIT), 256).pixels[None])
+    # quantised from the ranges packaged with the finder, not from a calibration on this CPU
+    assert CalibrationRanges.load(served.ranges_path) == CalibrationRanges.load(default_detector.artefact.path / "int8-ranges-256-448.json")
     float_finder = GarmentDetector(default_detector.artefact, Settings(detector_int8=False))
     assert float_finder.graph is not None and "-int8-" not in float_finder.graph.model_path.name
     for photo in (OUTFIT, PACKSHOT):
@@ -130,11 +134,15 @@ def test_the_one_graph_finder_gives_the_numpy_heads_probabilities(default_detect
         quantised, exact = default_detector.analyse(image), float_finder.analyse(image)
         assert (quantised[0].argmax(-1) == exact[0].argmax(-1)).mean() > 0.93  # 0.94-0.998 on 70 street and catalogue photos (mean 0.98)
         mine, theirs = ({g.group: g for g in found[2]} for found in (quantised, exact))
-        assert all(box_iou(mine[group].box, theirs[group].box) > 0.8 for group in mine.keys() & theirs.keys())
         # a garment only one of them finds sits near the floors (0.4 % of the photo, confidence 0.55): a speck either
-        # way (on the packshot, INT8 alone finds "shoes" on 0.43 % of it at confidence 0.653)
+        # way (on the packshot, INT8 alone finds "shoes" on 0.4 % of it at confidence 0.61-0.66)
         assert all(g.area < 0.01 and g.confidence < 0.7 for g in [mine[k] for k in mine.keys() - theirs.keys()] + [theirs[k] for k in theirs.keys() - mine.keys()])
-    assert len(default_detector.detect(Image.open(OUTFIT))) == len(float_finder.detect(Image.open(OUTFIT))) == 4  # top, bottom, shoes, bag
+    # On a photo of a person the boxes agree (IoU 0.87-1.0 over four calibrations whose ranges were one part in a
+    # million apart).  Not on the packshot: a blazer read half as top, half as bottom has no stable box (IoU 0.76-0.83
+    # over the same four; on 60 demo packshots a third of such boxes differ at IoU < 0.8, on 111 street photos 5 %).
+    outfit = [{g.group: g for g in finder.detect(Image.open(OUTFIT))} for finder in (default_detector, float_finder)]
+    assert set(outfit[0]) == set(outfit[1]) == {"top", "bottom", "shoes", "bag"}
+    assert all(box_iou(outfit[0][group].box, outfit[1][group].box) > 0.8 for group in outfit[0])
 
 
 def test_the_int8_finder_keeps_its_weights_to_seven_bits(default_detector):
@@ -581,6 +589,9 @@ def test_a_tiny_training_run_beats_the_untrained_head_and_is_used_automatically(
     trained = json.loads(result.stdout)
     assert trained["name"] == "garments-v1" and trained["held_out"]["photos"] > 0
     assert json.loads((Path(trained["path"]) / "detector.json").read_text())["backbone"] == "efficientnet-lite2"
+    # it keeps the calibration ranges its held-out figures were measured with, so its INT8 graph is the same elsewhere
+    kept = CalibrationRanges.load(Path(trained["path"]) / "int8-ranges-256-448.json")
+    assert len(kept.ranges) > 100 and len(kept.graph_sha256) == 64
     with Engine.open(store_copy) as engine:
         finder = engine.looks.finder()
         assert finder.identity.startswith("garments-v1@") and finder.backbone.base_name == "efficientnet-lite2"

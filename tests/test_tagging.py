@@ -158,11 +158,23 @@ def test_a_prediction_below_the_threshold_is_kept_as_candidates_but_not_shown(en
     candidates = stored["candidates"]
     assert 1 <= len(candidates) <= 4 and stored["confidence"] == candidates[0][1] < 0.999
     assert [p for _, p in candidates] == sorted((p for _, p in candidates), reverse=True) and all(p >= 0.05 for _, p in candidates)
+    # Only predictions at or above the threshold are filterable and counted. Which ones reach 0.999 depends on the
+    # encoder's last digits (an INT8 encoder rounds differently on CPUs with and without VNNI), so the test reads them.
+    confident = {}
+    for tags in engine.store.all_tags().values():
+        entry = tags.get("category")
+        if isinstance(entry, dict) and entry.get("value") is not None:
+            assert entry["confidence"] >= 0.999
+            confident[entry["value"]] = confident.get(entry["value"], 0) + 1
     try:
         shown = engine.browse(where="tag.category=Blazer")[1]
     except FilterError:  # no product at all above the threshold: the column is not offered
         shown = []
-    assert shown == [] and not any(f["name"] == "tag.category" for f in engine.facets())
+    assert len(shown) == confident.get("Blazer", 0) and product.id not in {p.id for p in shown}
+    facet = next((f for f in engine.facets() if f["name"] == "tag.category"), None)
+    assert (facet is None) == (len(confident) < 2)  # a column of one value is no facet
+    if facet is not None:
+        assert dict(facet["values"]) == confident, facet
     assert "category" not in engine.tag_image(DEMO_CSV.parent / "images" / "878ff7a3.jpg", threshold=0.999)
     engine.tag(threshold=0.0)  # the same products, every prediction shown
     assert engine.get("878ff7a3").tags["category"]["value"] == candidates[0][0]

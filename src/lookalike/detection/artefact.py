@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,10 @@ def weights_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def save_detector(target: Path, info: dict[str, Any], head: SegmentationHead, holdout: list[str] | None = None) -> Path:
-    """Write a detector folder atomically at ``target`` (which must not exist)."""
+def save_detector(target: Path, info: dict[str, Any], head: SegmentationHead, holdout: list[str] | None = None,
+                  extra_files: dict[str, Path] | None = None) -> Path:
+    """Write a detector folder atomically at ``target`` (which must not exist); ``extra_files``:
+    files copied in under these names (the INT8 graph's calibration ranges)."""
     check_name(target.name)
     if target.exists():
         raise DetectorError(f"a detector named {target.name!r} already exists in {target.parent}; choose another --name")
@@ -92,6 +95,8 @@ def save_detector(target: Path, info: dict[str, Any], head: SegmentationHead, ho
         np.savez_compressed(folder / "weights.npz", **arrays)  # type: ignore[arg-type]
         (folder / "holdout.json").write_text(json.dumps(sorted(holdout or [])))
         (folder / "detector.json").write_text(json.dumps(info, indent=2, default=str))
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, folder / name)
 
     return write_folder(target, fill)
 

@@ -20,7 +20,7 @@ from PIL import Image
 from ..config import Settings
 from .artefact import DetectorArtefact
 from .canvas import Canvas, to_canvas
-from .graph import HEAD_STRIDE, CoarseFinderGraph, FinderGraph, onnx_available
+from .graph import HEAD_STRIDE, CoarseFinderGraph, FinderGraph, onnx_available, ranges_file_name
 from .head import scaled_probabilities, softmax
 from .regions import kept_blobs, mask_box
 
@@ -88,8 +88,10 @@ class GarmentDetector:
         self.long_side = int(artefact.info["long_side"])
         # Served photos run the backbone and head as one ONNX graph when it can be built (see .graph).
         int8 = (GLANCE_SIDE, self.long_side) if (settings or Settings()).detector_int8 else ()
-        self.graph = FinderGraph(artefact.info["backbone"], artefact.head, settings, int8) if onnx_available() else None
-        self.glance_graph = CoarseFinderGraph(artefact.info["backbone"], artefact.head, settings, int8, beside=self.graph) if self.graph else None
+        ranges = artefact.path / ranges_file_name(int8) if int8 else None  # the ranges its figures were measured with, if it keeps them
+        self.graph = FinderGraph(artefact.info["backbone"], artefact.head, settings, int8, ranges=ranges) if onnx_available() else None
+        self.glance_graph = (CoarseFinderGraph(artefact.info["backbone"], artefact.head, settings, int8, beside=self.graph, ranges=ranges)
+                             if self.graph else None)
         self.min_fraction, self.min_confidence = min_fraction, min_confidence
 
     @property

@@ -29,11 +29,17 @@ convolutions add pairs of uint8 x int8 products in 16 bits, which saturate, and 
 photos lost 2 of 35 dresses and 3 of 74 bags against float there (a VNNI CPU: no dress, 2 bags).
 7-bit weights cannot saturate, so every CPU computes the same; on the held-out photos and two
 development folds that finds within 3 boxes per group of what float finds (README).
+
+The graph is quantised from the calibration ranges the finder keeps (``int8-ranges-*.json``, see
+:mod:`lookalike.models.ranges`) when they were measured on this very float graph: calibrated on
+each machine, the ranges differ in their last bits from CPU to CPU, and that moved the held-out
+box recall by up to two boxes per group.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -44,15 +50,22 @@ from PIL import Image
 
 from ..config import Settings
 from ..models.encoders import EncoderError, PyramidFeatures
+from ..models.ranges import CalibrationRanges
 from .artefact import weights_digest
 from .canvas import to_canvas
 from .head import SegmentationHead
 
 GRAPH_FORMAT = "1"  # bump when the appended nodes change: cached graphs of another format are rebuilt
-CALIBRATION_VERSION = "3"  # bump when the calibration photos or recipe change (2: the head's convolutions too; 3: 7-bit weights)
+CALIBRATION_VERSION = "4"  # bump when the calibration photos or recipe change (2: the head's convolutions too; 3: 7-bit weights; 4: stored ranges)
 CALIBRATION_DIR = Path(__file__).with_name("calibration")
 _PREFIX = "finder/"
 HEAD_STRIDE = 4  # the head's logits: one cell per 4 × 4 canvas pixels
+log = logging.getLogger("lookalike.detection")
+
+
+def ranges_file_name(sides: tuple[int, ...]) -> str:
+    """Where in a finder's folder the calibration ranges of its INT8 graph at ``sides`` are kept."""
+    return f"int8-ranges-{'-'.join(map(str, sides))}.json"
 
 
 def onnx_available() -> bool:
@@ -68,11 +81,13 @@ class FinderGraph(PyramidFeatures):
     rebuilds_cache = True
 
     def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = (),
-                 beside: FinderGraph | None = None):
+                 beside: FinderGraph | None = None, ranges: Path | None = None):
         """``int8_sides``: quantise the backbone, calibrated at these longer sides (the sizes served);
         empty: all in float.  ``beside``: another graph of the same finder whose run slots this one
-        shares, so the two never both run on every thread at once."""
+        shares, so the two never both run on every thread at once.  ``ranges``: the finder's stored
+        calibration ranges (:func:`ranges_file_name`), used instead of calibrating here if they fit."""
         super().__init__(model_name, settings)
+        self.stored_ranges = ranges
         if beside is not None:
             self._slots = beside._slots
         self.finder_head, self.int8_sides = head, tuple(int8_sides)
@@ -91,6 +106,8 @@ class FinderGraph(PyramidFeatures):
         int8 = "-".join(map(str, self.int8_sides))
         self.full_path = self.backbone_path.parent / f"{stem}-int8-{int8}-v{GRAPH_FORMAT}.{CALIBRATION_VERSION}.onnx" if int8 else self.float_path
         self.model_path = self.full_path
+        # the ranges the cached INT8 graph was quantised with, kept beside it (training copies them into a new finder)
+        self.ranges_path = self.full_path.with_name(f"{self.full_path.stem}.ranges.json")
 
     def _ensure_model(self) -> Path:
         return self._ensure_full()
@@ -113,18 +130,38 @@ class FinderGraph(PyramidFeatures):
             path.unlink(missing_ok=True)
 
     def _quantise(self) -> None:
-        """Quantise the float graph beside the cache entry, then rename it in (about 8 s, once)."""
+        """Quantise the float graph beside the cache entry, then rename it in (about 8 s, once;
+        about 2 s from the finder's stored ranges)."""
         from ..models.artefacts import ModelError
         from ..models.int8 import quantize_graph
 
+        stored = self._read_stored_ranges()
         with tempfile.TemporaryDirectory(dir=self.model_path.parent) as tmp:
-            staged = Path(tmp) / "finder-int8.onnx"
+            staged, staged_ranges = Path(tmp) / "finder-int8.onnx", Path(tmp) / "ranges.json"
             try:
-                quantize_graph(self.float_path, staged, calibration_canvases(self.int8_sides),
-                               keep_float=_head_float_node, fixed_shape=False, reduce_range=True)
+                quantize_graph(self.float_path, staged, calibration_canvases(self.int8_sides), keep_float=_head_float_node,
+                               fixed_shape=False, reduce_range=True, ranges=stored, ranges_out=staged_ranges)
             except ModelError as exc:
                 raise EncoderError(f"cannot build the INT8 garment finder ({exc}); setting detector_int8 = false serves it in float") from exc
+            if staged_ranges.exists():
+                os.replace(staged_ranges, self.ranges_path)
+                if stored is not None and CalibrationRanges.load(self.ranges_path) != stored:
+                    log.warning("the garment finder's stored INT8 ranges were measured on another ONNX graph (other onnx, "
+                                "onnxruntime or torch versions); calibrated here instead, so its figures may differ by a box or two")
             os.replace(staged, self.full_path)
+
+    def _read_stored_ranges(self) -> CalibrationRanges | None:
+        """The finder's own calibration ranges, if it has them and they can be read (else None:
+        calibrated here, with a warning for a damaged file)."""
+        from ..models.artefacts import ModelError
+
+        if self.stored_ranges is None or not self.stored_ranges.is_file():
+            return None
+        try:
+            return CalibrationRanges.load(self.stored_ranges)
+        except ModelError as exc:
+            log.warning("%s; calibrating the garment finder here instead", exc)
+            return None
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.shape[1] % 32 or pixels.shape[2] % 32:
@@ -144,8 +181,8 @@ class CoarseFinderGraph(FinderGraph):
     Cut from the full graph (quantised or not), so no second calibration is needed."""
 
     def __init__(self, model_name: str, head: SegmentationHead, settings: Settings | None = None, int8_sides: tuple[int, ...] = (),
-                 beside: FinderGraph | None = None):
-        super().__init__(model_name, head, settings, int8_sides, beside)
+                 beside: FinderGraph | None = None, ranges: Path | None = None):
+        super().__init__(model_name, head, settings, int8_sides, beside, ranges)
         self.model_path = self.full_path.with_name(f"{self.full_path.stem}-stride{HEAD_STRIDE}.onnx")
 
     def _ensure_model(self) -> Path:

@@ -364,6 +364,18 @@ def fit_detector(spec: DetectorTrainingSpec, target: Path, settings: Any = None,
             "fine_tuned_blocks": len(head.tail),
             "provenance": spec.provenance}
     unsaved = DetectorArtefact(target.name, target, {**info, "weights_sha": "unsaved"}, head)
-    figures = evaluate_detector(GarmentDetector(unsaved, settings), held, lookup, progress=progress) if held else {}
-    final = save_detector(target, {**info, "held_out_figures": figures}, head, [p.key for p in held])
+    detector = GarmentDetector(unsaved, settings)
+    figures = evaluate_detector(detector, held, lookup, progress=progress) if held else {}
+    final = save_detector(target, {**info, "held_out_figures": figures}, head, [p.key for p in held], _kept_ranges(detector))
     return final, figures
+
+
+def _kept_ranges(detector: Any) -> dict[str, Path]:
+    """The calibration ranges of the INT8 graph the held-out figures were measured with, to keep
+    in the finder's folder: quantised from them elsewhere, it finds exactly what those figures say."""
+    from .graph import ranges_file_name
+
+    graph = detector.graph  # built by the evaluation (nothing held out: no figures, no ranges to keep)
+    if graph is None or not graph.int8_sides or not graph.ranges_path.is_file():
+        return {}
+    return {ranges_file_name(graph.int8_sides): graph.ranges_path}

@@ -24,7 +24,6 @@ shots (0.976), whose ranges are too narrow for phone photos (README, INT8 encode
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -41,6 +40,7 @@ from ..config import Settings
 from .artefacts import FORMAT, INT8_KIND, ModelError, check_name, models_dir, next_name
 from .encoders import EfficientNetLiteEncoder, EncoderError
 from .encoders.efficientnet import GRAPH_VERSION
+from .ranges import CalibrationRanges, cache_supported, file_sha256
 
 KIND = INT8_KIND
 BASES = ("efficientnet-lite0", "efficientnet-lite2")  # the float encoders that quantise (ReLU6, no squeeze-excite)
@@ -161,19 +161,11 @@ def is_int8_folder(path: Path) -> bool:
         return False
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_int8(path: Path) -> Int8Model:
     """Read an INT8 model folder; a damaged or edited ONNX file is refused with the reason."""
     try:
         info = json.loads((path / "model.json").read_text())
-        actual = _sha256(path / ONNX_FILE)
+        actual = file_sha256(path / ONNX_FILE)
     except (OSError, ValueError) as exc:
         raise ModelError(f"INT8 model at {path} cannot be read ({exc}); quantise it again") from exc
     if not isinstance(info, dict) or info.get("kind") != KIND or info.get("format") != FORMAT:
@@ -191,7 +183,8 @@ def _quantize(float_model: Path, target: Path, pixels: np.ndarray, progress: Cal
 
 
 def quantize_graph(float_model: Path, target: Path, batches: Iterable[np.ndarray], progress: Callable[[int], None] = lambda count: None,
-                   keep_float: Callable[[str], bool] = lambda name: False, fixed_shape: bool = True, reduce_range: bool = False) -> list[str]:
+                   keep_float: Callable[[str], bool] = lambda name: False, fixed_shape: bool = True, reduce_range: bool = False,
+                   ranges: CalibrationRanges | None = None, ranges_out: Path | None = None) -> list[str]:
     """The recipe above for any EfficientNet-Lite graph whose input is ``pixels``: calibrated on
     ``batches`` (which may differ in shape), with :data:`FLOAT_NODES` and every node ``keep_float``
     names left in float; returns the nodes kept in float.  ORT's pre-processing comes first: it
@@ -199,7 +192,10 @@ def quantize_graph(float_model: Path, target: Path, batches: Iterable[np.ndarray
     float round trip each (a finder's glance: 12.7 ms without it, 9.4 with).  A graph whose input
     size varies (``fixed_shape=False``) skips the symbolic shape inference, which needs fixed sizes.
     ``reduce_range`` keeps the weights to 7 bits, so CPUs without VNNI (AVX2), whose INT8 kernels
-    add pairs of products in 16 bits, cannot saturate and compute what a VNNI CPU does."""
+    add pairs of products in 16 bits, cannot saturate and compute what a VNNI CPU does.
+    ``ranges``: stored calibration ranges, used instead of calibrating when they were measured on
+    this very pre-processed graph (see :mod:`.ranges`); ``ranges_out``: where to write the ranges
+    the graph was quantised with (nothing is written where ONNX Runtime keeps no calibration cache)."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -226,9 +222,15 @@ def quantize_graph(float_model: Path, target: Path, batches: Iterable[np.ndarray
         quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=not fixed_shape)
         names = [node.name for node in onnx.load(str(prepared)).graph.node]
         kept = [name for name in names if name in FLOAT_NODES or keep_float(name)]
+        digest = file_sha256(prepared)
+        cache = Path(tmp) / "calibration.json" if cache_supported() else None
+        if cache is not None and ranges is not None and ranges.graph_sha256 == digest:
+            ranges.write_ort_cache(cache)  # ONNX Runtime then skips calibrating
         quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=kept, reduce_range=reduce_range)
+                        nodes_to_exclude=kept, reduce_range=reduce_range, **({"calibration_cache_path": str(cache)} if cache else {}))
+        if ranges_out is not None and cache is not None and cache.is_file():
+            CalibrationRanges.read_ort_cache(cache, digest).save(ranges_out)
     return kept
 
 
@@ -279,7 +281,7 @@ def quantize_encoder(store_dir: Path, photos: Sequence[Image.Image], options: In
 
     def fill(folder: Path) -> None:
         kept = _quantize(float_model, folder / ONNX_FILE, calibration, step)
-        sha = _sha256(folder / ONNX_FILE)
+        sha = file_sha256(folder / ONNX_FILE)
         encoder = Int8Encoder(Int8Model(name, folder, {"base_model": base.identity, "weights_sha": sha}), settings)
         agreement = _agreement(base.embed(check), encoder.embed(check)) if held else {}
         info.update({"name": name, "kind": KIND, "format": FORMAT, "base_model": base.identity, "weights_sha": sha,
