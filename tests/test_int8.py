@@ -238,7 +238,7 @@ def test_stored_calibration_ranges_rebuild_the_same_int8_graph_on_other_photos(t
     from lookalike.models.ranges import cache_supported
 
     if not cache_supported():
-        pytest.skip("this onnxruntime keeps no calibration cache (1.26 and later do)")
+        pytest.skip("this onnxruntime keeps no calibration cache (1.27 and later do)")
     model = _tiny_pixels_graph(tmp_path / "float.onnx")
 
     def photos(seed):

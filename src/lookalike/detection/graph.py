@@ -149,7 +149,7 @@ class FinderGraph(PyramidFeatures):
                     log.warning("the garment finder's stored INT8 ranges were measured on another ONNX graph (other onnx, "
                                 "onnxruntime or torch versions); calibrated here instead, so its figures may differ by a box or two")
             elif stored is not None:
-                log.warning("this onnxruntime cannot quantise from stored calibration ranges (1.26 and later can); the garment "
+                log.warning("this onnxruntime cannot quantise from stored calibration ranges (1.27 and later can); the garment "
                             "finder was calibrated here instead, so its figures may differ by a box or two")
             os.replace(staged, self.full_path)
 

@@ -11,7 +11,7 @@ pre-processed float graph are the same; the ranges name the SHA-256 of that grap
 only for it.
 
 ONNX Runtime reads and writes its own calibration cache (``quantize_static``'s
-``calibration_cache_path``, ONNX Runtime 1.26 and later); this module converts between that cache
+``calibration_cache_path``, ONNX Runtime 1.27 and later); this module converts between that cache
 and a small, checked JSON file (at most :data:`MAX_BYTES`, finite ranges only), so a damaged or
 edited file is refused with a reason instead of quantising a graph into noise.
 """
@@ -47,7 +47,7 @@ def file_sha256(path: Path) -> str:
 
 
 def cache_supported() -> bool:
-    """Whether this ONNX Runtime's ``quantize_static`` takes a calibration cache (1.26 and later)."""
+    """Whether this ONNX Runtime's ``quantize_static`` takes a calibration cache (1.27 and later)."""
     try:
         from onnxruntime.quantization import quantize_static
         from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data  # noqa: F401
