@@ -87,7 +87,7 @@ class FinderGraph(PyramidFeatures):
         shares, so the two never both run on every thread at once.  ``ranges``: the finder's stored
         calibration ranges (:func:`ranges_file_name`), used instead of calibrating here if they fit."""
         super().__init__(model_name, settings)
-        self.stored_ranges = ranges
+        self.stored_ranges_path = ranges
         if beside is not None:
             self._slots = beside._slots
         self.finder_head, self.int8_sides = head, tuple(int8_sides)
@@ -130,8 +130,8 @@ class FinderGraph(PyramidFeatures):
             path.unlink(missing_ok=True)
 
     def _quantise(self) -> None:
-        """Quantise the float graph beside the cache entry, then rename it in (about 8 s, once;
-        about 2 s from the finder's stored ranges)."""
+        """Quantise the float graph beside the cache entry, then rename it in (once: about 15 s
+        calibrating, about 8 s from the finder's stored ranges)."""
         from ..models.artefacts import ModelError
         from ..models.int8 import quantize_graph
 
@@ -158,10 +158,10 @@ class FinderGraph(PyramidFeatures):
         calibrated here, with a warning for a damaged file)."""
         from ..models.artefacts import ModelError
 
-        if self.stored_ranges is None or not self.stored_ranges.is_file():
+        if self.stored_ranges_path is None or not self.stored_ranges_path.is_file():
             return None
         try:
-            return CalibrationRanges.load(self.stored_ranges)
+            return CalibrationRanges.load(self.stored_ranges_path)
         except ModelError as exc:
             log.warning("%s; calibrating the garment finder here instead", exc)
             return None

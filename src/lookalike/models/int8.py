@@ -34,13 +34,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..common.folders import HashVersioned, write_folder
+from ..common.folders import HashVersioned, file_sha256, write_folder
 from ..common.progress import Log, Progress, no_log
 from ..config import Settings
 from .artefacts import FORMAT, INT8_KIND, ModelError, check_name, models_dir, next_name
 from .encoders import EfficientNetLiteEncoder, EncoderError
 from .encoders.efficientnet import GRAPH_VERSION
-from .ranges import CalibrationRanges, cache_supported, file_sha256
+from .ranges import CalibrationRanges, cache_supported
 
 KIND = INT8_KIND
 BASES = ("efficientnet-lite0", "efficientnet-lite2")  # the float encoders that quantise (ReLU6, no squeeze-excite)

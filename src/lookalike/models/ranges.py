@@ -18,32 +18,22 @@ edited file is refused with a reason instead of quantising a graph into noise.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..common.folders import replace_atomically
 from .artefacts import ModelError
 
 FORMAT = 1
 MAX_BYTES = 2_000_000
 MAX_TENSORS = 20_000
 MAX_MAGNITUDE = 1e6  # an activation range beyond this is no calibration of an image model
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_supported() -> bool:
@@ -65,18 +55,15 @@ class CalibrationRanges:
     ranges: dict[str, tuple[float, float]]
 
     def save(self, path: Path) -> None:
-        """Write atomically (a reader never sees half a file)."""
+        """Write atomically (a reader never sees half a file), readable like the graph beside it."""
         payload = {"format": FORMAT, "graph_sha256": self.graph_sha256, "method": "MinMax",
                    "ranges": {name: [low, high] for name, (low, high) in sorted(self.ranges.items())}}
-        fd, staged = tempfile.mkstemp(dir=path.parent, prefix=".ranges-", suffix=".tmp")
-        try:
-            os.chmod(staged, 0o644)  # readable like the graph beside it (mkstemp makes it private)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle)
-            os.replace(staged, path)
-        except BaseException:
-            Path(staged).unlink(missing_ok=True)
-            raise
+
+        def write(staged: Path) -> None:
+            staged.write_text(json.dumps(payload))
+            staged.chmod(0o644)  # the temporary file is private
+
+        replace_atomically(path, write)
 
     @classmethod
     def load(cls, path: Path) -> CalibrationRanges:
