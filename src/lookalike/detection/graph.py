@@ -131,7 +131,7 @@ class FinderGraph(PyramidFeatures):
 
     def _quantise(self) -> None:
         """Quantise the float graph beside the cache entry, then rename it in (once: about 15 s
-        calibrating, about 8 s from the finder's stored ranges)."""
+        calibrating, 2-8 s from the finder's stored ranges)."""
         from ..models.artefacts import ModelError
         from ..models.int8 import quantize_graph
 
